@@ -1,0 +1,11 @@
+"""torchdreamer: DreamerV3's learning objectives for TorchRL and tensordict.
+
+``torchdreamer.functional`` holds the math as pure tensor functions;
+``torchdreamer.objectives`` the TorchRL loss modules built on it.
+"""
+
+from torchdreamer import functional
+from torchdreamer.objectives import DreamerV3ValueLoss
+
+__all__ = ["DreamerV3ValueLoss", "functional"]
+__version__ = "0.1.0"

@@ -1,0 +1,450 @@
+"""The DreamerV3 critic loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import TensorDictModule
+from tensordict.utils import NestedKey
+from torchrl.objectives import LossModule
+
+from torchdreamer.functional import (
+    symlog,
+    two_hot_bins,
+    two_hot_cross_entropy,
+    two_hot_decode,
+)
+
+__all__ = ["DreamerV3ValueLoss"]
+
+ValueLossType = Literal["symlog_mse", "two_hot"]
+Reduction = Literal["mean", "sum", "none"]
+_VALUE_LOSSES = ("symlog_mse", "two_hot")
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass(frozen=True)
+class _ActorGammaLink:
+    """A non-owning link to the actor loss whose estimator holds gamma.
+
+    Kept outside ``nn.Module`` registration on purpose: the actor loss owns
+    its networks, and the value loss must not list them as its own
+    parameters or save them in its ``state_dict``.
+    """
+
+    actor_loss: Any
+
+    def gamma(self) -> float | torch.Tensor:
+        return self.actor_loss.value_estimator.gamma
+
+
+def _as_float_gamma(gamma: Any, source: str) -> float:
+    if torch.is_tensor(gamma):
+        if gamma.numel() != 1:
+            raise ValueError(f"{source} must be a scalar, got shape {tuple(gamma.shape)}.")
+        gamma = gamma.item()
+    gamma = float(gamma)
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"{source} must lie in (0, 1], got {gamma}.")
+    return gamma
+
+
+def _actor_estimator_gamma(actor_loss: Any) -> float | torch.Tensor:
+    try:
+        return actor_loss.value_estimator.gamma
+    except AttributeError as err:
+        raise TypeError(
+            "actor_loss must expose `value_estimator.gamma` (a DreamerV3ActorLoss "
+            f"or another TorchRL loss with a value estimator); got "
+            f"{type(actor_loss).__name__}, which does not: {err}"
+        ) from err
+
+
+class DreamerV3ValueLoss(LossModule):
+    """DreamerV3 value (critic) loss.
+
+    Trains the value network to predict the ``lambda_target`` computed by the
+    actor loss. Two loss modes:
+
+    * ``"symlog_mse"`` (default): ``(symlog(v_pred) - symlog(target))**2``.
+    * ``"two_hot"``: cross-entropy between the critic's logits over
+      ``num_value_bins`` symexp-spaced bins and the two-hot encoding of the
+      target, as in the full DreamerV3 distribution-valued critic.
+
+    The gamma used to weight the loss must equal the one the actor used to
+    compute ``lambda_target``. Pass the actor loss as ``actor_loss=`` and
+    gamma is read from ``actor_loss.value_estimator.gamma`` on every forward,
+    so a later change to the actor's estimator needs no re-sync. The legacy
+    ``gamma=`` plus :meth:`sync_gamma_with_actor_loss` pattern also works.
+
+    Weighting, when ``discount_loss=True``: if the input holds
+    ``discount_weight`` (the actor loss writes the cumulative product of
+    continuation probabilities and gamma there), the per-step loss is
+    multiplied by it; otherwise step ``t`` of the time dimension (the last
+    batch dimension of a ``[B, T]`` input) is weighted by ``gamma ** t``.
+    Flat ``[N]`` inputs without ``discount_weight`` have no time dimension and
+    are not weighted. With ``discount_loss=False`` nothing is weighted and
+    ``discount_weight`` is not read.
+
+    Reference: Hafner et al., "Mastering Diverse Domains through World
+    Models", https://arxiv.org/abs/2301.04104.
+
+    Args:
+        value_model: The value network. In ``"symlog_mse"`` mode it writes
+            the raw value to the ``value`` key. In ``"two_hot"`` mode it writes
+            ``num_value_bins`` logits to the ``value_logits`` key, or to the
+            ``value`` key when that key's last dimension is ``num_value_bins``.
+        value_loss: ``"symlog_mse"`` or ``"two_hot"``.
+        discount_loss: Weight the loss by the cumulative discount.
+        gamma: Discount used for weighting when neither ``discount_weight`` nor
+            ``actor_loss`` is given. Must lie in ``(0, 1]``.
+        num_value_bins: Number of bins of the ``"two_hot"`` grid (the official
+            grid ``symexp(linspace(-20, 20))``, see
+            :func:`~torchdreamer.functional.two_hot_bins`).
+        actor_loss: The actor loss whose ``value_estimator.gamma`` is read on
+            every forward. It is linked, not owned: its parameters are not
+            part of this module.
+
+    Keyword Args:
+        slow_critic_regularization: Weight of an extra loss term toward the
+            decoded prediction of a slow (EMA) copy of the critic; the
+            official DreamerV3 uses 1.0. When positive, the slow copy is held
+            as ``target_value_model_params``; step a
+            ``torchrl.objectives.SoftUpdate(loss, tau=0.02)`` after each
+            optimiser step to update it.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-step
+            weighted loss with the batch shape).
+        validate_inputs: Check that targets, predictions and weights are
+            finite. Off by default, since the check synchronises with the
+            device.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MLP
+        >>> from torchdreamer import DreamerV3ValueLoss
+        >>> value_model = TensorDictModule(
+        ...     MLP(out_features=1, depth=1, num_cells=8),
+        ...     in_keys=["state"],
+        ...     out_keys=["state_value"],
+        ... )
+        >>> td = TensorDict({
+        ...     "state": torch.randn(8, 4),
+        ...     "lambda_target": torch.randn(8, 1),
+        ... }, [8])
+        >>> loss = DreamerV3ValueLoss(value_model)
+        >>> loss_td, _ = loss(td)
+        >>> "loss_value" in loss_td.keys()
+        True
+
+        A distributional critic over 255 bins, on ``[B, T]`` imagined data:
+
+        >>> critic = TensorDictModule(
+        ...     torch.nn.Linear(4, 255), in_keys=["state"], out_keys=["state_value_logits"]
+        ... )
+        >>> loss = DreamerV3ValueLoss(critic, value_loss="two_hot", gamma=0.997)
+        >>> td = TensorDict(
+        ...     {"state": torch.randn(2, 15, 4), "lambda_target": torch.randn(2, 15, 1)},
+        ...     [2, 15],
+        ... )
+        >>> loss_td, _ = loss(td)
+        >>> loss_td["loss_value"].backward()
+        >>> sorted(loss_td.keys())
+        ['loss_value', 'target_mean', 'value_mean']
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys read by the loss; change them with ``set_keys``.
+
+        Attributes:
+            value: Raw predicted value written by the value model.
+                Defaults to ``"state_value"``.
+            value_logits: Logits over the bins written by a distributional
+                value model (``"two_hot"`` mode). Defaults to
+                ``"state_value_logits"``.
+            lambda_target: The λ-return to regress on, shape ``batch`` or
+                ``batch + [1]``. Defaults to ``"lambda_target"``.
+            discount_weight: Optional per-step loss weight written by the actor
+                loss, shape ``batch`` or ``batch + [1]``. Defaults to
+                ``"discount_weight"``.
+        """
+
+        value: NestedKey = "state_value"
+        value_logits: NestedKey = "state_value_logits"
+        lambda_target: NestedKey = "lambda_target"
+        discount_weight: NestedKey = "discount_weight"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+
+    value_model: TensorDictModule
+    target_value_model_params: TensorDictParams
+    value_bins: torch.Tensor
+
+    def __init__(
+        self,
+        value_model: TensorDictModule,
+        value_loss: ValueLossType = "symlog_mse",
+        discount_loss: bool = True,
+        gamma: float = 0.99,
+        num_value_bins: int = 255,
+        actor_loss: Any | None = None,
+        *,
+        slow_critic_regularization: float = 0.0,
+        reduction: Reduction = "mean",
+        validate_inputs: bool = False,
+    ) -> None:
+        super().__init__()
+        if value_loss not in _VALUE_LOSSES:
+            raise ValueError(
+                f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}."
+            )
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
+        if not slow_critic_regularization >= 0:
+            raise ValueError(
+                "slow_critic_regularization must be >= 0 (the official DreamerV3 "
+                f"uses 1.0), got {slow_critic_regularization!r}."
+            )
+        self.value_model = value_model
+        self.value_loss = value_loss
+        self.discount_loss = bool(discount_loss)
+        self.gamma = _as_float_gamma(gamma, "gamma")
+        self.num_value_bins = num_value_bins
+        self.slow_critic_regularization = float(slow_critic_regularization)
+        self.reduction = reduction
+        self.validate_inputs = bool(validate_inputs)
+        self._actor_link = None
+        if actor_loss is not None:
+            _as_float_gamma(_actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma")
+            self._actor_link = _ActorGammaLink(actor_loss)
+        self.register_buffer("value_bins", two_hot_bins(num_value_bins))
+        if self.slow_critic_regularization > 0:
+            online = TensorDict.from_module(value_model, as_module=True)
+            # Buffers, not parameters: the slow critic only moves by SoftUpdate.
+            self.target_value_model_params = TensorDictParams(
+                online.data.clone(), no_convert=True
+            )
+            # Lets TorchRL warn when no SoftUpdate has been attached.
+            self._has_update_associated["value_model"] = False
+
+    @property
+    def value_model_params(self) -> TensorDictBase:
+        """The online critic's parameters, as the source of ``SoftUpdate``."""
+        return TensorDict.from_module(self.value_model)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        """Keys read from the input: the value model's, the target and weight."""
+        keys = [*self.value_model.in_keys, self.tensor_keys.lambda_target]
+        if self.discount_loss:
+            keys.append(self.tensor_keys.discount_weight)
+        return keys
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        # No value estimator of its own: gamma comes from the actor loss.
+        pass
+
+    def sync_gamma_with_actor_loss(self, actor_loss: Any) -> None:
+        """Copy gamma from ``actor_loss.value_estimator`` once.
+
+        Prefer ``actor_loss=`` in the constructor, which reads it on every
+        forward. Calling this also drops any link made that way, so the
+        copied value is the one used from now on.
+
+        Examples:
+            >>> import torch
+            >>> from types import SimpleNamespace
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchdreamer import DreamerV3ValueLoss
+            >>> actor = SimpleNamespace(value_estimator=SimpleNamespace(gamma=torch.tensor(0.997)))
+            >>> loss = DreamerV3ValueLoss(TensorDictModule(torch.nn.Linear(3, 1), ["s"], ["state_value"]))
+            >>> loss.sync_gamma_with_actor_loss(actor)
+            >>> round(loss.gamma, 3)
+            0.997
+        """
+        self.gamma = _as_float_gamma(
+            _actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma"
+        )
+        self._actor_link = None
+
+    def current_gamma(self) -> float | torch.Tensor:
+        """The gamma the next forward will use (the actor's when linked)."""
+        if self._actor_link is None:
+            return self.gamma
+        gamma = self._actor_link.gamma()
+        # Range-check when it costs nothing; a device tensor is checked only
+        # under validate_inputs since reading it synchronises.
+        if not torch.compiler.is_compiling() and (
+            not torch.is_tensor(gamma) or gamma.device.type == "cpu" or self.validate_inputs
+        ):
+            _as_float_gamma(gamma, "actor_loss.value_estimator.gamma")
+        return gamma
+
+    # ------------------------------------------------------------------ shapes
+    def _batch_shape(self, tensordict: TensorDictBase, target: torch.Tensor) -> torch.Size:
+        if tensordict.batch_dims:
+            return tensordict.batch_size
+        # No batch size set on the input: the target's own shape is the batch.
+        return target.shape[:-1] if target.ndim and target.shape[-1] == 1 else target.shape
+
+    @staticmethod
+    def _per_step(
+        tensor: torch.Tensor, batch: torch.Size, key: NestedKey, what: str, fix: str
+    ) -> torch.Tensor:
+        if tensor.shape == batch:
+            return tensor
+        if tensor.shape == (*batch, 1):
+            return tensor.squeeze(-1)
+        raise ValueError(
+            f"{what} {key!r} has shape {tuple(tensor.shape)}, expected "
+            f"{tuple(batch)} or {(*batch, 1)} to match the batch. {fix}"
+        )
+
+    def _check_finite(self, tensor: torch.Tensor, key: NestedKey) -> None:
+        if self.validate_inputs and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{key!r} holds {bad} non-finite value(s) (NaN or inf); "
+                "the critic cannot be trained on them."
+            )
+
+    # ------------------------------------------------------------ predictions
+    def _prediction(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        """The online or slow critic's output: logits ``[*batch, K]`` or values ``[*batch]``."""
+        keys = self.tensor_keys
+        if self.value_loss == "symlog_mse":
+            value = output.get(keys.value, None)
+            if value is None:
+                raise KeyError(
+                    f"The value model wrote no {keys.value!r} (its out_keys are "
+                    f"{self.value_model.out_keys}); make it write the predicted "
+                    "value there or call set_keys(value=...)."
+                )
+            return self._per_step(
+                value, batch, keys.value, "The predicted value",
+                "The symlog_mse critic outputs one value per step.",
+            )
+        logits = output.get(keys.value_logits, None)
+        key = keys.value_logits
+        if logits is None:
+            logits, key = output.get(keys.value, None), keys.value
+        if logits is None or logits.shape[-1] != self.num_value_bins:
+            found = (
+                "neither key"
+                if logits is None
+                else f"{keys.value!r} with shape {tuple(logits.shape)}"
+            )
+            raise ValueError(
+                f"value_loss='two_hot' needs {self.num_value_bins} logits per step "
+                f"under {keys.value_logits!r} (or under {keys.value!r}); the value "
+                f"model wrote {found}. Give the value head {self.num_value_bins} "
+                "outputs, or set num_value_bins to its output size."
+            )
+        if logits.shape[:-1] != batch:
+            raise ValueError(
+                f"The value logits {key!r} have shape {tuple(logits.shape)}, expected "
+                f"{(*batch, self.num_value_bins)} to match the batch {tuple(batch)}."
+            )
+        return logits
+
+    def _step_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.value_loss == "two_hot":
+            return two_hot_cross_entropy(prediction, target, self.value_bins)
+        return (symlog(prediction) - symlog(target)).square()
+
+    def _decoded(self, prediction: torch.Tensor) -> torch.Tensor:
+        if self.value_loss == "two_hot":
+            return two_hot_decode(prediction, self.value_bins)
+        return prediction
+
+    def _slow_prediction(self, inputs: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        with torch.no_grad(), self.target_value_model_params.to_module(self.value_model):
+            output = self.value_model(inputs.copy())
+        return self._decoded(self._prediction(output, batch))
+
+    # ---------------------------------------------------------------- weights
+    def _step_weight(
+        self, tensordict: TensorDictBase, target: torch.Tensor, batch: torch.Size
+    ) -> torch.Tensor | None:
+        if not self.discount_loss:
+            return None
+        key = self.tensor_keys.discount_weight
+        weight = tensordict.get(key, None)
+        if weight is not None:
+            weight = self._per_step(
+                weight.detach(), batch, key, "The discount weight",
+                "It should hold one weight per imagined step.",
+            )
+            self._check_finite(weight, key)
+            return weight
+        if len(batch) < 2:
+            return None
+        gamma = self.current_gamma()
+        if torch.is_tensor(gamma):
+            gamma = gamma.to(device=target.device, dtype=target.dtype)
+        steps = torch.arange(batch[-1], device=target.device, dtype=target.dtype)
+        return torch.pow(gamma, steps)
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
+        """Compute the critic loss on imagined (or replayed) states.
+
+        Args:
+            tensordict: Holds the value model's input keys, ``lambda_target``
+                and, optionally, ``discount_weight``. It is not modified.
+
+        Returns:
+            ``(loss_td, tensordict)``: ``loss_td`` holds ``loss_value`` (the
+            only key that carries gradient), the detached diagnostics
+            ``value_mean`` (mean decoded prediction) and ``target_mean``, and
+            ``value_slow_reg`` (the weighted slow-critic term) when the slow
+            critic is enabled. The second item is the input, unchanged.
+        """
+        keys = self.tensor_keys
+        target = tensordict.get(keys.lambda_target, None)
+        if target is None:
+            raise KeyError(
+                f"The input has no {keys.lambda_target!r} entry: run the actor loss "
+                "first (it writes the λ-returns there), or point set_keys("
+                "lambda_target=...) at your own targets."
+            )
+        batch = self._batch_shape(tensordict, target)
+        target = self._per_step(
+            target.detach(), batch, keys.lambda_target, "The target",
+            "It should hold one λ-return per step.",
+        )
+        self._check_finite(target, keys.lambda_target)
+
+        inputs = tensordict.select(*self.value_model.in_keys, strict=False)
+        prediction = self._prediction(self.value_model(inputs.copy()), batch)
+        self._check_finite(prediction, keys.value)
+
+        loss = self._step_loss(prediction, target)
+        weight = self._step_weight(tensordict, target, batch)
+        if weight is not None:
+            loss = loss * weight
+        out = {}
+        if self.slow_critic_regularization > 0:
+            slow = self._step_loss(prediction, self._slow_prediction(inputs, batch))
+            if weight is not None:
+                slow = slow * weight
+            loss = loss + self.slow_critic_regularization * slow
+            out["value_slow_reg"] = self._reduce(slow).detach()
+        out["loss_value"] = self._reduce(loss)
+        with torch.no_grad():
+            out["value_mean"] = self._decoded(prediction.detach()).mean()
+            out["target_mean"] = target.mean()
+        return TensorDict(out, batch_size=[]), tensordict
