@@ -8,6 +8,8 @@ expectation of the target distribution equals the target exactly.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -187,29 +189,29 @@ def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 class _TwoHotCrossEntropy(torch.autograd.Function):
     """Cross-entropy against a two-hot target given by indices and weights.
 
-    Forward keeps only ``[N]`` tensors beyond the transient ``logsumexp``;
-    backward writes ``g * (softmax(logits) - two_hot)`` into a single
-    ``[N, K]`` buffer.
+    Only ``[N]`` tensors outlive the forward. Backward recomputes the softmax
+    into one ``[N, K]`` buffer and turns it into ``g * (softmax - two_hot)`` in
+    place. The fused (log-)softmax kernels are used on purpose: on CPU they are
+    about twice as fast as ``logsumexp`` or a pointwise ``exp`` over ``[N, K]``.
     """
 
     @staticmethod
-    def forward(ctx, logits, below, above, w_below, w_above):
-        lse = torch.logsumexp(logits, dim=-1)
-        logit_below = logits.gather(-1, below.unsqueeze(-1)).squeeze(-1)
-        logit_above = logits.gather(-1, above.unsqueeze(-1)).squeeze(-1)
+    def forward(
+        ctx: Any, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        # index, weight: [N, 2] = (below, above) neighbours and their weights.
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, index)
+        ctx.save_for_backward(logits, index, weight)
         # Same association as the official -sum(two_hot * log_softmax).
-        loss = -(w_below * (logit_below - lse) + w_above * (logit_above - lse))
-        ctx.save_for_backward(logits, lse, below, above, w_below, w_above)
-        return loss
+        return -(weight[:, 0] * log_probs[:, 0] + weight[:, 1] * log_probs[:, 1])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss):
-        logits, lse, below, above, w_below, w_above = ctx.saved_tensors
-        grad = (logits - lse.unsqueeze(-1)).exp_().mul_(grad_loss.unsqueeze(-1))
-        grad.scatter_add_(-1, below.unsqueeze(-1), (-grad_loss * w_below).unsqueeze(-1))
-        grad.scatter_add_(-1, above.unsqueeze(-1), (-grad_loss * w_above).unsqueeze(-1))
-        return grad, None, None, None, None
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, index, weight = ctx.saved_tensors
+        grad_loss = grad_loss.unsqueeze(-1)
+        grad = torch.softmax(logits, dim=-1).mul_(grad_loss)
+        return grad.scatter_add_(-1, index, weight * -grad_loss), None, None
 
 
 def two_hot_cross_entropy(
@@ -254,6 +256,8 @@ def two_hot_cross_entropy(
             )
     logits = logits.to(_compute_dtype(logits.dtype)).reshape(-1, num_bins)
     bins = bins.to(device=logits.device, dtype=logits.dtype)
-    neighbours = _neighbours(target.detach().reshape(-1), bins)
-    loss = _TwoHotCrossEntropy.apply(logits, *neighbours)
+    below, above, w_below, w_above = _neighbours(target.detach().reshape(-1), bins)
+    index = torch.stack([below, above], dim=-1)
+    weight = torch.stack([w_below, w_above], dim=-1)
+    loss = _TwoHotCrossEntropy.apply(logits, index, weight)
     return loss.reshape(batch_shape)

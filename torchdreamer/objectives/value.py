@@ -17,6 +17,7 @@ from torchdreamer.functional import (
     two_hot_cross_entropy,
     two_hot_decode,
 )
+from torchdreamer.objectives._call import call_module
 
 __all__ = ["DreamerV3ValueLoss"]
 
@@ -201,9 +202,7 @@ class DreamerV3ValueLoss(LossModule):
     ) -> None:
         super().__init__()
         if value_loss not in _VALUE_LOSSES:
-            raise ValueError(
-                f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}."
-            )
+            raise ValueError(f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}.")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
         if not slow_critic_regularization >= 0:
@@ -227,9 +226,7 @@ class DreamerV3ValueLoss(LossModule):
         if self.slow_critic_regularization > 0:
             online = TensorDict.from_module(value_model, as_module=True)
             # Buffers, not parameters: the slow critic only moves by SoftUpdate.
-            self.target_value_model_params = TensorDictParams(
-                online.data.clone(), no_convert=True
-            )
+            self.target_value_model_params = TensorDictParams(online.data.clone(), no_convert=True)
             # Lets TorchRL warn when no SoftUpdate has been attached.
             self._has_update_associated["value_model"] = False
 
@@ -262,8 +259,10 @@ class DreamerV3ValueLoss(LossModule):
             >>> from types import SimpleNamespace
             >>> from tensordict.nn import TensorDictModule
             >>> from torchdreamer import DreamerV3ValueLoss
-            >>> actor = SimpleNamespace(value_estimator=SimpleNamespace(gamma=torch.tensor(0.997)))
-            >>> loss = DreamerV3ValueLoss(TensorDictModule(torch.nn.Linear(3, 1), ["s"], ["state_value"]))
+            >>> estimator = SimpleNamespace(gamma=torch.tensor(0.997))
+            >>> actor = SimpleNamespace(value_estimator=estimator)
+            >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["s"], ["state_value"])
+            >>> loss = DreamerV3ValueLoss(critic)
             >>> loss.sync_gamma_with_actor_loss(actor)
             >>> round(loss.gamma, 3)
             0.997
@@ -327,7 +326,10 @@ class DreamerV3ValueLoss(LossModule):
                     "value there or call set_keys(value=...)."
                 )
             return self._per_step(
-                value, batch, keys.value, "The predicted value",
+                value,
+                batch,
+                keys.value,
+                "The predicted value",
                 "The symlog_mse critic outputs one value per step.",
             )
         logits = output.get(keys.value_logits, None)
@@ -363,9 +365,25 @@ class DreamerV3ValueLoss(LossModule):
             return two_hot_decode(prediction, self.value_bins)
         return prediction
 
+    def _decoded_value(
+        self, output: TensorDictBase, prediction: torch.Tensor, batch: torch.Size
+    ) -> torch.Tensor | None:
+        """The predicted value for the ``value_mean`` diagnostic, if it is free.
+
+        In two-hot mode it is read from the ``value`` key when the value head
+        writes its decoded value beside the logits; decoding here would cost a
+        softmax over ``[N, K]`` on every call just for a log line.
+        """
+        if self.value_loss == "symlog_mse":
+            return prediction.detach()
+        value = output.get(self.tensor_keys.value, None)
+        if value is None or value.shape not in (batch, (*batch, 1)):
+            return None
+        return value.detach()
+
     def _slow_prediction(self, inputs: TensorDictBase, batch: torch.Size) -> torch.Tensor:
         with torch.no_grad(), self.target_value_model_params.to_module(self.value_model):
-            output = self.value_model(inputs.copy())
+            output = call_module(self.value_model, inputs)
         return self._decoded(self._prediction(output, batch))
 
     # ---------------------------------------------------------------- weights
@@ -378,7 +396,10 @@ class DreamerV3ValueLoss(LossModule):
         weight = tensordict.get(key, None)
         if weight is not None:
             weight = self._per_step(
-                weight.detach(), batch, key, "The discount weight",
+                weight.detach(),
+                batch,
+                key,
+                "The discount weight",
                 "It should hold one weight per imagined step.",
             )
             self._check_finite(weight, key)
@@ -423,13 +444,16 @@ class DreamerV3ValueLoss(LossModule):
             )
         batch = self._batch_shape(tensordict, target)
         target = self._per_step(
-            target.detach(), batch, keys.lambda_target, "The target",
+            target.detach(),
+            batch,
+            keys.lambda_target,
+            "The target",
             "It should hold one λ-return per step.",
         )
         self._check_finite(target, keys.lambda_target)
 
-        inputs = tensordict.select(*self.value_model.in_keys, strict=False)
-        prediction = self._prediction(self.value_model(inputs.copy()), batch)
+        output = call_module(self.value_model, tensordict)
+        prediction = self._prediction(output, batch)
         self._check_finite(prediction, keys.value)
 
         loss = self._step_loss(prediction, target)
@@ -438,13 +462,15 @@ class DreamerV3ValueLoss(LossModule):
             loss = loss * weight
         out = {}
         if self.slow_critic_regularization > 0:
-            slow = self._step_loss(prediction, self._slow_prediction(inputs, batch))
+            slow = self._step_loss(prediction, self._slow_prediction(tensordict, batch))
             if weight is not None:
                 slow = slow * weight
             loss = loss + self.slow_critic_regularization * slow
             out["value_slow_reg"] = self._reduce(slow).detach()
         out["loss_value"] = self._reduce(loss)
         with torch.no_grad():
-            out["value_mean"] = self._decoded(prediction.detach()).mean()
+            value = self._decoded_value(output, prediction, batch)
+            if value is not None:
+                out["value_mean"] = value.mean()
             out["target_mean"] = target.mean()
         return TensorDict(out, batch_size=[]), tensordict

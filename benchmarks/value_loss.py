@@ -1,0 +1,143 @@
+"""torchdreamer's value loss against TorchRL's, side by side in one process.
+
+For each ``[B, T]`` batch and 255 bins, on identical inputs, forward + backward:
+
+* ``two_hot_cross_entropy`` alone (torchdreamer.functional vs torchrl.objectives);
+* the whole ``DreamerV3ValueLoss`` module with an identity value head, in the
+  ``two_hot`` and ``symlog_mse`` modes (per-call overhead dominates small batches).
+
+It prints medians from ``torch.utils.benchmark``, the ratio ours / TorchRL
+(below 1 is faster) and, for the cross-entropy, the peak memory allocated during
+forward + backward (the input logits excluded, their gradient included) in units
+of one ``[N, K]`` float32 buffer. The machine is shared: read the ratios.
+
+Run: ``python benchmarks/value_loss.py`` (``--quick`` for a short smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import warnings
+from collections.abc import Callable
+
+import tensordict
+import torch
+import torchrl
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.benchmark import Timer
+from torchrl.objectives import DreamerV3ValueLoss as TorchRLValueLoss
+from torchrl.objectives import two_hot_cross_entropy as torchrl_two_hot_cross_entropy
+
+from torchdreamer import DreamerV3ValueLoss
+from torchdreamer.functional import two_hot_bins, two_hot_cross_entropy
+
+NUM_BINS = 255
+SIZES = ((16, 16), (256, 16), (1024, 15))
+
+
+def median_seconds(fn: Callable[[], None], min_run_time: float) -> float:
+    fn()  # warm-up (first-call allocations, lazy initialisation)
+    timer = Timer(stmt="fn()", globals={"fn": fn})
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak bytes of tensors created by ``fn`` and alive at once (profiler timeline)."""
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda r: r[0]):
+        if action.name == "CREATE":
+            live += size
+        elif action.name == "DESTROY":
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
+def cross_entropy_case(batch: tuple[int, int]):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(*batch, NUM_BINS, generator=generator).mul_(3).requires_grad_()
+    target = torch.randn(*batch, generator=generator).mul_(5).exp_()
+    bins = two_hot_bins(NUM_BINS)
+
+    def run(ce):
+        def step():
+            logits.grad = None
+            ce(logits, target, bins).sum().backward()
+
+        return step
+
+    return run(two_hot_cross_entropy), run(torchrl_two_hot_cross_entropy)
+
+
+def module_case(batch: tuple[int, int], mode: str):
+    generator = torch.Generator().manual_seed(0)
+    width = NUM_BINS if mode == "two_hot" else 1
+    out_key = "state_value_logits" if mode == "two_hot" else "state_value"
+    features = torch.randn(*batch, width, generator=generator).requires_grad_()
+    td = TensorDict(
+        features=features,
+        lambda_target=torch.randn(*batch, 1, generator=generator).mul_(5).exp_(),
+        batch_size=batch,
+    )
+
+    def head():
+        return TensorDictModule(torch.nn.Identity(), in_keys=["features"], out_keys=[out_key])
+
+    ours = DreamerV3ValueLoss(head(), value_loss=mode)
+    peer = TorchRLValueLoss(head(), value_loss=mode)
+
+    def run(loss):
+        def step():
+            features.grad = None
+            loss(td)[0]["loss_value"].backward()
+
+        return step
+
+    return run(ours), run(peer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="short run: 0.1 s per measurement")
+    args = parser.parse_args()
+    min_run_time = 0.1 if args.quick else args.min_run_time
+    warnings.filterwarnings("ignore")
+
+    print(
+        f"torch {torch.__version__}, tensordict {tensordict.__version__}, torchrl "
+        f"{torchrl.__version__}, {torch.get_num_threads()} threads, {platform.processor() or '?'}"
+    )
+    print(
+        "| case | [B, T] | ours (ms) | TorchRL (ms) | ours / TorchRL "
+        "| peak extra [N,K] bufs ours / TorchRL |"
+    )
+    print("|---|---|---|---|---|---|")
+    for batch in SIZES:
+        ours, peer = cross_entropy_case(batch)
+        t_ours, t_peer = median_seconds(ours, min_run_time), median_seconds(peer, min_run_time)
+        buffer = batch[0] * batch[1] * NUM_BINS * 4
+        m_ours, m_peer = peak_bytes(ours) / buffer, peak_bytes(peer) / buffer
+        print(
+            f"| two_hot_cross_entropy | {list(batch)} | {t_ours * 1e3:.3f} | {t_peer * 1e3:.3f} "
+            f"| {t_ours / t_peer:.2f} | {m_ours:.2f} / {m_peer:.2f} |"
+        )
+    for mode in ("two_hot", "symlog_mse"):
+        for batch in SIZES:
+            ours, peer = module_case(batch, mode)
+            t_ours, t_peer = median_seconds(ours, min_run_time), median_seconds(peer, min_run_time)
+            print(
+                f"| DreamerV3ValueLoss {mode} | {list(batch)} | {t_ours * 1e3:.3f} "
+                f"| {t_peer * 1e3:.3f} | {t_ours / t_peer:.2f} | |"
+            )
+
+
+if __name__ == "__main__":
+    main()

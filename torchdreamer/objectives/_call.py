@@ -1,0 +1,45 @@
+"""Running a tensordict module inside a loss without touching the caller's data."""
+
+from __future__ import annotations
+
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
+
+
+def _is_plain(module: TensorDictModuleBase) -> bool:
+    # Exactly TensorDictModule(nn_module, in_keys=[...], out_keys=[...]) with no
+    # kwargs mapping, method, get_kwargs or hooks: its forward reduces to
+    # "read in_keys, call the module, name the outputs".
+    return (
+        type(module) is TensorDictModule
+        and module._kwargs is None
+        and module.method is None
+        and not module.method_kwargs
+        and not module._get_kwargs
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    )
+
+
+def call_module(module: TensorDictModuleBase, tensordict: TensorDictBase) -> TensorDictBase:
+    """Run ``module`` on the entries it reads and return a tensordict with its outputs.
+
+    ``tensordict`` itself is never written to. For a plain ``TensorDictModule``
+    the wrapped network is called directly, which skips about 100 µs of
+    per-call dispatch (tensordict 0.14 converts every output with
+    ``TensorDict.from_any``); any other module runs through its own forward
+    on a shallow copy of its inputs.
+    """
+    if not _is_plain(module):
+        return module(tensordict.select(*module.in_keys, strict=False).copy())
+    outputs = module.module(*(tensordict.get(key) for key in module.in_keys))
+    if not isinstance(outputs, tuple):
+        outputs = (outputs,)
+    if len(outputs) != len(module.out_keys):
+        raise RuntimeError(
+            f"The module returned {len(outputs)} tensor(s) but its out_keys are {module.out_keys}."
+        )
+    return TensorDict(
+        {key: value for key, value in zip(module.out_keys, outputs, strict=True) if key != "_"},
+        batch_size=[],
+    )
