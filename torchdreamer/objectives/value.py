@@ -205,6 +205,15 @@ class DreamerV3ValueLoss(LossModule):
             raise ValueError(f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}.")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
+        if (
+            isinstance(num_value_bins, bool)
+            or not isinstance(num_value_bins, int)
+            or num_value_bins < 2
+        ):
+            raise ValueError(
+                "num_value_bins must be an integer >= 2 (DreamerV3 uses 255), "
+                f"got {num_value_bins!r}."
+            )
         if not slow_critic_regularization >= 0:
             raise ValueError(
                 "slow_critic_regularization must be >= 0 (the official DreamerV3 "
@@ -224,9 +233,10 @@ class DreamerV3ValueLoss(LossModule):
             self._actor_link = _ActorGammaLink(actor_loss)
         self.register_buffer("value_bins", two_hot_bins(num_value_bins))
         if self.slow_critic_regularization > 0:
-            online = TensorDict.from_module(value_model, as_module=True)
-            # Buffers, not parameters: the slow critic only moves by SoftUpdate.
-            self.target_value_model_params = TensorDictParams(online.data.clone(), no_convert=True)
+            # Plain tensors held as buffers: the optimiser never sees the slow
+            # critic; it only moves by SoftUpdate.
+            slow = TensorDict.from_module(value_model).detach().clone()
+            self.target_value_model_params = TensorDictParams(slow, no_convert=True)
             # Lets TorchRL warn when no SoftUpdate has been attached.
             self._has_update_associated["value_model"] = False
 
@@ -381,9 +391,13 @@ class DreamerV3ValueLoss(LossModule):
             return None
         return value.detach()
 
-    def _slow_prediction(self, inputs: TensorDictBase, batch: torch.Size) -> torch.Tensor:
-        with torch.no_grad(), self.target_value_model_params.to_module(self.value_model):
-            output = call_module(self.value_model, inputs)
+    def _slow_prediction(self, tensordict: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        # functional_call swaps the slow tensors in and back out untouched
+        # (TensorDictParams.to_module would hand them back as Parameters).
+        slow = dict(self.target_value_model_params.flatten_keys(".").items())
+        inputs = tensordict.select(*self.value_model.in_keys, strict=False).copy()
+        with torch.no_grad():
+            output = torch.func.functional_call(self.value_model, slow, (inputs,))
         return self._decoded(self._prediction(output, batch))
 
     # ---------------------------------------------------------------- weights

@@ -1,0 +1,310 @@
+"""torchdreamer.functional against the official DreamerV3 outputs and plain float64 references."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchdreamer.functional import (
+    symexp,
+    symlog,
+    two_hot_bins,
+    two_hot_cross_entropy,
+    two_hot_decode,
+    two_hot_encode,
+)
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/official_dreamerv3_twohot.json"
+
+
+@pytest.fixture(scope="module")
+def official() -> dict:
+    if not REFERENCE.exists():
+        pytest.fail(f"official reference outputs not found at {REFERENCE}")
+    return json.loads(REFERENCE.read_text())
+
+
+# ---------------------------------------------------------------- references
+def ref_symexp(x: float) -> float:
+    return math.copysign(math.expm1(abs(x)), x)
+
+
+def ref_bins(num_bins: int) -> torch.Tensor:
+    """The official construction, restated with Python floats."""
+    n = (num_bins + 1) // 2 if num_bins % 2 else num_bins // 2
+    half = [
+        ref_symexp(-20.0 + 20.0 * i / (n - 1)) if n > 1 else ref_symexp(-20.0) for i in range(n)
+    ]
+    mirror = [-v for v in reversed(half[:-1] if num_bins % 2 else half)]
+    return torch.tensor(half + mirror, dtype=torch.float64)
+
+
+def ref_two_hot(x: float, bins: list[float]) -> list[float]:
+    """Dense two-hot of one value by a linear scan, in float64."""
+    out = [0.0] * len(bins)
+    if x <= bins[0]:
+        out[0] = 1.0
+        return out
+    if x >= bins[-1]:
+        out[-1] = 1.0
+        return out
+    for i in range(len(bins) - 1):
+        if bins[i] <= x < bins[i + 1]:
+            w_above = (x - bins[i]) / (bins[i + 1] - bins[i])
+            out[i] += 1.0 - w_above
+            out[i + 1] += w_above
+            return out
+    raise AssertionError("unreachable")
+
+
+def ref_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    b = bins.double().tolist()
+    rows = [ref_two_hot(v, b) for v in x.double().reshape(-1).tolist()]
+    return torch.tensor(rows, dtype=torch.float64).reshape(*x.shape, len(b))
+
+
+def ref_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor):
+    logits = logits.double()
+    return -(ref_encode(target, bins) * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def ref_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    return (torch.softmax(logits.double(), -1) * bins.double()).sum(-1)
+
+
+def random_targets(n: int, generator: torch.Generator) -> torch.Tensor:
+    magnitude = torch.empty(n).uniform_(-4, 10, generator=generator).exp()
+    sign = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
+    return magnitude * sign
+
+
+# ------------------------------------------------------------ symlog, symexp
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_symlog_symexp_match_official(official, dtype):
+    table = official["symlog_symexp"][dtype]
+    torch_dtype = getattr(torch, dtype)
+    rtol = 1e-6 if dtype == "float32" else 1e-13
+    for fn, name in ((symlog, "symlog"), (symexp, "symexp")):
+        x = torch.tensor(table[f"{name}_in"], dtype=torch_dtype)
+        expected = torch.tensor(table[f"{name}_out"], dtype=torch_dtype)
+        torch.testing.assert_close(fn(x), expected, rtol=rtol, atol=0.0)
+
+
+def test_symlog_symexp_are_inverse():
+    x = torch.linspace(-50, 50, 1001, dtype=torch.float64)
+    torch.testing.assert_close(symexp(symlog(x)), x, rtol=1e-12, atol=1e-12)
+
+
+def test_symlog_symexp_gradients_are_exact_including_zero():
+    x = torch.tensor([-3.0, -1e-6, -0.0, 0.0, 1e-6, 2.0], dtype=torch.float64, requires_grad=True)
+    (grad_symlog,) = torch.autograd.grad(symlog(x).sum(), x)
+    (grad_symexp,) = torch.autograd.grad(symexp(x).sum(), x)
+    plain = [abs(v) for v in x.tolist()]
+    torch.testing.assert_close(grad_symlog, torch.tensor([1 / (1 + a) for a in plain]).double())
+    torch.testing.assert_close(grad_symexp, torch.tensor([math.exp(a) for a in plain]).double())
+
+
+# ---------------------------------------------------------------------- bins
+@pytest.mark.parametrize("num_bins", ["255", "5"])
+def test_bins_match_official(official, num_bins):
+    expected = torch.tensor(official["bins"][num_bins]["bins"], dtype=torch.float32)
+    torch.testing.assert_close(two_hot_bins(int(num_bins)), expected, rtol=3e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("num_bins", [2, 3, 4, 5, 64, 254, 255, 256])
+def test_bins_follow_official_construction_and_are_antisymmetric(num_bins):
+    bins = two_hot_bins(num_bins, dtype=torch.float64)
+    torch.testing.assert_close(bins, ref_bins(num_bins), rtol=1e-14, atol=0.0)
+    assert torch.equal(bins, -bins.flip(0))
+    assert bool((bins[1:] >= bins[:-1]).all())
+    zeros = int((bins == 0).sum())
+    assert zeros == (1 if num_bins % 2 else (2 if num_bins >= 4 else 0))
+
+
+def test_even_bins_differ_from_torchrl_grid():
+    from torchrl.modules.models.model_based import _default_bins
+
+    ours = two_hot_bins(256, dtype=torch.float64)
+    theirs = _default_bins(256, dtype=torch.float64)
+    assert not torch.allclose(ours, theirs)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3, 2.5, True])
+def test_bins_reject_bad_counts(bad):
+    with pytest.raises(ValueError, match="num_bins"):
+        two_hot_bins(bad)
+
+
+# -------------------------------------------------------- official two-hot
+def official_cases(official):
+    table = official["twohot_255"]
+    encoding = torch.tensor(table["encoding_dense"], dtype=torch.float32)
+    return table, {
+        "zero_logits": torch.zeros_like(encoding),
+        "logits_rand": torch.tensor(table["logits_rand"]),
+        "logits_wide": torch.tensor(table["logits_wide"]),
+        "logits_from_encoding": encoding.clamp_min(1e-30).log(),
+    }
+
+
+def test_encode_matches_official(official):
+    table, _ = official_cases(official)
+    bins = torch.tensor(official["bins"]["255"]["bins"])
+    targets = torch.tensor(table["targets"])
+    expected = torch.tensor(table["encoding_dense"])
+    torch.testing.assert_close(two_hot_encode(targets, bins), expected, rtol=0, atol=1e-6)
+    for row, sparse in zip(two_hot_encode(targets, bins), table["encoding_sparse"], strict=True):
+        assert sorted(row.nonzero().flatten().tolist()) == sorted(
+            i for i, w in zip(sparse["index"], sparse["weight"], strict=True) if w > 0
+        )
+
+
+def test_cross_entropy_and_decode_match_official(official):
+    table, cases = official_cases(official)
+    bins = torch.tensor(official["bins"]["255"]["bins"])
+    targets = torch.tensor(table["targets"])
+    for name, logits in cases.items():
+        loss = two_hot_cross_entropy(logits, targets, bins)
+        expected = torch.tensor(table[f"loss_{name}"])
+        torch.testing.assert_close(loss, expected, rtol=1e-6, atol=2e-6, msg=name)
+
+        pred = two_hot_decode(logits, bins)
+        expected = torch.tensor(table[f"pred_{name}"])
+        probs = torch.softmax(logits.double(), -1)
+        tolerance = 1e-6 * (probs * bins.double()).abs().sum(-1)
+        error = (pred.double() - expected.double()).abs()
+        assert bool((error <= tolerance).all()), f"{name}: {error.max()} > {tolerance.max()}"
+
+
+@pytest.mark.parametrize("num_bins", [5, 255, 256])
+def test_zero_logits_decode_to_exactly_zero(official, num_bins):
+    bins = two_hot_bins(num_bins)
+    assert torch.equal(two_hot_decode(torch.zeros(3, num_bins), bins), torch.zeros(3))
+    compiled = torch.compile(two_hot_decode, fullgraph=True)
+    assert torch.equal(compiled(torch.zeros(3, num_bins), bins), torch.zeros(3))
+    if str(num_bins) in official["bins"]:
+        assert official["bins"][str(num_bins)]["zero_init_pred"] == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------- plain float64 reference
+@pytest.fixture
+def grid_and_data():
+    generator = torch.Generator().manual_seed(1)
+    bins = two_hot_bins(255)
+    targets = torch.cat(
+        [
+            random_targets(40, generator),
+            bins[[0, 1, 126, 127, 128, 200, 254]],  # exactly on bins
+            torch.tensor([-1e12, 1e12, 0.0, -0.0]),  # beyond the grid, zero
+        ]
+    )
+    logits = torch.randn(targets.numel(), 255, generator=generator) * 4
+    return bins, logits, targets
+
+
+def test_encode_matches_plain_reference(grid_and_data):
+    bins, _, targets = grid_and_data
+    encoded = two_hot_encode(targets, bins)
+    torch.testing.assert_close(encoded.double(), ref_encode(targets, bins), rtol=0, atol=2e-6)
+    torch.testing.assert_close(encoded.sum(-1), torch.ones(len(targets)))
+
+
+def test_cross_entropy_matches_plain_reference(grid_and_data):
+    bins, logits, targets = grid_and_data
+    loss = two_hot_cross_entropy(logits, targets, bins)
+    torch.testing.assert_close(
+        loss.double(), ref_cross_entropy(logits, targets, bins), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_cross_entropy_gradient_is_softmax_minus_two_hot(grid_and_data):
+    bins, logits, targets = grid_and_data
+    logits = logits.double().requires_grad_()
+    upstream = torch.linspace(-2, 3, len(targets), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(
+        (two_hot_cross_entropy(logits, targets, bins.double()) * upstream).sum(), logits
+    )
+    expected = upstream[:, None] * (torch.softmax(logits.detach(), -1) - ref_encode(targets, bins))
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_batched_shapes_and_trailing_singleton(grid_and_data):
+    bins, logits, targets = grid_and_data
+    logits = logits[:48].reshape(4, 12, 255)
+    targets = targets[:48].reshape(4, 12)
+    flat = two_hot_cross_entropy(logits, targets, bins)
+    assert flat.shape == (4, 12)
+    torch.testing.assert_close(two_hot_cross_entropy(logits, targets[..., None], bins), flat)
+    torch.testing.assert_close(
+        flat.double(), ref_cross_entropy(logits, targets, bins), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_cross_entropy_is_minimised_at_the_targets_two_hot(grid_and_data):
+    bins, logits, targets = grid_and_data
+    encoding = ref_encode(targets, bins)
+    at_target = encoding.clamp_min(1e-300).log()
+    entropy = -(encoding * at_target).sum(-1)
+    best = two_hot_cross_entropy(at_target, targets, bins.double())
+    torch.testing.assert_close(best, entropy, rtol=1e-9, atol=1e-9)
+    spread = entropy > 1e-3  # two bins share the weight
+    assert int(spread.sum()) > 20
+    for scale in (0.1, 1.0, 10.0):
+        other = two_hot_cross_entropy(at_target + scale * logits.double(), targets, bins.double())
+        # CE - H is KL(two_hot || softmax) >= 0, and > 0 when they differ.
+        assert bool((other >= best - 1e-12).all())
+        assert bool((other[spread] > best[spread]).all())
+
+
+def test_decode_inverts_encode_inside_the_grid(grid_and_data):
+    bins, _, targets = grid_and_data
+    bins = bins.double()
+    inside = targets.double().clamp(bins[0], bins[-1])
+    logits = two_hot_encode(inside, bins).clamp_min(1e-300).log()
+    torch.testing.assert_close(two_hot_decode(logits, bins), inside, rtol=1e-9, atol=1e-9)
+
+
+def test_decode_matches_plain_expectation(grid_and_data):
+    bins, logits, _ = grid_and_data
+    torch.testing.assert_close(
+        two_hot_decode(logits, bins).double(), ref_decode(logits, bins), rtol=1e-5, atol=1e-3
+    )
+
+
+def test_half_precision_logits_are_evaluated_in_float32(grid_and_data):
+    bins, logits, targets = grid_and_data
+    low = logits.bfloat16().requires_grad_()
+    loss = two_hot_cross_entropy(low, targets, bins)
+    assert loss.dtype == torch.float32
+    loss.sum().backward()
+    assert low.grad.dtype == torch.bfloat16
+    expected = ref_cross_entropy(low.detach().float(), targets, bins)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_compiles_fullgraph_and_matches_eager(grid_and_data):
+    bins, logits, targets = grid_and_data
+    eager_logits = logits.clone().requires_grad_()
+    compiled_logits = logits.clone().requires_grad_()
+    eager = two_hot_cross_entropy(eager_logits, targets, bins)
+    compiled = torch.compile(two_hot_cross_entropy, fullgraph=True)(compiled_logits, targets, bins)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    eager.sum().backward()
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled_logits.grad, eager_logits.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_errors_name_the_shapes():
+    bins = two_hot_bins(255)
+    with pytest.raises(ValueError, match="254 classes .* 255 bins"):
+        two_hot_cross_entropy(torch.zeros(3, 254), torch.zeros(3), bins)
+    with pytest.raises(ValueError, match=r"target has shape \(4,\)"):
+        two_hot_cross_entropy(torch.zeros(3, 255), torch.zeros(4), bins)
+    with pytest.raises(ValueError, match="1-D"):
+        two_hot_encode(torch.zeros(3), bins[None])
+    with pytest.raises(ValueError, match="254 classes"):
+        two_hot_decode(torch.zeros(3, 254), bins)
