@@ -90,28 +90,23 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-@torch.no_grad()
-def _neighbours(
-    target: torch.Tensor, bins: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices and weights of the two bins that share ``target``.
+def _neighbours(target: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and weights, each ``[..., 2]``, of the two bins that share ``target``.
 
     Mirrors the official rule: ``below`` is the last bin ``<= target`` and
     ``above`` the first bin ``> target``, both clipped to the grid. When they
     coincide (target beyond either end) the whole weight lands on that bin;
     a target exactly on a bin also gets weight 1 there. Weights are formed as
     ``|other bin - target| / total distance`` like the official code, which
-    matters for float32 rounding at the huge outer bins.
+    matters for float32 rounding at the huge outer bins. Callers pass a
+    detached target, so nothing here is recorded by autograd.
     """
     target = target.to(bins.dtype).contiguous()
     above = torch.searchsorted(bins, target, right=True)
-    below = (above - 1).clamp_(min=0)
-    above = above.clamp_(max=bins.numel() - 1)
-    same = below == above
-    dist_below = torch.where(same, 1.0, (bins[below] - target).abs())
-    dist_above = torch.where(same, 1.0, (bins[above] - target).abs())
-    total = dist_below + dist_above
-    return below, above, dist_above / total, dist_below / total
+    index = torch.stack([above - 1, above], dim=-1).clamp_(0, bins.numel() - 1)
+    distance = (bins[index] - target.unsqueeze(-1)).abs_()
+    distance = torch.where(index[..., :1] == index[..., 1:], 1.0, distance)
+    return index, distance.flip(-1) / distance.sum(-1, keepdim=True)
 
 
 def two_hot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -139,11 +134,9 @@ def two_hot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """
     _check_bins(bins)
     bins = bins.to(device=x.device, dtype=_compute_dtype(x.dtype))
-    below, above, w_below, w_above = _neighbours(x, bins)
+    index, weight = _neighbours(x.detach(), bins)
     out = torch.zeros(*x.shape, bins.numel(), dtype=bins.dtype, device=x.device)
-    out.scatter_add_(-1, below.unsqueeze(-1), w_below.unsqueeze(-1))
-    out.scatter_add_(-1, above.unsqueeze(-1), w_above.unsqueeze(-1))
-    return out
+    return out.scatter_add_(-1, index, weight)
 
 
 def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -168,8 +161,9 @@ def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
         >>> from torchdreamer.functional import two_hot_bins, two_hot_decode
         >>> two_hot_decode(torch.zeros(2, 255), two_hot_bins(255))
         tensor([0., 0.])
-        >>> two_hot_decode(torch.tensor([0.0, 0.0, 30.0]), torch.tensor([-1.0, 0.0, 2.0]))
-        tensor(2.0000)
+        >>> bins = torch.tensor([-1.0, 0.0, 2.0])
+        >>> two_hot_decode(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 30.0]]), bins)
+        tensor([0.3333, 2.0000])
     """
     num_bins = logits.shape[-1]
     _check_bins(bins, num_bins)
@@ -256,8 +250,6 @@ def two_hot_cross_entropy(
             )
     logits = logits.to(_compute_dtype(logits.dtype)).reshape(-1, num_bins)
     bins = bins.to(device=logits.device, dtype=logits.dtype)
-    below, above, w_below, w_above = _neighbours(target.detach().reshape(-1), bins)
-    index = torch.stack([below, above], dim=-1)
-    weight = torch.stack([w_below, w_above], dim=-1)
+    index, weight = _neighbours(target.detach().reshape(-1), bins)
     loss = _TwoHotCrossEntropy.apply(logits, index, weight)
     return loss.reshape(batch_shape)

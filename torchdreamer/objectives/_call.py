@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from tensordict import TensorDict, TensorDictBase
+from collections.abc import Mapping
+
+import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
+from tensordict.utils import NestedKey
 
 
 def _is_plain(module: TensorDictModuleBase) -> bool:
@@ -21,8 +25,13 @@ def _is_plain(module: TensorDictModuleBase) -> bool:
     )
 
 
-def call_module(module: TensorDictModuleBase, tensordict: TensorDictBase) -> TensorDictBase:
-    """Run ``module`` on the entries it reads and return a tensordict with its outputs.
+def call_module(
+    module: TensorDictModuleBase, tensordict: TensorDictBase
+) -> Mapping[NestedKey, torch.Tensor] | TensorDictBase:
+    """Run ``module`` on the entries it reads and return its outputs by key.
+
+    Read the result with ``.get(unravel_key(key), None)``: it is a plain dict
+    keyed by the module's (unravelled) out_keys, or a tensordict.
 
     ``tensordict`` itself is never written to. For a plain ``TensorDictModule``
     the wrapped network is called directly, which skips about 100 µs of
@@ -39,7 +48,4 @@ def call_module(module: TensorDictModuleBase, tensordict: TensorDictBase) -> Ten
         raise RuntimeError(
             f"The module returned {len(outputs)} tensor(s) but its out_keys are {module.out_keys}."
         )
-    return TensorDict(
-        {key: value for key, value in zip(module.out_keys, outputs, strict=True) if key != "_"},
-        batch_size=[],
-    )
+    return dict(zip(module.out_keys, outputs, strict=True))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
 from torchdreamer.functional import (
@@ -154,8 +155,8 @@ class DreamerV3ValueLoss(LossModule):
         ... )
         >>> loss_td, _ = loss(td)
         >>> loss_td["loss_value"].backward()
-        >>> sorted(loss_td.keys())
-        ['loss_value', 'target_mean', 'value_mean']
+        >>> sorted(loss_td.keys())  # value_mean needs a decoded value from the head
+        ['loss_value', 'target_mean']
     """
 
     @dataclass
@@ -324,11 +325,13 @@ class DreamerV3ValueLoss(LossModule):
             )
 
     # ------------------------------------------------------------ predictions
-    def _prediction(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+    def _prediction(
+        self, output: Mapping[NestedKey, torch.Tensor], batch: torch.Size
+    ) -> torch.Tensor:
         """The online or slow critic's output: logits ``[*batch, K]`` or values ``[*batch]``."""
         keys = self.tensor_keys
         if self.value_loss == "symlog_mse":
-            value = output.get(keys.value, None)
+            value = output.get(unravel_key(keys.value), None)
             if value is None:
                 raise KeyError(
                     f"The value model wrote no {keys.value!r} (its out_keys are "
@@ -342,10 +345,10 @@ class DreamerV3ValueLoss(LossModule):
                 "The predicted value",
                 "The symlog_mse critic outputs one value per step.",
             )
-        logits = output.get(keys.value_logits, None)
+        logits = output.get(unravel_key(keys.value_logits), None)
         key = keys.value_logits
         if logits is None:
-            logits, key = output.get(keys.value, None), keys.value
+            logits, key = output.get(unravel_key(keys.value), None), keys.value
         if logits is None or logits.shape[-1] != self.num_value_bins:
             found = (
                 "neither key"
@@ -376,7 +379,7 @@ class DreamerV3ValueLoss(LossModule):
         return prediction
 
     def _decoded_value(
-        self, output: TensorDictBase, prediction: torch.Tensor, batch: torch.Size
+        self, output: Mapping[NestedKey, torch.Tensor], prediction: torch.Tensor, batch: torch.Size
     ) -> torch.Tensor | None:
         """The predicted value for the ``value_mean`` diagnostic, if it is free.
 
@@ -386,7 +389,7 @@ class DreamerV3ValueLoss(LossModule):
         """
         if self.value_loss == "symlog_mse":
             return prediction.detach()
-        value = output.get(self.tensor_keys.value, None)
+        value = output.get(unravel_key(self.tensor_keys.value), None)
         if value is None or value.shape not in (batch, (*batch, 1)):
             return None
         return value.detach()
