@@ -183,9 +183,13 @@ def test_nested_keys_and_set_keys():
         "value_logits",
         "lambda_target",
         "discount_weight",
+        "reward",
+        "is_last",
+        "is_terminal",
+        "bootstrap",
     }
     with pytest.raises(ValueError, match="not an accepted tensordict key"):
-        loss.set_keys(reward="r")
+        loss.set_keys(observation="obs")
 
 
 def test_general_tensordict_modules_give_the_same_loss_as_the_plain_fast_path():

@@ -5,7 +5,7 @@
 """
 
 from torchdreamer import functional
-from torchdreamer.objectives import DreamerV3ValueLoss
+from torchdreamer.objectives import DreamerV3ActorLoss, DreamerV3ValueLoss, ReturnScale
 
-__all__ = ["DreamerV3ValueLoss", "functional"]
+__all__ = ["DreamerV3ActorLoss", "DreamerV3ValueLoss", "ReturnScale", "functional"]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ Examples:
     torch.Size([3])
 """
 
+from torchdreamer.functional.returns import discount_weights, lambda_return, return_percentiles
 from torchdreamer.functional.symlog import symexp, symlog
 from torchdreamer.functional.two_hot import (
     two_hot_bins,
@@ -18,6 +19,9 @@ from torchdreamer.functional.two_hot import (
 )
 
 __all__ = [
+    "discount_weights",
+    "lambda_return",
+    "return_percentiles",
     "symexp",
     "symlog",
     "two_hot_bins",

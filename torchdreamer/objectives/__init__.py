@@ -1,5 +1,7 @@
 """Loss modules: they wire tensordict keys and networks around ``torchdreamer.functional``."""
 
+from torchdreamer.objectives.actor import DreamerV3ActorLoss
+from torchdreamer.objectives.return_scale import ReturnScale
 from torchdreamer.objectives.value import DreamerV3ValueLoss
 
-__all__ = ["DreamerV3ValueLoss"]
+__all__ = ["DreamerV3ActorLoss", "DreamerV3ValueLoss", "ReturnScale"]

@@ -13,12 +13,14 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
 from torchdreamer.functional import (
+    lambda_return,
     symlog,
     two_hot_bins,
     two_hot_cross_entropy,
     two_hot_decode,
 )
 from torchdreamer.objectives._call import call_module
+from torchdreamer.objectives._links import Borrowed
 
 __all__ = ["DreamerV3ValueLoss"]
 
@@ -26,21 +28,6 @@ ValueLossType = Literal["symlog_mse", "two_hot"]
 Reduction = Literal["mean", "sum", "none"]
 _VALUE_LOSSES = ("symlog_mse", "two_hot")
 _REDUCTIONS = ("mean", "sum", "none")
-
-
-@dataclass(frozen=True)
-class _ActorGammaLink:
-    """A non-owning link to the actor loss whose estimator holds gamma.
-
-    Kept outside ``nn.Module`` registration on purpose: the actor loss owns
-    its networks, and the value loss must not list them as its own
-    parameters or save them in its ``state_dict``.
-    """
-
-    actor_loss: Any
-
-    def gamma(self) -> float | torch.Tensor:
-        return self.actor_loss.value_estimator.gamma
 
 
 def _as_float_gamma(gamma: Any, source: str) -> float:
@@ -174,12 +161,23 @@ class DreamerV3ValueLoss(LossModule):
             discount_weight: Optional per-step loss weight written by the actor
                 loss, shape ``batch`` or ``batch + [1]``. Defaults to
                 ``"discount_weight"``.
+            reward: Replay reward received on arriving at each state
+                (:meth:`replay_value_loss`). Defaults to ``"reward"``.
+            is_last: Replay flag: the state ends its episode (terminal or
+                truncated). Defaults to ``"is_last"``.
+            is_terminal: Replay flag: the state is terminal. Defaults to ``"is_terminal"``.
+            bootstrap: The first imagined λ-return of each replay state.
+                Defaults to ``"bootstrap"``.
         """
 
         value: NestedKey = "state_value"
         value_logits: NestedKey = "state_value_logits"
         lambda_target: NestedKey = "lambda_target"
         discount_weight: NestedKey = "discount_weight"
+        reward: NestedKey = "reward"
+        is_last: NestedKey = "is_last"
+        is_terminal: NestedKey = "is_terminal"
+        bootstrap: NestedKey = "bootstrap"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -231,7 +229,7 @@ class DreamerV3ValueLoss(LossModule):
         self._actor_link = None
         if actor_loss is not None:
             _as_float_gamma(_actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma")
-            self._actor_link = _ActorGammaLink(actor_loss)
+            self._actor_link = Borrowed(actor_loss)
         self.register_buffer("value_bins", two_hot_bins(num_value_bins))
         if self.slow_critic_regularization > 0:
             # Plain tensors held as buffers: the optimiser never sees the slow
@@ -287,7 +285,7 @@ class DreamerV3ValueLoss(LossModule):
         """The gamma the next forward will use (the actor's when linked)."""
         if self._actor_link is None:
             return self.gamma
-        gamma = self._actor_link.gamma()
+        gamma = self._actor_link.module.value_estimator.gamma
         # Range-check when it costs nothing; a device tensor is checked only
         # under validate_inputs since reading it synchronises.
         if not torch.compiler.is_compiling() and (
@@ -491,3 +489,98 @@ class DreamerV3ValueLoss(LossModule):
                 out["value_mean"] = value.mean()
             out["target_mean"] = target.mean()
         return TensorDict(out, batch_size=[]), tensordict
+
+    # ----------------------------------------------------------- replay values
+    def replay_value_loss(
+        self, tensordict: TensorDictBase, horizon: float = 333.0, lmbda: float = 0.95
+    ) -> TensorDict:
+        """The official "repval" loss: the critic on real replay sequences.
+
+        Returns are λ-returns along each ``[B, T]`` replay sequence, from its real
+        rewards and episode flags, bootstrapped from every state's first
+        imagined return ``bootstrap`` (what the actor loss computed from that
+        state), with discount ``1 - 1/horizon``. The critic is trained on
+        states ``0 .. T-2``; states that end an episode are masked out. The
+        gradient reaches the value model's input features, so this loss can
+        train the representation. The caller scales it (officially by 0.3).
+
+        Per-step layout, as in the official replay buffer: ``reward`` is the
+        reward received on arriving at a state, ``is_last`` and
+        ``is_terminal`` are that state's own flags. The slow-critic
+        regulariser applies here too when enabled.
+
+        Args:
+            tensordict: ``[B, T]`` (``T >= 2``) with the value model's inputs and
+                ``reward``, ``is_last``, ``is_terminal``, ``bootstrap``, each of
+                shape ``[B, T]`` or ``[B, T, 1]``.
+            horizon: Discount horizon (official 333).
+            lmbda: λ (official 0.95).
+
+        Returns:
+            A tensordict with ``loss_replay_value`` (reduced like the main loss)
+            and the detached ``replay_target_mean``.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchdreamer import DreamerV3ValueLoss
+            >>> critic = TensorDictModule(torch.nn.Linear(4, 1), ["state"], ["state_value"])
+            >>> loss = DreamerV3ValueLoss(critic)
+            >>> replay = TensorDict({
+            ...     "state": torch.randn(2, 8, 4),
+            ...     "reward": torch.randn(2, 8),
+            ...     "is_last": torch.zeros(2, 8, dtype=torch.bool),
+            ...     "is_terminal": torch.zeros(2, 8, dtype=torch.bool),
+            ...     "bootstrap": torch.randn(2, 8),
+            ... }, [2, 8])
+            >>> loss.replay_value_loss(replay)["loss_replay_value"].shape
+            torch.Size([])
+        """
+        if not horizon >= 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}.")
+        if not 0 <= lmbda <= 1:
+            raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}.")
+        batch = tensordict.batch_size
+        if len(batch) < 1 or batch[-1] < 2:
+            raise ValueError(
+                f"replay_value_loss needs a [B, T] batch with T >= 2 (time last), got "
+                f"batch size {tuple(batch)}."
+            )
+        keys = self.tensor_keys
+        entries = {}
+        for name in ("reward", "is_last", "is_terminal", "bootstrap"):
+            key = getattr(keys, name)
+            value = tensordict.get(key, None)
+            if value is None:
+                raise KeyError(
+                    f"replay_value_loss needs {key!r} in the replay batch "
+                    "(see the per-step layout in its docstring)."
+                )
+            entries[name] = self._per_step(
+                value.detach(), batch, key, f"The replay entry {name}", ""
+            ).to(torch.float32 if value.dtype == torch.bool else value.dtype)
+        target = lambda_return(
+            entries["reward"],
+            1 - entries["is_terminal"],
+            entries["bootstrap"],
+            1 - 1 / horizon,
+            lmbda,
+            is_last=entries["is_last"],
+        )
+        prediction = self._prediction(call_module(self.value_model, tensordict), batch)
+        prediction = (
+            prediction[..., :-1, :] if self.value_loss == "two_hot" else prediction[..., :-1]
+        )
+        loss = self._step_loss(prediction, target)
+        if self.slow_critic_regularization > 0:
+            slow = self._slow_prediction(tensordict, batch)[..., :-1]
+            loss = loss + self.slow_critic_regularization * self._step_loss(prediction, slow)
+        keep = 1 - entries["is_last"][..., :-1]
+        return TensorDict(
+            {
+                "loss_replay_value": self._reduce(keep * loss),
+                "replay_target_mean": target.mean(),
+            },
+            batch_size=[],
+        )

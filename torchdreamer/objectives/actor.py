@@ -1,0 +1,405 @@
+"""The DreamerV3 actor loss: imagination, λ-returns and the policy gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey, unravel_key
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
+from torchrl.objectives import LossModule
+from torchrl.objectives.utils import ValueEstimators
+from torchrl.objectives.value import TDLambdaEstimator
+
+from torchdreamer.functional import discount_weights, lambda_return, two_hot_bins, two_hot_decode
+from torchdreamer.objectives._call import call_module
+from torchdreamer.objectives._links import Borrowed, frozen
+from torchdreamer.objectives.return_scale import ReturnScale
+
+__all__ = ["DREAMERV3_GAMMA", "DREAMERV3_LAMBDA", "DreamerV3ActorLoss"]
+
+#: The paper's discount, 1 - 1/333 (a 333-step horizon).
+DREAMERV3_GAMMA = 1 - 1 / 333
+#: The paper's λ.
+DREAMERV3_LAMBDA = 0.95
+
+
+def _per_step(tensor: torch.Tensor, batch: torch.Size, what: str) -> torch.Tensor:
+    """``tensor`` as ``batch`` shaped, dropping one trailing singleton."""
+    if tensor.shape == (*batch, 1):
+        return tensor.squeeze(-1)
+    if tensor.shape != batch:
+        raise ValueError(
+            f"{what} has shape {tuple(tensor.shape)}, expected {tuple(batch)} or "
+            f"{(*batch, 1)} (one scalar per imagined state)."
+        )
+    return tensor
+
+
+class DreamerV3ActorLoss(LossModule):
+    """DreamerV3 actor loss, computed on trajectories imagined in the world model.
+
+    From the given (replay posterior) start states, the actor is rolled out for
+    ``imagination_horizon`` steps inside ``model_based_env`` with the world
+    model frozen. Along the ``H + 1`` states ``s_0 .. s_H`` it computes the
+    λ-returns of DreamerV3, ``R_t = r_{t+1} + γ c_{t+1} ((1 - λ) v_{t+1} + λ R_{t+1})``
+    bootstrapped from the online critic, ``R_H = v_H``, and the weights
+    ``w_t = γ^t Π_{k<=t} c_k`` (the start state's continuation included), where
+    ``c`` comes from ``continuation_model`` or is 1.
+
+    The loss, averaged over ``t < H``, is
+
+    * REINFORCE (``use_reinforce=True``, discrete actions):
+      ``-w_t (log π(a_t|s_t) sg((R_t - v_t) / S) + η H[π(·|s_t)])``;
+    * reparameterised (continuous actions, gradients through the dynamics):
+      ``-w_t (R_t / S + η H[π(·|s_t)])``,
+
+    where ``S = max(1, EMA(P95(R)) - EMA(P5(R)))`` (see :class:`ReturnScale`),
+    updated in training mode only and applied to the actor only.
+
+    ``forward`` returns ``(loss_td, imagined)``: ``imagined`` is the detached
+    ``[*batch, H]`` trajectory with ``lambda_target`` and ``discount_weight``
+    written in, ready for :class:`~torchdreamer.DreamerV3ValueLoss`. Link that
+    loss with ``actor_loss=`` so both use the same gamma.
+
+    Args:
+        actor_model: The policy, a probabilistic tensordict module with
+            ``get_dist`` (e.g. ``ProbabilisticTensorDictSequential``), writing
+            ``action``.
+        value_model: The critic. Writes the decoded value to ``state_value``, or
+            only logits over the two-hot bins to ``state_value_logits``.
+        model_based_env: The imagination environment: TorchRL's ``DreamerEnv``
+            (any ``ModelBasedEnvBase``), or any module with ``reset(td)`` and
+            ``step(td)`` writing ``("next", state keys)`` and ``("next", "reward")``.
+
+    Keyword Args:
+        continuation_model: Writes ``continuation`` probabilities for a state.
+        imagination_horizon: Imagined steps ``H`` (official 15).
+        discount_loss: Weight steps by ``w_t``; otherwise all weights are 1.
+        entropy_bonus: ``η`` (official 3e-4).
+        use_reinforce: REINFORCE (discrete) instead of reparameterised gradients.
+        return_normalization: Divide by ``S``; otherwise ``S = 1``.
+        return_normalization_rate: EMA rate of the percentiles (official 0.01).
+        return_normalization_quantiles: Percentiles (official 5th and 95th).
+        return_normalization_min_scale: Lower bound of ``S`` (official 1).
+
+    Only the actor is owned by this loss (its parameters, ``state_dict`` and
+    device); the critic, world model and continuation model are used, frozen,
+    and stay with their owners. ``gamma`` and ``λ`` live in
+    ``value_estimator`` (defaults ``1 - 1/333`` and ``0.95``); change them with
+    :meth:`make_value_estimator`.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob
+        >>> from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+        >>> from torchrl.modules import OneHotCategorical
+        >>> from torchdreamer import DreamerV3ActorLoss, DreamerV3ValueLoss
+        >>> class Walk(torch.nn.Module):  # an exact 1-D world model
+        ...     def reset(self, td):
+        ...         return td.clone()
+        ...     def step(self, td):
+        ...         move = td["action"].argmax(-1, keepdim=True).float() * 2 - 1
+        ...         state = td["state"] + move
+        ...         td["next"] = TensorDict(state=state, reward=-state.abs(), batch_size=td.shape)
+        ...         return td
+        >>> actor = Seq(
+        ...     TensorDictModule(torch.nn.Linear(1, 2), ["state"], ["logits"]),
+        ...     Prob(in_keys=["logits"], out_keys=["action"], distribution_class=OneHotCategorical),
+        ... )
+        >>> critic = TensorDictModule(torch.nn.Linear(1, 1), ["state"], ["state_value"])
+        >>> actor_loss = DreamerV3ActorLoss(actor, critic, Walk(), use_reinforce=True)
+        >>> value_loss = DreamerV3ValueLoss(critic, actor_loss=actor_loss)
+        >>> start = TensorDict(state=torch.randn(4, 1), batch_size=[4])
+        >>> loss_td, imagined = actor_loss(start)
+        >>> imagined.batch_size, imagined["lambda_target"].shape
+        (torch.Size([4, 15]), torch.Size([4, 15, 1]))
+        >>> (loss_td["loss_actor"] + value_loss(imagined)[0]["loss_value"]).backward()
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Tensordict keys; change them with ``set_keys``.
+
+        Attributes:
+            state: Latent state the imagination starts from. Defaults to ``"state"``.
+            belief: Deterministic (recurrent) state, used when present.
+                Defaults to ``"belief"``.
+            action: Action written by the actor. Defaults to ``"action"``.
+            reward: Imagined reward, read under ``"next"``. Defaults to ``"reward"``.
+            value: Decoded value written by the critic. Defaults to ``"state_value"``.
+            value_logits: Critic logits, decoded when ``value`` is absent.
+                Defaults to ``"state_value_logits"``.
+            continuation: Continuation probability written by the continuation
+                model. Defaults to ``"continuation"``.
+            lambda_target: Where the λ-returns are written. Defaults to ``"lambda_target"``.
+            discount_weight: Where the weights ``w_t`` are written.
+                Defaults to ``"discount_weight"``.
+        """
+
+        state: NestedKey = "state"
+        belief: NestedKey = "belief"
+        action: NestedKey = "action"
+        reward: NestedKey = "reward"
+        value: NestedKey = "state_value"
+        value_logits: NestedKey = "state_value_logits"
+        continuation: NestedKey = "continuation"
+        lambda_target: NestedKey = "lambda_target"
+        discount_weight: NestedKey = "discount_weight"
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    default_value_estimator = ValueEstimators.TDLambda
+
+    actor_model: TensorDictModuleBase
+    return_scale: ReturnScale
+
+    def __init__(
+        self,
+        actor_model: TensorDictModuleBase,
+        value_model: TensorDictModuleBase,
+        model_based_env: Any,
+        *,
+        continuation_model: TensorDictModuleBase | None = None,
+        imagination_horizon: int = 15,
+        discount_loss: bool = True,
+        entropy_bonus: float = 3e-4,
+        use_reinforce: bool = False,
+        return_normalization: bool = True,
+        return_normalization_rate: float = 0.01,
+        return_normalization_quantiles: tuple[float, float] = (0.05, 0.95),
+        return_normalization_min_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not hasattr(actor_model, "get_dist"):
+            raise TypeError(
+                "actor_model must be a probabilistic tensordict module with get_dist(), "
+                "e.g. ProbabilisticTensorDictSequential(net, ProbabilisticTensorDictModule"
+                f"(...)); got {type(actor_model).__name__}."
+            )
+        for name in ("reset", "step"):
+            if not callable(getattr(model_based_env, name, None)):
+                raise TypeError(
+                    f"model_based_env must have a {name}(tensordict) method (a TorchRL "
+                    f"DreamerEnv or the same contract); {type(model_based_env).__name__} "
+                    "has none."
+                )
+        if isinstance(imagination_horizon, bool) or not isinstance(imagination_horizon, int):
+            raise TypeError(f"imagination_horizon must be an int, got {imagination_horizon!r}.")
+        if imagination_horizon < 1:
+            raise ValueError(f"imagination_horizon must be >= 1, got {imagination_horizon}.")
+        if not entropy_bonus >= 0:
+            raise ValueError(f"entropy_bonus must be >= 0, got {entropy_bonus}.")
+        self.actor_model = actor_model
+        self._borrowed = Borrowed(
+            {"value": value_model, "env": model_based_env, "continuation": continuation_model}
+        )
+        self.imagination_horizon = imagination_horizon
+        self.discount_loss = bool(discount_loss)
+        self.entropy_bonus = float(entropy_bonus)
+        self.use_reinforce = bool(use_reinforce)
+        self.return_normalization = bool(return_normalization)
+        self.return_scale = ReturnScale(
+            return_normalization_rate,
+            tuple(return_normalization_quantiles),
+            return_normalization_min_scale,
+        )
+
+    # ---------------------------------------------------------- borrowed modules
+    @property
+    def value_model(self) -> TensorDictModuleBase:
+        """The critic (used frozen, not owned)."""
+        return self._borrowed.module["value"]
+
+    @property
+    def model_based_env(self) -> Any:
+        """The imagination environment (used frozen, not owned)."""
+        return self._borrowed.module["env"]
+
+    @property
+    def continuation_model(self) -> TensorDictModuleBase | None:
+        """The continuation model, if any (used frozen, not owned)."""
+        return self._borrowed.module["continuation"]
+
+    # ----------------------------------------------------------- value estimator
+    def make_value_estimator(
+        self, value_type: ValueEstimators | None = None, **hyperparams: Any
+    ) -> None:
+        """Set the estimator that holds ``gamma`` and ``lmbda``.
+
+        Only ``ValueEstimators.TDLambda`` applies to DreamerV3's λ-returns;
+        defaults are the paper's ``gamma = 1 - 1/333`` and ``lmbda = 0.95``.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob
+            >>> from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+            >>> from torchrl.modules import OneHotCategorical
+            >>> from torchrl.objectives.utils import ValueEstimators
+            >>> from torchdreamer import DreamerV3ActorLoss
+            >>> class WorldModel(torch.nn.Module):
+            ...     def reset(self, td): ...
+            ...     def step(self, td): ...
+            >>> head = Prob(["logits"], ["action"], distribution_class=OneHotCategorical)
+            >>> actor = Seq(TensorDictModule(torch.nn.Linear(3, 2), ["state"], ["logits"]), head)
+            >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["state"], ["state_value"])
+            >>> loss = DreamerV3ActorLoss(actor, critic, WorldModel())
+            >>> round(loss.value_estimator.gamma.item(), 4), loss.value_estimator.lmbda.item()
+            (0.997, 0.949999988079071)
+            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.9)
+            >>> round(loss.value_estimator.gamma.item(), 4)
+            0.99
+        """
+        value_type = self.default_value_estimator if value_type is None else value_type
+        if value_type != ValueEstimators.TDLambda:
+            raise NotImplementedError(
+                f"DreamerV3ActorLoss computes λ-returns: use ValueEstimators.TDLambda, "
+                f"not {value_type}."
+            )
+        hyperparams.setdefault("gamma", DREAMERV3_GAMMA)
+        hyperparams.setdefault("lmbda", DREAMERV3_LAMBDA)
+        gamma, lmbda = float(hyperparams["gamma"]), float(hyperparams["lmbda"])
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {gamma}.")
+        if not 0 <= lmbda <= 1:
+            raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}.")
+        # The estimator only holds the hyperparameters; returns are computed by
+        # torchdreamer.functional.lambda_return.
+        hyperparams.setdefault("value_network", None)
+        self._value_estimator = TDLambdaEstimator(**hyperparams)
+        self.value_type = value_type
+
+    def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
+        # The estimator is never called on tensordicts: nothing to forward.
+        pass
+
+    # ---------------------------------------------------------------- helpers
+    def _imagine(self, start: TensorDictBase) -> TensorDictBase:
+        """Roll the actor out for H steps: a ``[*batch, H]`` trajectory."""
+        env = self.model_based_env
+        tensordict = env.reset(start)
+        steps = []
+        for _ in range(self.imagination_horizon):
+            tensordict = env.step(self.actor_model(tensordict))
+            steps.append(tensordict)
+            tensordict = step_mdp(tensordict, exclude_action=True)
+        return torch.stack(steps, dim=start.ndim)
+
+    def _values(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        """The critic's decoded value of each state, ``batch`` shaped."""
+        output = call_module(self.value_model, states)
+        value = output.get(unravel_key(self.tensor_keys.value), None)
+        if value is None:
+            logits = output.get(unravel_key(self.tensor_keys.value_logits), None)
+            if logits is None:
+                raise KeyError(
+                    f"The value model wrote neither {self.tensor_keys.value!r} nor "
+                    f"{self.tensor_keys.value_logits!r}; the actor loss needs one of them."
+                )
+            bins = two_hot_bins(logits.shape[-1], dtype=torch.float32, device=logits.device)
+            return _per_step(two_hot_decode(logits, bins), batch, "the decoded value")
+        return _per_step(value, batch, f"The value {self.tensor_keys.value!r}")
+
+    def _continuations(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor | None:
+        model = self.continuation_model
+        if model is None:
+            return None
+        output = call_module(model, states)
+        key = unravel_key(self.tensor_keys.continuation)
+        continuation = output.get(key, None)
+        if continuation is None:
+            raise KeyError(f"The continuation model wrote no {key!r}.")
+        return _per_step(continuation, batch, f"The continuation {key!r}")
+
+    def _entropy_and_log_prob(
+        self, imagined: TensorDictBase, batch: torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        inputs = imagined.select(*self.actor_model.in_keys, strict=False).detach()
+        dist = self.actor_model.get_dist(inputs)
+        try:
+            entropy = dist.entropy()
+        except NotImplementedError:  # e.g. tanh-squashed normals: a one-sample estimate
+            entropy = -dist.log_prob(dist.rsample())
+        entropy = entropy.sum(-1) if entropy.dim() > len(batch) else entropy
+        log_prob = None
+        if self.use_reinforce:
+            log_prob = dist.log_prob(imagined.get(self.tensor_keys.action).detach())
+            log_prob = log_prob.sum(-1) if log_prob.dim() > len(batch) else log_prob
+        return entropy, log_prob
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
+        """Imagine from ``tensordict``'s states and compute the actor loss.
+
+        Args:
+            tensordict: Start states (``state`` and, if used, ``belief``), any
+                batch shape. Gradients do not flow into them.
+
+        Returns:
+            ``(loss_td, imagined)``: ``loss_td`` holds ``loss_actor`` and the
+            detached metrics ``actor_entropy``, ``return_low``, ``return_high``,
+            ``return_scale``, ``continuation_mean`` and ``lambda_target_mean``;
+            ``imagined`` is the detached ``[*batch, H]`` trajectory with
+            ``lambda_target`` and ``discount_weight``.
+        """
+        keys = self.tensor_keys
+        start = tensordict.select(keys.state, keys.belief, strict=False).detach()
+        if unravel_key(keys.state) not in start.keys(True):
+            raise KeyError(
+                f"The input has no {keys.state!r} to imagine from; pass the posterior "
+                "states or set_keys(state=...)."
+            )
+        estimator = self.value_estimator
+        borrowed = (self.model_based_env, self.value_model, self.continuation_model)
+        with frozen(*borrowed), set_exploration_type(ExplorationType.RANDOM):
+            imagined = self._imagine(start)
+            batch = imagined.batch_size
+            # States s_0 .. s_H: the H roots plus the last step's next state.
+            last = imagined[..., -1].get("next").select(*imagined.keys(), strict=False)
+            states = torch.cat([imagined.select(*last.keys(True)), last.unsqueeze(-1)], dim=-1)
+            states_batch = states.batch_size
+            value = self._values(states, states_batch)
+            continuation = self._continuations(states, states_batch)
+        reward = _per_step(imagined.get(("next", keys.reward)), batch, "The imagined reward")
+        reward = torch.cat([torch.zeros_like(reward[..., :1]), reward], dim=-1)
+        live = torch.ones_like(value) if continuation is None else continuation
+        gamma = estimator.gamma.to(value)
+        returns = lambda_return(reward, live, value, gamma, estimator.lmbda.to(value))
+        if self.discount_loss:
+            weight = discount_weights(live[..., :-1], gamma).detach()
+        else:
+            weight = torch.ones_like(returns)
+
+        if self.return_normalization:
+            if self.training:
+                self.return_scale.update(returns)
+            scale = self.return_scale.scale().to(returns)
+        else:
+            scale = torch.ones((), dtype=returns.dtype, device=returns.device)
+        entropy, log_prob = self._entropy_and_log_prob(imagined, batch)
+        if self.use_reinforce:
+            advantage = ((returns - value[..., :-1]) / scale).detach()
+            objective = log_prob * advantage
+        else:
+            objective = returns / scale
+        loss = -(weight * (objective + self.entropy_bonus * entropy)).mean()
+
+        imagined = imagined.detach()
+        imagined.set(keys.lambda_target, returns.detach().unsqueeze(-1))
+        imagined.set(keys.discount_weight, weight.unsqueeze(-1))
+        metrics = {
+            "loss_actor": loss,
+            "actor_entropy": entropy.detach().mean(),
+            "return_low": self.return_scale.low.detach().clone(),
+            "return_high": self.return_scale.high.detach().clone(),
+            "return_scale": scale.detach(),
+            "continuation_mean": live.detach().mean(),
+            "lambda_target_mean": returns.detach().mean(),
+        }
+        return TensorDict(metrics, batch_size=[]), imagined
