@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import ref_lambda_return, ref_weights
 
 from torchdreamer.functional import discount_weights, lambda_return, return_percentiles
-
-
-def ref_lambda_return(reward, cont, boot, gamma, lmbda, last=None):
-    """The official recursion, one trajectory, Python floats, walking back from R_T = b_T."""
-    steps = len(reward)
-    last = last or [0.0] * steps
-    returns = [0.0] * (steps - 1)
-    running = boot[-1]
-    for t in reversed(range(steps - 1)):
-        mix = lmbda * (1 - last[t + 1])
-        running = reward[t + 1] + gamma * cont[t + 1] * ((1 - mix) * boot[t + 1] + mix * running)
-        returns[t] = running
-    return returns
-
-
-def ref_weights(cont, gamma):
-    out, running = [], 1.0
-    for t, c in enumerate(cont):
-        running *= c if t == 0 else gamma * c
-        out.append(running)
-    return out
 
 
 def ref_percentile(values, q):

@@ -209,6 +209,8 @@ class DreamerV3ActorLoss(LossModule):
             tuple(return_normalization_quantiles),
             return_normalization_min_scale,
         )
+        # Eagerly, so gamma and lmbda are always in the state_dict.
+        self.make_value_estimator()
 
     # ---------------------------------------------------------- borrowed modules
     @property
