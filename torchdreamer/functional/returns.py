@@ -68,17 +68,22 @@ def lambda_return(
     live = gamma * continuation[..., 1:]
     mix = lmbda if is_last is None else lmbda * (1 - is_last[..., 1:].to(reward.dtype))
     # Everything but the recursive term, for all steps at once; then one
-    # fused multiply-add per step walking back from the bootstrap.
+    # fused multiply-add per step walking back from the bootstrap. unbind
+    # splits time in one op (and one op in backward): indexing step by step
+    # would record a select per step, whose backward allocates a zero [..., T]
+    # tensor each time.
     partial = reward[..., 1:] + live * (1 - mix) * bootstrap[..., 1:]
     carry = live * mix
-    if not torch.is_tensor(carry):
-        carry = torch.full_like(partial, carry)
+    if not torch.is_tensor(carry) or carry.shape != partial.shape:
+        carry = torch.as_tensor(carry, dtype=partial.dtype, device=partial.device)
+        carry = carry.expand_as(partial)
+    partial, carry = partial.unbind(-1), carry.unbind(-1)
     running = bootstrap[..., -1]
-    returns = []
-    for t in range(shape[-1] - 2, -1, -1):
-        running = torch.addcmul(partial[..., t], carry[..., t], running)
-        returns.append(running)
-    return torch.stack(returns[::-1], dim=-1)
+    returns = [running] * len(partial)
+    for t in reversed(range(len(partial))):
+        running = torch.addcmul(partial[t], carry[t], running)
+        returns[t] = running
+    return torch.stack(returns, dim=-1)
 
 
 def discount_weights(continuation: torch.Tensor, gamma: float | torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torchrl.objectives.value import TDLambdaEstimator
 from torchdreamer.functional import discount_weights, lambda_return, two_hot_bins, two_hot_decode
 from torchdreamer.objectives._call import call_module
 from torchdreamer.objectives._links import Borrowed, frozen
+from torchdreamer.objectives._shapes import per_step
 from torchdreamer.objectives.return_scale import ReturnScale
 
 __all__ = ["DREAMERV3_GAMMA", "DREAMERV3_LAMBDA", "DreamerV3ActorLoss"]
@@ -25,18 +26,6 @@ __all__ = ["DREAMERV3_GAMMA", "DREAMERV3_LAMBDA", "DreamerV3ActorLoss"]
 DREAMERV3_GAMMA = 1 - 1 / 333
 #: The paper's λ.
 DREAMERV3_LAMBDA = 0.95
-
-
-def _per_step(tensor: torch.Tensor, batch: torch.Size, what: str) -> torch.Tensor:
-    """``tensor`` as ``batch`` shaped, dropping one trailing singleton."""
-    if tensor.shape == (*batch, 1):
-        return tensor.squeeze(-1)
-    if tensor.shape != batch:
-        raise ValueError(
-            f"{what} has shape {tuple(tensor.shape)}, expected {tuple(batch)} or "
-            f"{(*batch, 1)} (one scalar per imagined state)."
-        )
-    return tensor
 
 
 class DreamerV3ActorLoss(LossModule):
@@ -305,8 +294,8 @@ class DreamerV3ActorLoss(LossModule):
                     f"{self.tensor_keys.value_logits!r}; the actor loss needs one of them."
                 )
             bins = two_hot_bins(logits.shape[-1], dtype=torch.float32, device=logits.device)
-            return _per_step(two_hot_decode(logits, bins), batch, "the decoded value")
-        return _per_step(value, batch, f"The value {self.tensor_keys.value!r}")
+            return per_step(two_hot_decode(logits, bins), batch, "The decoded value")
+        return per_step(value, batch, f"The value {self.tensor_keys.value!r}")
 
     def _continuations(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor | None:
         model = self.continuation_model
@@ -317,7 +306,7 @@ class DreamerV3ActorLoss(LossModule):
         continuation = output.get(key, None)
         if continuation is None:
             raise KeyError(f"The continuation model wrote no {key!r}.")
-        return _per_step(continuation, batch, f"The continuation {key!r}")
+        return per_step(continuation, batch, f"The continuation {key!r}")
 
     def _entropy_and_log_prob(
         self, imagined: TensorDictBase, batch: torch.Size
@@ -359,7 +348,16 @@ class DreamerV3ActorLoss(LossModule):
             )
         estimator = self.value_estimator
         borrowed = (self.model_based_env, self.value_model, self.continuation_model)
-        with frozen(*borrowed), set_exploration_type(ExplorationType.RANDOM):
+        # With REINFORCE nothing below needs a gradient: returns only enter the
+        # stop-gradient advantage and the policy is re-evaluated on detached
+        # states (the official sg(imagined features)). Building no graph through
+        # H world-model steps saves its time and memory.
+        track = torch.is_grad_enabled() and not self.use_reinforce
+        with (
+            frozen(*borrowed),
+            set_exploration_type(ExplorationType.RANDOM),
+            torch.set_grad_enabled(track),
+        ):
             imagined = self._imagine(start)
             batch = imagined.batch_size
             # States s_0 .. s_H: the H roots plus the last step's next state.
@@ -368,11 +366,12 @@ class DreamerV3ActorLoss(LossModule):
             states_batch = states.batch_size
             value = self._values(states, states_batch)
             continuation = self._continuations(states, states_batch)
-        reward = _per_step(imagined.get(("next", keys.reward)), batch, "The imagined reward")
-        reward = torch.cat([torch.zeros_like(reward[..., :1]), reward], dim=-1)
-        live = torch.ones_like(value) if continuation is None else continuation
-        gamma = estimator.gamma.to(value)
-        returns = lambda_return(reward, live, value, gamma, estimator.lmbda.to(value))
+            reward = imagined.get(("next", keys.reward))
+            reward = per_step(reward, batch, "The imagined reward")
+            reward = torch.cat([torch.zeros_like(reward[..., :1]), reward], dim=-1)
+            live = torch.ones_like(value) if continuation is None else continuation
+            gamma = estimator.gamma.to(value)
+            returns = lambda_return(reward, live, value, gamma, estimator.lmbda.to(value))
         if self.discount_loss:
             weight = discount_weights(live[..., :-1], gamma).detach()
         else:

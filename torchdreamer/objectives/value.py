@@ -21,6 +21,7 @@ from torchdreamer.functional import (
 )
 from torchdreamer.objectives._call import call_module
 from torchdreamer.objectives._links import Borrowed
+from torchdreamer.objectives._shapes import per_step
 
 __all__ = ["DreamerV3ValueLoss"]
 
@@ -301,19 +302,6 @@ class DreamerV3ValueLoss(LossModule):
         # No batch size set on the input: the target's own shape is the batch.
         return target.shape[:-1] if target.ndim and target.shape[-1] == 1 else target.shape
 
-    @staticmethod
-    def _per_step(
-        tensor: torch.Tensor, batch: torch.Size, key: NestedKey, what: str, fix: str
-    ) -> torch.Tensor:
-        if tensor.shape == batch:
-            return tensor
-        if tensor.shape == (*batch, 1):
-            return tensor.squeeze(-1)
-        raise ValueError(
-            f"{what} {key!r} has shape {tuple(tensor.shape)}, expected "
-            f"{tuple(batch)} or {(*batch, 1)} to match the batch. {fix}"
-        )
-
     def _check_finite(self, tensor: torch.Tensor, key: NestedKey) -> None:
         if self.validate_inputs and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -336,11 +324,10 @@ class DreamerV3ValueLoss(LossModule):
                     f"{self.value_model.out_keys}); make it write the predicted "
                     "value there or call set_keys(value=...)."
                 )
-            return self._per_step(
+            return per_step(
                 value,
                 batch,
-                keys.value,
-                "The predicted value",
+                f"The predicted value {keys.value!r}",
                 "The symlog_mse critic outputs one value per step.",
             )
         logits = output.get(unravel_key(keys.value_logits), None)
@@ -410,11 +397,10 @@ class DreamerV3ValueLoss(LossModule):
         key = self.tensor_keys.discount_weight
         weight = tensordict.get(key, None)
         if weight is not None:
-            weight = self._per_step(
+            weight = per_step(
                 weight.detach(),
                 batch,
-                key,
-                "The discount weight",
+                f"The discount weight {key!r}",
                 "It should hold one weight per imagined step.",
             )
             self._check_finite(weight, key)
@@ -458,11 +444,10 @@ class DreamerV3ValueLoss(LossModule):
                 "lambda_target=...) at your own targets."
             )
         batch = self._batch_shape(tensordict, target)
-        target = self._per_step(
+        target = per_step(
             target.detach(),
             batch,
-            keys.lambda_target,
-            "The target",
+            f"The target {keys.lambda_target!r}",
             "It should hold one λ-return per step.",
         )
         self._check_finite(target, keys.lambda_target)
@@ -557,9 +542,9 @@ class DreamerV3ValueLoss(LossModule):
                     f"replay_value_loss needs {key!r} in the replay batch "
                     "(see the per-step layout in its docstring)."
                 )
-            entries[name] = self._per_step(
-                value.detach(), batch, key, f"The replay entry {name}", ""
-            ).to(torch.float32 if value.dtype == torch.bool else value.dtype)
+            entries[name] = per_step(value.detach(), batch, f"The replay entry {key!r}").to(
+                torch.float32 if value.dtype == torch.bool else value.dtype
+            )
         target = lambda_return(
             entries["reward"],
             1 - entries["is_terminal"],
