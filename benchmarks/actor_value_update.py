@@ -15,6 +15,9 @@ profiler records them: every ``aten::`` call (nested ones included), and the
 "compute" ones, leaf calls that are not views or metadata, the closest CPU proxy
 for GPU kernel launches.
 
+``--peak-memory`` instead runs each side's update in a fresh process and prints how
+far its resident memory peaks above the level before the update.
+
 Run: ``python benchmarks/actor_value_update.py`` (``--quick`` for small sizes).
 """
 
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
+import subprocess
+import sys
 import warnings
 
 import torch
@@ -191,10 +197,49 @@ def count_operators(step) -> tuple[int, int]:
     return len(events), compute
 
 
+CONFIGS = {"tanh-normal, reparameterised": False, "one-hot, REINFORCE": True}
+SIDES = {"ours": ours, "torchrl": torchrl}
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def peak_growth_of_one_side(sizes: dict, config: str, side: str) -> int:
+    """In this (fresh) process: bytes by which one update peaks above the state before it."""
+    discrete = CONFIGS[config]
+    env, actor, critic, start = build(**sizes, discrete=discrete)
+    step = SIDES[side]((env, actor, critic), start, reinforce=discrete)
+    before = resident_bytes()
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+
+
+def print_peak_memory(quick: bool) -> None:
+    print(
+        "| actor | peak memory growth in one update, ours (GiB) | TorchRL (GiB) | ours / TorchRL |"
+    )
+    print("|---|---|---|---|")
+    for config in CONFIGS:
+        growth = {}
+        for side in SIDES:
+            command = [sys.executable, __file__, "--one-side", side, "--config", config]
+            out = subprocess.run(
+                command + (["--quick"] if quick else []), capture_output=True, text=True, check=True
+            )
+            growth[side] = int(out.stdout.strip().splitlines()[-1])
+        ours_gib, torchrl_gib = growth["ours"] / 2**30, growth["torchrl"] / 2**30
+        print(f"| {config} | {ours_gib:.2f} | {torchrl_gib:.2f} | {ours_gib / torchrl_gib:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-run-time", type=float, default=20.0, help="seconds in total")
     parser.add_argument("--quick", action="store_true", help="small sizes, short run")
+    parser.add_argument("--peak-memory", action="store_true", help="peak memory, not time")
+    parser.add_argument("--one-side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--config", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.quick:
@@ -203,13 +248,19 @@ def main() -> None:
     else:
         sizes = dict(batch=16 * 64, categoricals=32, classes=32, belief=512, units=512)
         min_run_time = args.min_run_time
+    if args.one_side:
+        print(peak_growth_of_one_side(sizes, args.config, args.one_side))
+        return
     print(f"sizes: {sizes}, horizon 15, {torch.get_num_threads()} threads")
+    if args.peak_memory:
+        print_peak_memory(args.quick)
+        return
     print(
         "| actor | ours (ms) | TorchRL (ms) | time ours / TorchRL "
         "| aten ops ours / TorchRL | compute ops ours / TorchRL |"
     )
     print("|---|---|---|---|---|---|")
-    for name, discrete in (("tanh-normal, reparameterised", False), ("one-hot, REINFORCE", True)):
+    for name, discrete in CONFIGS.items():
         env, actor, critic, start = build(**sizes, discrete=discrete)
         networks = (env, actor, critic)
         step_ours = ours(networks, start, reinforce=discrete)
