@@ -334,3 +334,26 @@ def test_replay_value_loss_matches_reference_and_trains_the_features():
     assert features.grad[:, :-1].abs().sum() > 0
     with pytest.raises(KeyError, match="bootstrap"):
         loss.replay_value_loss(replay.exclude("bootstrap"))
+
+
+def test_set_keys_renames_inputs_and_outputs():
+    class Renamed(Chain):
+        def step(self, td):
+            td["state"] = td["obs"]
+            td = super().step(td)
+            td["next", "obs"] = td["next", "state"]
+            td["next", "gain"] = td["next", "reward"]
+            del td["next", "state"], td["next", "reward"], td["state"]
+            return td
+
+    head = Prob(["logits"], ["action"], distribution_class=OneHotCategorical)
+    actor = Seq(TensorDictModule(nn.Linear(N, 2), ["obs"], ["logits"]), head)
+    value_model = TensorDictModule(nn.Linear(N, 1), ["obs"], ["v"])
+    loss = DreamerV3ActorLoss(actor, value_model, Renamed(), imagination_horizon=3)
+    loss.set_keys(state="obs", reward="gain", value="v", lambda_target="ret", discount_weight="w")
+    start = TensorDict(obs=chain_starts(4)["state"], batch_size=[4])
+    _, imagined = loss(start)
+    assert {"ret", "w"} <= set(imagined.keys())
+    assert "lambda_target" not in imagined.keys()
+    with pytest.raises(ValueError, match="not an accepted tensordict key"):
+        loss.set_keys(observation="o")

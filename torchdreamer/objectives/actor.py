@@ -279,7 +279,12 @@ class DreamerV3ActorLoss(LossModule):
         for _ in range(self.imagination_horizon):
             tensordict = env.step(self.actor_model(tensordict))
             steps.append(tensordict)
-            tensordict = step_mdp(tensordict, exclude_action=True)
+            tensordict = step_mdp(
+                tensordict,
+                exclude_action=True,
+                reward_keys=self.tensor_keys.reward,
+                action_keys=self.tensor_keys.action,
+            )
         return torch.stack(steps, dim=start.ndim)
 
     def _values(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor:
