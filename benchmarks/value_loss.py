@@ -4,7 +4,9 @@ For each ``[B, T]`` batch and 255 bins, on identical inputs, forward + backward:
 
 * ``two_hot_cross_entropy`` alone (torchdreamer.functional vs torchrl.objectives);
 * the whole ``DreamerV3ValueLoss`` module with an identity value head, in the
-  ``two_hot`` and ``symlog_mse`` modes (per-call overhead dominates small batches).
+  ``two_hot`` and ``symlog_mse`` modes (per-call overhead dominates small batches);
+* the module with the slow critic regulariser (weight 1, as the official agent), on
+  identical copies of a linear head over 32 features.
 
 It prints medians from ``torch.utils.benchmark`` (ours and TorchRL's measured in
 alternating rounds, so both see the same background load), the ratio ours / TorchRL
@@ -18,6 +20,7 @@ Run: ``python benchmarks/value_loss.py`` (``--quick`` for a short smoke run).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import warnings
@@ -120,6 +123,35 @@ def module_case(batch: tuple[int, int], mode: str):
     return run(ours), run(peer)
 
 
+def slow_critic_case(batch: tuple[int, int]):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(*batch, 32, generator=generator)
+    td = TensorDict(
+        features=features,
+        lambda_target=torch.randn(*batch, 1, generator=generator).mul_(5).exp_(),
+        batch_size=batch,
+    )
+    torch.manual_seed(0)
+    # Logits under "state_value": TorchRL 0.14.1's slow-critic path reads that key
+    # and fails (AttributeError) when the head writes only "state_value_logits".
+    head = TensorDictModule(torch.nn.Linear(32, NUM_BINS), ["features"], ["state_value"])
+    ours = DreamerV3ValueLoss(
+        copy.deepcopy(head), value_loss="two_hot", slow_critic_regularization=1.0
+    )
+    peer = TorchRLValueLoss(
+        copy.deepcopy(head), value_loss="two_hot", slow_critic_regularization=1.0
+    )
+
+    def run(loss):
+        def step():
+            loss.zero_grad(set_to_none=True)
+            loss(td)[0]["loss_value"].backward()
+
+        return step
+
+    return run(ours), run(peer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
@@ -150,6 +182,12 @@ def main() -> None:
     t_ours, t_peer = compare(ours, peer, min_run_time)
     print(
         f"| two_hot_cross_entropy, both torch.compile(fullgraph=True) | {list(SIZES[-1])} "
+        f"| {t_ours * 1e3:.3f} | {t_peer * 1e3:.3f} | {t_ours / t_peer:.2f} | |"
+    )
+    ours, peer = slow_critic_case(SIZES[-1])
+    t_ours, t_peer = compare(ours, peer, min_run_time)
+    print(
+        f"| DreamerV3ValueLoss two_hot + slow critic (weight 1) | {list(SIZES[-1])} "
         f"| {t_ours * 1e3:.3f} | {t_peer * 1e3:.3f} | {t_ours / t_peer:.2f} | |"
     )
     for mode in ("two_hot", "symlog_mse"):

@@ -13,6 +13,7 @@ from torchdreamer.functional import (
     symexp,
     symlog,
     two_hot_bins,
+    two_hot_cross_entropies,
     two_hot_cross_entropy,
     two_hot_decode,
     two_hot_encode,
@@ -308,3 +309,23 @@ def test_errors_name_the_shapes():
         two_hot_encode(torch.zeros(3), bins[None])
     with pytest.raises(ValueError, match="254 classes"):
         two_hot_decode(torch.zeros(3, 254), bins)
+
+
+def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data):
+    bins, logits, targets = grid_and_data
+    second = targets.flip(0)
+    logits = logits.double()
+    together = logits.clone().requires_grad_()
+    apart = logits.clone().requires_grad_()
+    losses = two_hot_cross_entropies(together, torch.stack([targets, second], -1), bins.double())
+    assert losses.shape == (len(targets), 2)
+    one = two_hot_cross_entropy(apart, targets, bins.double())
+    two = two_hot_cross_entropy(apart, second, bins.double())
+    torch.testing.assert_close(losses, torch.stack([one, two], -1))
+    torch.testing.assert_close(losses[:, 1].double(), ref_cross_entropy(logits, second, bins))
+    upstream = torch.rand(len(targets), 2, dtype=torch.float64)
+    (losses * upstream).sum().backward()
+    (one * upstream[:, 0] + two * upstream[:, 1]).sum().backward()
+    torch.testing.assert_close(together.grad, apart.grad)
+    with pytest.raises(ValueError, match="need targets of shape"):
+        two_hot_cross_entropies(logits, targets, bins)

@@ -13,6 +13,7 @@ from torchdreamer.functional.returns import discount_weights, lambda_return, ret
 from torchdreamer.functional.symlog import symexp, symlog
 from torchdreamer.functional.two_hot import (
     two_hot_bins,
+    two_hot_cross_entropies,
     two_hot_cross_entropy,
     two_hot_decode,
     two_hot_encode,
@@ -25,6 +26,7 @@ __all__ = [
     "symexp",
     "symlog",
     "two_hot_bins",
+    "two_hot_cross_entropies",
     "two_hot_cross_entropy",
     "two_hot_decode",
     "two_hot_encode",

@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "two_hot_bins",
+    "two_hot_cross_entropies",
     "two_hot_cross_entropy",
     "two_hot_decode",
     "two_hot_encode",
@@ -181,31 +182,75 @@ def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 class _TwoHotCrossEntropy(torch.autograd.Function):
-    """Cross-entropy against a two-hot target given by indices and weights.
+    """Cross-entropies of one set of logits against ``J`` two-hot targets.
 
-    Only ``[N]`` tensors outlive the forward. Backward recomputes the softmax
-    into one ``[N, K]`` buffer and turns it into ``g * (softmax - two_hot)`` in
-    place. The fused (log-)softmax kernels are used on purpose: on CPU they are
-    about twice as fast as ``logsumexp`` or a pointwise ``exp`` over ``[N, K]``.
+    The targets come as neighbour indices and weights of shape ``[N, J, 2]``;
+    the output is ``[N, J]``, one loss column per target. Only small tensors
+    outlive the forward. Backward recomputes the softmax once into one
+    ``[N, K]`` buffer and turns it into ``sum_j g_j (softmax - two_hot_j)`` in
+    place, so extra targets (e.g. a slow critic's) cost no extra pass over
+    ``[N, K]``. The fused (log-)softmax kernels are used on purpose: on CPU
+    they are about twice as fast as ``logsumexp`` or a pointwise ``exp``.
     """
 
     @staticmethod
     def forward(
         ctx: Any, logits: torch.Tensor, index: torch.Tensor, weight: torch.Tensor
     ) -> torch.Tensor:
-        # index, weight: [N, 2] = (below, above) neighbours and their weights.
-        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, index)
-        ctx.save_for_backward(logits, index, weight)
+        flat_index = index.flatten(1)
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, flat_index).view_as(weight)
+        ctx.save_for_backward(logits, flat_index, weight)
         # Same association as the official -sum(two_hot * log_softmax).
-        return -(weight[:, 0] * log_probs[:, 0] + weight[:, 1] * log_probs[:, 1])
+        return -(weight[..., 0] * picked[..., 0] + weight[..., 1] * picked[..., 1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, index, weight = ctx.saved_tensors
-        grad_loss = grad_loss.unsqueeze(-1)
-        grad = torch.softmax(logits, dim=-1).mul_(grad_loss)
-        return grad.scatter_add_(-1, index, weight * -grad_loss), None, None
+        logits, flat_index, weight = ctx.saved_tensors
+        grad = torch.softmax(logits, dim=-1).mul_(grad_loss.sum(-1, keepdim=True))
+        two_hot = (weight * -grad_loss.unsqueeze(-1)).flatten(1)
+        return grad.scatter_add_(-1, flat_index, two_hot), None, None
+
+
+def two_hot_cross_entropies(
+    logits: torch.Tensor, targets: torch.Tensor, bins: torch.Tensor
+) -> torch.Tensor:
+    """:func:`two_hot_cross_entropy` of the same logits against several targets at once.
+
+    One softmax pass forward and one backward serve all targets, instead of
+    one each: DreamerV3 trains its critic toward the λ-return and toward the
+    slow critic's prediction from the same logits.
+
+    Args:
+        logits: Shape ``[..., K]``.
+        targets: Raw targets of shape ``[..., J]``: ``J`` targets per logits row.
+        bins: 1-D ascending grid of ``K`` raw values.
+
+    Returns:
+        Losses of shape ``[..., J]``; column ``j`` equals
+        ``two_hot_cross_entropy(logits, targets[..., j], bins)``.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.functional import two_hot_cross_entropies
+        >>> bins = torch.tensor([-1.0, 0.0, 1.0])
+        >>> logits = torch.tensor([[0.0, 0.0, 2.0]])
+        >>> two_hot_cross_entropies(logits, torch.tensor([[1.0, -1.0]]), bins)
+        tensor([[0.2395, 2.2395]])
+    """
+    num_bins = logits.shape[-1]
+    _check_bins(bins, num_bins)
+    batch_shape = logits.shape[:-1]
+    if targets.ndim != logits.ndim or targets.shape[:-1] != batch_shape:
+        raise ValueError(
+            f"targets has shape {tuple(targets.shape)} but logits of shape "
+            f"{tuple(logits.shape)} need targets of shape {(*batch_shape, 'J')}."
+        )
+    logits = logits.to(_compute_dtype(logits.dtype)).reshape(-1, num_bins)
+    bins = bins.to(device=logits.device, dtype=logits.dtype)
+    index, weight = _neighbours(targets.detach().reshape(logits.shape[0], -1), bins)
+    loss = _TwoHotCrossEntropy.apply(logits, index, weight)
+    return loss.reshape(targets.shape)
 
 
 def two_hot_cross_entropy(
@@ -218,7 +263,8 @@ def two_hot_cross_entropy(
     ``[..., K]`` target, and its backward is the closed form
     ``softmax(logits) - two_hot(target)``. The target is treated as a constant
     (stop-gradient), as in DreamerV3; it is interpolated in raw space, not
-    squashed.
+    squashed. For several targets of the same logits use
+    :func:`two_hot_cross_entropies`.
 
     Args:
         logits: Shape ``[..., K]``; float16/bfloat16 are evaluated in float32.
@@ -236,20 +282,13 @@ def two_hot_cross_entropy(
         >>> two_hot_cross_entropy(torch.zeros(2, 3), torch.tensor([-0.5, 1.0]), bins)
         tensor([1.0986, 1.0986])
     """
-    num_bins = logits.shape[-1]
-    _check_bins(bins, num_bins)
     batch_shape = logits.shape[:-1]
-    if target.shape != batch_shape:
-        if target.shape == (*batch_shape, 1):
-            target = target.squeeze(-1)
-        else:
-            raise ValueError(
-                f"target has shape {tuple(target.shape)} but logits of shape "
-                f"{tuple(logits.shape)} need a target of shape "
-                f"{tuple(batch_shape)} (or {(*batch_shape, 1)})."
-            )
-    logits = logits.to(_compute_dtype(logits.dtype)).reshape(-1, num_bins)
-    bins = bins.to(device=logits.device, dtype=logits.dtype)
-    index, weight = _neighbours(target.detach().reshape(-1), bins)
-    loss = _TwoHotCrossEntropy.apply(logits, index, weight)
-    return loss.reshape(batch_shape)
+    if target.shape == batch_shape:
+        target = target.unsqueeze(-1)
+    elif target.shape != (*batch_shape, 1):
+        raise ValueError(
+            f"target has shape {tuple(target.shape)} but logits of shape "
+            f"{tuple(logits.shape)} need a target of shape "
+            f"{tuple(batch_shape)} (or {(*batch_shape, 1)})."
+        )
+    return two_hot_cross_entropies(logits, target, bins).squeeze(-1)

@@ -16,7 +16,7 @@ from torchdreamer.functional import (
     lambda_return,
     symlog,
     two_hot_bins,
-    two_hot_cross_entropy,
+    two_hot_cross_entropies,
     two_hot_decode,
 )
 from torchdreamer.objectives._call import call_module
@@ -353,10 +353,19 @@ class DreamerV3ValueLoss(LossModule):
             )
         return logits
 
-    def _step_loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _step_losses(
+        self, prediction: torch.Tensor, *targets: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Per-step losses of one prediction against each target, sharing the work.
+
+        Two-hot: one softmax pass for all targets; symlog: one ``symlog`` of
+        the prediction.
+        """
         if self.value_loss == "two_hot":
-            return two_hot_cross_entropy(prediction, target, self.value_bins)
-        return (symlog(prediction) - symlog(target)).square()
+            stacked = torch.stack(targets, dim=-1)
+            return two_hot_cross_entropies(prediction, stacked, self.value_bins).unbind(-1)
+        squashed = symlog(prediction)
+        return tuple((squashed - symlog(target)).square() for target in targets)
 
     def _decoded(self, prediction: torch.Tensor) -> torch.Tensor:
         if self.value_loss == "two_hot":
@@ -431,7 +440,8 @@ class DreamerV3ValueLoss(LossModule):
         Returns:
             ``(loss_td, tensordict)``: ``loss_td`` holds ``loss_value`` (the
             only key that carries gradient), the detached diagnostics
-            ``value_mean`` (mean decoded prediction) and ``target_mean``, and
+            ``target_mean`` and ``value_mean`` (the mean predicted value; in
+            two-hot mode only when the head also writes its decoded value), and
             ``value_slow_reg`` (the weighted slow-critic term) when the slow
             critic is enabled. The second item is the input, unchanged.
         """
@@ -456,17 +466,19 @@ class DreamerV3ValueLoss(LossModule):
         prediction = self._prediction(output, batch)
         self._check_finite(prediction, keys.value)
 
-        loss = self._step_loss(prediction, target)
         weight = self._step_weight(tensordict, target, batch)
-        if weight is not None:
-            loss = loss * weight
         out = {}
         if self.slow_critic_regularization > 0:
-            slow = self._step_loss(prediction, self._slow_prediction(tensordict, batch))
+            slow_target = self._slow_prediction(tensordict, batch)
+            loss, slow = self._step_losses(prediction, target, slow_target)
             if weight is not None:
-                slow = slow * weight
+                loss, slow = loss * weight, slow * weight
             loss = loss + self.slow_critic_regularization * slow
             out["value_slow_reg"] = self._reduce(slow).detach()
+        else:
+            (loss,) = self._step_losses(prediction, target)
+            if weight is not None:
+                loss = loss * weight
         out["loss_value"] = self._reduce(loss)
         with torch.no_grad():
             value = self._decoded_value(output, prediction, batch)
@@ -557,10 +569,12 @@ class DreamerV3ValueLoss(LossModule):
         prediction = (
             prediction[..., :-1, :] if self.value_loss == "two_hot" else prediction[..., :-1]
         )
-        loss = self._step_loss(prediction, target)
         if self.slow_critic_regularization > 0:
-            slow = self._slow_prediction(tensordict, batch)[..., :-1]
-            loss = loss + self.slow_critic_regularization * self._step_loss(prediction, slow)
+            slow_target = self._slow_prediction(tensordict, batch)[..., :-1]
+            loss, slow = self._step_losses(prediction, target, slow_target)
+            loss = loss + self.slow_critic_regularization * slow
+        else:
+            (loss,) = self._step_losses(prediction, target)
         keep = 1 - entries["is_last"][..., :-1]
         return TensorDict(
             {
