@@ -357,3 +357,44 @@ def test_set_keys_renames_inputs_and_outputs():
     assert "lambda_target" not in imagined.keys()
     with pytest.raises(ValueError, match="not an accepted tensordict key"):
         loss.set_keys(observation="o")
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_works_with_torchrl_dreamer_env(discrete):
+    """TorchRL's own imagination environment (DreamerEnv around RSSMPriorV3)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from actor_value_update import build
+
+    env, actor, critic_model, start = build(
+        batch=6, categoricals=4, classes=4, belief=8, units=16, discrete=discrete
+    )
+    actor_loss = DreamerV3ActorLoss(
+        actor, critic_model, env, imagination_horizon=4, use_reinforce=discrete
+    )
+    value_loss = DreamerV3ValueLoss(critic_model, value_loss="two_hot", actor_loss=actor_loss)
+    loss_td, imagined = actor_loss(start)
+    assert imagined.batch_size == (6, 4)
+    (loss_td["loss_actor"] + value_loss(imagined)[0]["loss_value"]).backward()
+    assert all(p.grad is not None for p in actor.parameters())
+    assert all(p.grad is None for p in env.parameters())
+
+    states = torch.cat(
+        [imagined.select("state", "belief"), imagined["next"][:, -1:].select("state", "belief")], 1
+    )
+    with torch.no_grad():
+        value = critic_model(states.clone())["state_value"].squeeze(-1).double()
+    reward = imagined["next", "reward"].squeeze(-1).double()
+    gamma, lmbda = 1 - 1 / 333, 0.95
+    for row in range(6):
+        expected = ref_lambda_return(
+            [0.0, *reward[row].tolist()], [1.0] * 5, value[row].tolist(), gamma, lmbda
+        )
+        torch.testing.assert_close(
+            imagined["lambda_target"][row, :, 0].double(),
+            torch.tensor(expected).double(),
+            rtol=1e-5,
+            atol=1e-5,
+        )
