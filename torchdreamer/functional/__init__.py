@@ -9,6 +9,7 @@ Examples:
     torch.Size([3])
 """
 
+from torchdreamer.functional.kl import categorical_kl, kl_balance, unimix_logits
 from torchdreamer.functional.returns import discount_weights, lambda_return, return_percentiles
 from torchdreamer.functional.symlog import symexp, symlog
 from torchdreamer.functional.two_hot import (
@@ -20,7 +21,9 @@ from torchdreamer.functional.two_hot import (
 )
 
 __all__ = [
+    "categorical_kl",
     "discount_weights",
+    "kl_balance",
     "lambda_return",
     "return_percentiles",
     "symexp",
@@ -30,4 +33,5 @@ __all__ = [
     "two_hot_cross_entropy",
     "two_hot_decode",
     "two_hot_encode",
+    "unimix_logits",
 ]
