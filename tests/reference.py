@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 
 def ref_lambda_return(reward, cont, boot, gamma, lmbda, last=None):
     """The official recursion, one trajectory, Python floats, walking back from R_T = b_T."""
@@ -23,3 +27,65 @@ def ref_weights(cont, gamma):
         running *= c if t == 0 else gamma * c
         out.append(running)
     return out
+
+
+def ref_symlog(x: float) -> float:
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def ref_symexp(x: float) -> float:
+    return math.copysign(math.expm1(abs(x)), x)
+
+
+def ref_bins(num_bins: int) -> torch.Tensor:
+    """The official construction, restated with Python floats."""
+    n = (num_bins + 1) // 2 if num_bins % 2 else num_bins // 2
+    half = [
+        ref_symexp(-20.0 + 20.0 * i / (n - 1)) if n > 1 else ref_symexp(-20.0) for i in range(n)
+    ]
+    mirror = [-v for v in reversed(half[:-1] if num_bins % 2 else half)]
+    return torch.tensor(half + mirror, dtype=torch.float64)
+
+
+def ref_two_hot(x: float, bins: list[float]) -> list[float]:
+    """Dense two-hot of one value by a linear scan, in float64."""
+    out = [0.0] * len(bins)
+    if x <= bins[0]:
+        out[0] = 1.0
+        return out
+    if x >= bins[-1]:
+        out[-1] = 1.0
+        return out
+    for i in range(len(bins) - 1):
+        if bins[i] <= x < bins[i + 1]:
+            w_above = (x - bins[i]) / (bins[i + 1] - bins[i])
+            out[i] += 1.0 - w_above
+            out[i + 1] += w_above
+            return out
+    raise AssertionError("unreachable")
+
+
+def ref_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    b = bins.double().tolist()
+    rows = [ref_two_hot(v, b) for v in x.double().reshape(-1).tolist()]
+    return torch.tensor(rows, dtype=torch.float64).reshape(*x.shape, len(b))
+
+
+def ref_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor):
+    logits = logits.double()
+    return -(ref_encode(target, bins) * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def ref_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    return (torch.softmax(logits.double(), -1) * bins.double()).sum(-1)
+
+
+def ref_probs(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    return [e / sum(exps) for e in exps]
+
+
+def ref_kl(p_logits: list[float], q_logits: list[float]) -> float:
+    p, q = ref_probs(p_logits), ref_probs(q_logits)
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)

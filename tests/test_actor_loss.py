@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from reference import ref_lambda_return, ref_weights
+from reference import ref_lambda_return, ref_symlog, ref_weights
 from tensordict import TensorDict
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
@@ -323,9 +321,10 @@ def test_replay_value_loss_matches_reference_and_trains_the_features():
             lmbda,
             is_last[row].double().tolist(),
         )
-        symlog = lambda x: math.copysign(math.log1p(abs(x)), x)  # noqa: E731
         expected = [
-            0.0 if is_last[row, t] else (symlog(prediction[row, t].item()) - symlog(target[t])) ** 2
+            0.0
+            if is_last[row, t]
+            else (ref_symlog(prediction[row, t].item()) - ref_symlog(target[t])) ** 2
             for t in range(steps - 1)
         ]
         torch.testing.assert_close(out[row].double(), torch.tensor(expected).double())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import ref_bins, ref_cross_entropy, ref_decode, ref_encode
 
 from torchdreamer.functional import (
     symexp,
@@ -30,53 +31,6 @@ def official() -> dict:
 
 
 # ---------------------------------------------------------------- references
-def ref_symexp(x: float) -> float:
-    return math.copysign(math.expm1(abs(x)), x)
-
-
-def ref_bins(num_bins: int) -> torch.Tensor:
-    """The official construction, restated with Python floats."""
-    n = (num_bins + 1) // 2 if num_bins % 2 else num_bins // 2
-    half = [
-        ref_symexp(-20.0 + 20.0 * i / (n - 1)) if n > 1 else ref_symexp(-20.0) for i in range(n)
-    ]
-    mirror = [-v for v in reversed(half[:-1] if num_bins % 2 else half)]
-    return torch.tensor(half + mirror, dtype=torch.float64)
-
-
-def ref_two_hot(x: float, bins: list[float]) -> list[float]:
-    """Dense two-hot of one value by a linear scan, in float64."""
-    out = [0.0] * len(bins)
-    if x <= bins[0]:
-        out[0] = 1.0
-        return out
-    if x >= bins[-1]:
-        out[-1] = 1.0
-        return out
-    for i in range(len(bins) - 1):
-        if bins[i] <= x < bins[i + 1]:
-            w_above = (x - bins[i]) / (bins[i + 1] - bins[i])
-            out[i] += 1.0 - w_above
-            out[i + 1] += w_above
-            return out
-    raise AssertionError("unreachable")
-
-
-def ref_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    b = bins.double().tolist()
-    rows = [ref_two_hot(v, b) for v in x.double().reshape(-1).tolist()]
-    return torch.tensor(rows, dtype=torch.float64).reshape(*x.shape, len(b))
-
-
-def ref_cross_entropy(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor):
-    logits = logits.double()
-    return -(ref_encode(target, bins) * torch.log_softmax(logits, -1)).sum(-1)
-
-
-def ref_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    return (torch.softmax(logits.double(), -1) * bins.double()).sum(-1)
-
-
 def random_targets(n: int, generator: torch.Generator) -> torch.Tensor:
     magnitude = torch.empty(n).uniform_(-4, 10, generator=generator).exp()
     sign = torch.randint(0, 2, (n,), generator=generator) * 2 - 1

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from reference import ref_kl, ref_probs
 
 from torchdreamer.functional import categorical_kl, kl_balance, unimix_logits
-
-
-def ref_probs(logits: list[float]) -> list[float]:
-    top = max(logits)
-    exps = [math.exp(v - top) for v in logits]
-    return [e / sum(exps) for e in exps]
-
-
-def ref_kl(p_logits: list[float], q_logits: list[float]) -> float:
-    p, q = ref_probs(p_logits), ref_probs(q_logits)
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
 
 
 @pytest.fixture

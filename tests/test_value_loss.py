@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
+from reference import ref_bins, ref_cross_entropy, ref_decode, ref_symlog
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.objectives import SoftUpdate
@@ -18,34 +18,11 @@ K = 255
 
 
 # ---------------------------------------------------------------- references
-def ref_symlog(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([math.copysign(math.log1p(abs(v)), v) for v in x.double().flatten()]).view(
-        x.shape
-    )
+BINS = ref_bins(K)
 
 
-def ref_bins() -> torch.Tensor:
-    half = [math.copysign(math.expm1(abs(v)), v) for v in torch.linspace(-20, 0, 128).tolist()]
-    return torch.tensor(half + [-v for v in reversed(half[:-1])], dtype=torch.float64)
-
-
-def ref_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bins = ref_bins()
-    log_probs = torch.log_softmax(logits.double(), -1).reshape(-1, K)
-    out = []
-    for row, x in zip(log_probs, target.double().flatten().tolist(), strict=True):
-        x = min(max(x, bins[0].item()), bins[-1].item())
-        i = min(
-            int(torch.searchsorted(bins, torch.tensor(x, dtype=torch.float64), right=True)) - 1,
-            K - 2,
-        )
-        w = (x - bins[i].item()) / (bins[i + 1] - bins[i]).item()
-        out.append(-((1 - w) * row[i] + w * row[i + 1]))
-    return torch.stack(out).view(target.shape)
-
-
-def ref_decode(logits: torch.Tensor) -> torch.Tensor:
-    return (torch.softmax(logits.double(), -1) * ref_bins()).sum(-1)
+def ref_symlog_tensor(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([ref_symlog(v) for v in x.double().flatten().tolist()]).view(x.shape)
 
 
 def gamma_weights(gamma: float, shape: tuple[int, int]) -> torch.Tensor:
@@ -88,7 +65,9 @@ def test_symlog_mse_on_time_batches_matches_reference():
     out, _ = loss(td)
     with torch.no_grad():
         pred = loss.value_model(td.clone())["state_value"]
-    per_step = (ref_symlog(pred.squeeze(-1)) - ref_symlog(td["lambda_target"].squeeze(-1))) ** 2
+    per_step = (
+        ref_symlog_tensor(pred.squeeze(-1)) - ref_symlog_tensor(td["lambda_target"].squeeze(-1))
+    ) ** 2
     expected = (per_step * gamma_weights(0.9, (3, 7))).mean()
     torch.testing.assert_close(out["loss_value"].double(), expected, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(out["value_mean"].double(), pred.double().mean())
@@ -101,7 +80,7 @@ def test_two_hot_on_time_batches_matches_reference():
     out, _ = loss(td)
     with torch.no_grad():
         logits = loss.value_model(td.clone())["state_value_logits"]
-    per_step = ref_cross_entropy(logits, td["lambda_target"].squeeze(-1))
+    per_step = ref_cross_entropy(logits, td["lambda_target"].squeeze(-1), BINS)
     expected = (per_step * gamma_weights(0.95, (2, 6))).mean()
     torch.testing.assert_close(out["loss_value"].double(), expected, rtol=1e-6, atol=1e-6)
     assert "value_mean" not in out.keys()  # logits only: no free decoded value to report
@@ -117,7 +96,7 @@ def test_two_hot_reads_logits_from_value_key_and_reports_decoded_value():
 
         def forward(self, state):
             logits = self.net(state)
-            return logits, ref_decode(logits).float().unsqueeze(-1)
+            return logits, ref_decode(logits, BINS).float().unsqueeze(-1)
 
     both = TensorDictModule(LogitsAndValue(), ["state"], ["state_value_logits", "state_value"])
     only_value_key = TensorDictModule(net.module, ["state"], ["state_value"])
@@ -126,7 +105,7 @@ def test_two_hot_reads_logits_from_value_key_and_reports_decoded_value():
     out_value_key, _ = DreamerV3ValueLoss(only_value_key, value_loss="two_hot")(td)
     torch.testing.assert_close(out_both["loss_value"], out_value_key["loss_value"])
     with torch.no_grad():
-        expected = ref_decode(net.module(td["state"])).mean()
+        expected = ref_decode(net.module(td["state"]), BINS).mean()
     torch.testing.assert_close(out_both["value_mean"].double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -246,11 +225,11 @@ def test_slow_critic_regularisation_and_soft_update(mode):
     weights = gamma_weights(0.9, (2, 5))
     target = td["lambda_target"].squeeze(-1)
     if mode == "two_hot":
-        main = ref_cross_entropy(pred, target)
-        reg = ref_cross_entropy(pred, ref_decode(slow_pred))
+        main = ref_cross_entropy(pred, target, BINS)
+        reg = ref_cross_entropy(pred, ref_decode(slow_pred, BINS), BINS)
     else:
-        main = (ref_symlog(pred.squeeze(-1)) - ref_symlog(target)) ** 2
-        reg = (ref_symlog(pred.squeeze(-1)) - ref_symlog(slow_pred.squeeze(-1))) ** 2
+        main = (ref_symlog_tensor(pred.squeeze(-1)) - ref_symlog_tensor(target)) ** 2
+        reg = (ref_symlog_tensor(pred.squeeze(-1)) - ref_symlog_tensor(slow_pred.squeeze(-1))) ** 2
     torch.testing.assert_close(
         out["loss_value"].double(), ((main + reg) * weights).mean(), rtol=1e-5, atol=1e-6
     )

@@ -5,7 +5,18 @@
 """
 
 from torchdreamer import functional
-from torchdreamer.objectives import DreamerV3ActorLoss, DreamerV3ValueLoss, ReturnScale
+from torchdreamer.objectives import (
+    DreamerV3ActorLoss,
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
+    ReturnScale,
+)
 
-__all__ = ["DreamerV3ActorLoss", "DreamerV3ValueLoss", "ReturnScale", "functional"]
+__all__ = [
+    "DreamerV3ActorLoss",
+    "DreamerV3ModelLoss",
+    "DreamerV3ValueLoss",
+    "ReturnScale",
+    "functional",
+]
 __version__ = "0.1.0"
