@@ -1,0 +1,235 @@
+"""Networks: initialisation, GRU, RSSM sampling and resets, and one full agent update."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import ProbabilisticTensorDictModule as Prob
+from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.modules import OneHotCategorical
+from torchrl.objectives import SoftUpdate
+
+from torchdreamer import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
+from torchdreamer.functional import symlog
+from torchdreamer.modules import (
+    MLP,
+    RSSM,
+    CategoricalActorHead,
+    ContinuationHead,
+    ImaginationEnv,
+    NormGRUCell,
+    TwoHotHead,
+    dreamer_init_,
+)
+
+
+@pytest.mark.parametrize(
+    "layer, fan_in",
+    [
+        (nn.Linear(400, 300), 400),
+        (nn.Conv2d(16, 8, 4), 16 * 16),
+        (nn.ConvTranspose2d(16, 8, 4), 16 * 16),
+    ],
+)
+def test_init_is_truncated_normal_with_unit_fan_in_variance(layer, fan_in):
+    torch.manual_seed(0)
+    dreamer_init_(layer)
+    bound = 2 * 1.1368 / math.sqrt(fan_in)
+    assert layer.weight.abs().max() <= bound + 1e-7
+    # The 1.1368 correction makes the truncated distribution's std 1 / sqrt(fan_in).
+    assert layer.weight.std().item() * math.sqrt(fan_in) == pytest.approx(1.0, rel=0.05)
+    assert layer.bias.abs().max() == 0
+
+
+def test_mlp_blocks_and_zero_output():
+    mlp = MLP(5, 3, hidden=8, layers=2, outscale=0.0)
+    kinds = [type(m) for m in mlp]
+    assert kinds == [nn.Linear, nn.RMSNorm, nn.SiLU, nn.Linear, nn.RMSNorm, nn.SiLU, nn.Linear]
+    assert torch.equal(mlp(torch.randn(4, 5)), torch.zeros(4, 3))
+
+
+def test_heads_start_at_zero_and_learn():
+    head = TwoHotHead(6, hidden=16)
+    logits, value = head(torch.randn(8, 6))
+    assert torch.equal(value, torch.zeros(8, 1)) and torch.equal(logits, torch.zeros(8, 255))
+    logit, prob = ContinuationHead(6, hidden=16)(torch.randn(8, 6))
+    torch.testing.assert_close(prob, torch.sigmoid(logit))
+    actor_logits = CategoricalActorHead(6, 4, hidden=16, unimix=0.01)(torch.randn(8, 6))
+    torch.testing.assert_close(actor_logits.exp().sum(-1), torch.ones(8))
+    assert bool((actor_logits.exp() >= 0.01 / 4 - 1e-7).all())
+
+
+def test_norm_gru_cell_matches_its_formula():
+    torch.manual_seed(0)
+    cell = NormGRUCell(3, 4)
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    z = torch.cat([x, h], -1) @ cell.linear.weight.T
+    z = z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-4) * cell.norm.weight
+    reset, cand, update = z[:, :4], z[:, 4:8], z[:, 8:]
+    cand = torch.tanh(torch.sigmoid(reset) * cand)
+    update = torch.sigmoid(update - 1)
+    torch.testing.assert_close(cell(x, h), update * cand + (1 - update) * h)
+
+
+@pytest.fixture
+def rssm():
+    torch.manual_seed(0)
+    return RSSM(action_dim=2, embed_dim=6, deter=12, hidden=12, categoricals=3, classes=5)
+
+
+def test_latents_are_mixed_one_hot_with_straight_through_gradients(rssm):
+    stoch, deter = rssm.initial(torch.Size([4]))
+    _, _, logits = rssm.img_step(stoch, deter, torch.ones(4, 2))
+    assert bool((logits.exp() >= 0.01 / 5 - 1e-7).all())
+    logits = logits.detach().requires_grad_()
+    sample = rssm.sample(logits)
+    one_hot = sample.view(4, 3, 5)
+    assert torch.equal(one_hot.sum(-1), torch.ones(4, 3)) and set(one_hot.unique().tolist()) == {
+        0.0,
+        1.0,
+    }
+    weights = torch.randn(4, 15)
+    (grad_sample,) = torch.autograd.grad((sample * weights).sum(), logits)
+    (grad_probs,) = torch.autograd.grad((logits.exp().flatten(-2) * weights).sum(), logits)
+    torch.testing.assert_close(grad_sample, grad_probs)
+
+
+def test_gumbel_max_samples_follow_the_probabilities(rssm):
+    torch.manual_seed(1)
+    logits = torch.log_softmax(torch.tensor([[[2.0, 0.0, -1.0, 0.5, -3.0]]]), -1)
+    logits = logits.expand(20000, 3, 5)
+    frequencies = rssm.sample(logits).view(20000, 3, 5).mean(0)
+    torch.testing.assert_close(frequencies, logits[0].exp(), atol=0.015, rtol=0)
+
+
+def test_is_first_resets_state_and_action(rssm):
+    torch.manual_seed(2)
+    stoch, deter = torch.randn(4, 15), torch.randn(4, 12)
+    action, embed = torch.randn(4, 2), torch.randn(4, 6)
+    first = torch.tensor([True, False, True, False])
+    _, deter_out, post, prior = rssm.obs_step(stoch, deter, action, embed, first)
+    zero_stoch, zero_deter = rssm.initial(torch.Size([4]))
+    _, deter_fresh, post_fresh, prior_fresh = rssm.obs_step(
+        zero_stoch, zero_deter, torch.zeros(4, 2), embed, torch.zeros(4, dtype=torch.bool)
+    )
+    for got, fresh in ((deter_out, deter_fresh), (post, post_fresh), (prior, prior_fresh)):
+        torch.testing.assert_close(got[first], fresh[first])
+        assert not torch.allclose(got[~first], fresh[~first])
+
+
+class WorldModel(nn.Module):
+    """Encoder + RSSM + heads, as the model loss and the actor loss see them."""
+
+    def __init__(self, obs_dim: int, action_dim: int):
+        super().__init__()
+        self.encoder = MLP(obs_dim, None, hidden=16, layers=1)
+        self.rssm = RSSM(action_dim, 16, deter=16, hidden=16, categoricals=4, classes=4)
+        feat = self.rssm.feature_size
+        self.decoder = MLP(feat, obs_dim, hidden=16, layers=1)
+        self.reward = TwoHotHead(feat, hidden=16)
+        self.continuation = ContinuationHead(feat, hidden=16)
+
+    def forward(self, observation, prev_action, is_first):
+        out = self.rssm.observe(self.encoder(symlog(observation)), prev_action, is_first)
+        feat = torch.cat([out["stoch"], out["deter"]], -1)
+        reward_logits, _ = self.reward(feat)
+        continuation_logit, _ = self.continuation(feat)
+        return (
+            out["posterior_logits"],
+            out["prior_logits"],
+            reward_logits,
+            continuation_logit,
+            self.decoder(feat),
+            out["stoch"],
+            out["deter"],
+        )
+
+
+def test_one_full_agent_update_trains_every_network():
+    torch.manual_seed(0)
+    obs_dim, actions, batch, steps = 4, 2, 3, 8
+    model = WorldModel(obs_dim, actions)
+    world = TensorDictModule(
+        model,
+        in_keys=["observation", "prev_action", "is_first"],
+        out_keys=[
+            "posterior_logits",
+            "prior_logits",
+            "reward_logits",
+            "continuation_logits",
+            ("reconstruction", "observation"),
+            "state",
+            "belief",
+        ],
+    )
+    feat = model.rssm.feature_size
+    actor = Seq(
+        TensorDictModule(
+            CategoricalActorHead(feat, actions, hidden=16), ["state", "belief"], ["logits"]
+        ),
+        Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
+    )
+    critic = TensorDictModule(
+        TwoHotHead(feat, hidden=16), ["state", "belief"], ["state_value_logits", "state_value"]
+    )
+    continuation = TensorDictModule(
+        model.continuation, ["state", "belief"], ["_logit", "continuation"]
+    )
+    model_loss = DreamerV3ModelLoss(world)
+    actor_loss = DreamerV3ActorLoss(
+        actor,
+        critic,
+        ImaginationEnv(model.rssm, model.reward),
+        continuation_model=continuation,
+        imagination_horizon=5,
+        use_reinforce=True,
+    )
+    value_loss = DreamerV3ValueLoss(
+        critic, value_loss="two_hot", actor_loss=actor_loss, slow_critic_regularization=1.0
+    )
+    SoftUpdate(value_loss, tau=0.02)
+
+    replay = TensorDict(
+        observation=torch.randn(batch, steps, obs_dim),
+        prev_action=nn.functional.one_hot(
+            torch.randint(0, actions, (batch, steps)), actions
+        ).float(),
+        is_first=torch.zeros(batch, steps, dtype=torch.bool).index_fill_(
+            1, torch.tensor([0]), True
+        ),
+        reward=torch.randn(batch, steps),
+        is_terminal=torch.zeros(batch, steps, dtype=torch.bool),
+        is_last=torch.zeros(batch, steps, dtype=torch.bool),
+        batch_size=[batch, steps],
+    )
+    model_td, posterior = model_loss(replay)
+    starts = posterior.select("state", "belief").reshape(-1)
+    actor_td, imagined = actor_loss(starts)
+    value_td, _ = value_loss(imagined)
+    replay_td = value_loss.replay_value_loss(
+        posterior.set("bootstrap", imagined["lambda_target"][:, 0, 0].reshape(batch, steps))
+    )
+    total = (
+        sum(v for k, v in model_td.items() if k.startswith("loss_"))
+        + actor_td["loss_actor"]
+        + value_td["loss_value"]
+        + 0.3 * replay_td["loss_replay_value"]
+    )
+    total.backward()
+    for name, module in [
+        ("encoder", model.encoder),
+        ("rssm", model.rssm),
+        ("decoder", model.decoder),
+        ("reward", model.reward),
+        ("continuation", model.continuation),
+        ("actor", actor),
+        ("critic", critic),
+    ]:
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads), name
+        assert sum(g.abs().sum() for g in grads) > 0, name
