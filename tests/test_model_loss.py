@@ -161,3 +161,13 @@ def test_errors():
     with pytest.raises(KeyError, match="no reconstruction of 'pixels'"):
         data = replay().set("pixels", torch.zeros(2, 6, 3))
         DreamerV3ModelLoss(world_model(), observations={"pixels": "mse"})(data)
+
+
+def test_runs_in_float64():
+    model = world_model().double()
+    data = replay()
+    data["observation"] = data["observation"].double()
+    data["reward"] = data["reward"].double()
+    loss_td, _ = DreamerV3ModelLoss(model)(data)
+    assert loss_td["loss_continuation"].dtype == torch.float64
+    sum(v for k, v in loss_td.items() if k.startswith("loss_")).backward()

@@ -92,8 +92,13 @@ def kl_balance(
             f"num_classes]; got {tuple(posterior_logits.shape)} and "
             f"{tuple(prior_logits.shape)}."
         )
-    dyn = categorical_kl(posterior_logits.detach(), prior_logits).sum(-1)
-    rep = categorical_kl(posterior_logits, prior_logits.detach()).sum(-1)
+    # One log-softmax per side serves both terms; they differ only in which
+    # side is held constant (same values, different gradients).
+    log_post = torch.log_softmax(posterior_logits, dim=-1)
+    log_prior = torch.log_softmax(prior_logits, dim=-1)
+    post = log_post.exp()
+    dyn = (post.detach() * (log_post.detach() - log_prior)).sum((-2, -1))
+    rep = (post * (log_post - log_prior.detach())).sum((-2, -1))
     if free_nats:
         dyn = dyn.clamp(min=free_nats)
         rep = rep.clamp(min=free_nats)

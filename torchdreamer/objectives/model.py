@@ -13,7 +13,6 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
 from torchdreamer.functional import (
-    categorical_kl,
     kl_balance,
     symlog,
     two_hot_bins,
@@ -222,22 +221,22 @@ class DreamerV3ModelLoss(LossModule):
 
         posterior = output.get(keys.posterior_logits)
         prior = output.get(keys.prior_logits)
-        dynamics, representation = kl_balance(posterior, prior, self.free_nats)
+        dynamics, representation = kl_balance(posterior, prior, free_nats=0.0)
+        kl = dynamics.detach().mean()  # before the free-nats clip, for logging
+        if self.free_nats:
+            dynamics = dynamics.clamp(min=self.free_nats)
+            representation = representation.clamp(min=self.free_nats)
 
         reward = per_step(output.get(keys.reward), batch, f"The replay {keys.reward!r}")
         reward_loss = two_hot_cross_entropy(
             output.get(keys.reward_logits), reward, self.reward_bins
         )
 
-        live = (
-            1.0
-            - per_step(
-                output.get(keys.is_terminal), batch, f"The replay {keys.is_terminal!r}"
-            ).float()
-        )
         logit = per_step(
             output.get(keys.continuation_logits), batch, f"The {keys.continuation_logits!r}"
         )
+        terminal = per_step(output.get(keys.is_terminal), batch, f"The replay {keys.is_terminal!r}")
+        live = 1 - terminal.to(logit.dtype)
         continuation = torch.nn.functional.binary_cross_entropy_with_logits(
             logit, live, reduction="none"
         )
@@ -250,6 +249,5 @@ class DreamerV3ModelLoss(LossModule):
             "representation": representation,
         }
         losses = {f"loss_{name}": self.scales[name] * term.mean() for name, term in terms.items()}
-        with torch.no_grad():
-            losses["kl"] = categorical_kl(posterior, prior).sum(-1).mean()
+        losses["kl"] = kl
         return TensorDict(losses, batch_size=[]), output
