@@ -404,3 +404,16 @@ def test_compiled_forward_and_backward_match_eager(mode, slow):
     for p, q in zip(eager.parameters(), compiled_loss.parameters(), strict=True):
         # Inductor fuses the softmax differently: float32 rounding, not logic.
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_lazy_value_model_with_slow_critic_asks_for_a_first_forward():
+    from torchrl.modules import MLP
+
+    lazy = TensorDictModule(MLP(out_features=1, depth=1, num_cells=8), ["state"], ["state_value"])
+    with pytest.raises(ValueError, match="Run the value model once on a sample batch"):
+        DreamerV3ValueLoss(lazy, slow_critic_regularization=1.0)
+    td = data((4,))
+    lazy(td.clone())
+    loss = DreamerV3ValueLoss(lazy, slow_critic_regularization=1.0)
+    SoftUpdate(loss, tau=0.02)
+    loss(td)[0]["loss_value"].backward()

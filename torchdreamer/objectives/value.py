@@ -233,6 +233,18 @@ class DreamerV3ValueLoss(LossModule):
             self._actor_link = Borrowed(actor_loss)
         self.register_buffer("value_bins", two_hot_bins(num_value_bins))
         if self.slow_critic_regularization > 0:
+            lazy = [
+                name
+                for name, p in value_model.named_parameters()
+                if isinstance(p, torch.nn.parameter.UninitializedParameter)
+            ]
+            if lazy:
+                raise ValueError(
+                    "slow_critic_regularization needs the value model's parameters to copy "
+                    f"them into the slow critic, but {lazy} are uninitialised (lazy "
+                    "layers). Run the value model once on a sample batch before building "
+                    "the loss."
+                )
             # Plain tensors held as buffers: the optimiser never sees the slow
             # critic; it only moves by SoftUpdate.
             slow = TensorDict.from_module(value_model).detach().clone()
