@@ -417,3 +417,12 @@ def test_lazy_value_model_with_slow_critic_asks_for_a_first_forward():
     loss = DreamerV3ValueLoss(lazy, slow_critic_regularization=1.0)
     SoftUpdate(loss, tau=0.02)
     loss(td)[0]["loss_value"].backward()
+
+
+def test_plain_modules_are_refused_with_the_fix():
+    from torchdreamer import DreamerV3ModelLoss
+
+    with pytest.raises(TypeError, match="value_model must be a tensordict module"):
+        DreamerV3ValueLoss(torch.nn.Linear(4, 1))
+    with pytest.raises(TypeError, match="world_model must be a tensordict module"):
+        DreamerV3ModelLoss(torch.nn.Linear(4, 1))

@@ -49,3 +49,13 @@ def call_module(
             f"The module returned {len(outputs)} tensor(s) but its out_keys are {module.out_keys}."
         )
     return dict(zip(module.out_keys, outputs, strict=True))
+
+
+def require_tensordict_module(module: object, role: str) -> None:
+    """Raise a clear ``TypeError`` unless ``module`` reads and writes tensordict keys."""
+    if not (hasattr(module, "in_keys") and hasattr(module, "out_keys") and callable(module)):
+        raise TypeError(
+            f"{role} must be a tensordict module with in_keys and out_keys, e.g. "
+            f"TensorDictModule(net, in_keys=[...], out_keys=[...]); got "
+            f"{type(module).__name__}."
+        )

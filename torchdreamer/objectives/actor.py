@@ -15,7 +15,7 @@ from torchrl.objectives.utils import ValueEstimators
 from torchrl.objectives.value import TDLambdaEstimator
 
 from torchdreamer.functional import discount_weights, lambda_return, two_hot_bins, two_hot_decode
-from torchdreamer.objectives._call import call_module
+from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed, frozen
 from torchdreamer.objectives._shapes import per_step
 from torchdreamer.objectives.return_scale import ReturnScale
@@ -171,6 +171,9 @@ class DreamerV3ActorLoss(LossModule):
                 "e.g. ProbabilisticTensorDictSequential(net, ProbabilisticTensorDictModule"
                 f"(...)); got {type(actor_model).__name__}."
             )
+        require_tensordict_module(value_model, "value_model")
+        if continuation_model is not None:
+            require_tensordict_module(continuation_model, "continuation_model")
         for name in ("reset", "step"):
             if not callable(getattr(model_based_env, name, None)):
                 raise TypeError(

@@ -18,6 +18,7 @@ from torchdreamer.functional import (
     two_hot_bins,
     two_hot_cross_entropy,
 )
+from torchdreamer.objectives._call import require_tensordict_module
 from torchdreamer.objectives._shapes import per_step
 
 __all__ = ["DreamerV3ModelLoss"]
@@ -149,6 +150,7 @@ class DreamerV3ModelLoss(LossModule):
         scales: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
+        require_tensordict_module(world_model, "world_model")
         observations = {"observation": "symlog_mse"} if observations is None else observations
         if not observations:
             raise ValueError("observations must name at least one observation key.")

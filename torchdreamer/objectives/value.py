@@ -19,7 +19,7 @@ from torchdreamer.functional import (
     two_hot_cross_entropies,
     two_hot_decode,
 )
-from torchdreamer.objectives._call import call_module
+from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed
 from torchdreamer.objectives._shapes import per_step
 
@@ -201,6 +201,7 @@ class DreamerV3ValueLoss(LossModule):
         validate_inputs: bool = False,
     ) -> None:
         super().__init__()
+        require_tensordict_module(value_model, "value_model")
         if value_loss not in _VALUE_LOSSES:
             raise ValueError(f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}.")
         if reduction not in _REDUCTIONS:
