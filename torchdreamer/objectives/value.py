@@ -380,6 +380,19 @@ class DreamerV3ValueLoss(LossModule):
         squashed = symlog(prediction)
         return tuple((squashed - symlog(target)).square() for target in targets)
 
+    def _critic_losses(
+        self, prediction: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-step loss toward ``target`` plus the slow-critic term, and that term alone.
+
+        Without a slow critic (``slow_target`` is ``None``) the second item is ``None``.
+        """
+        if slow_target is None:
+            (loss,) = self._step_losses(prediction, target)
+            return loss, None
+        loss, slow = self._step_losses(prediction, target, slow_target)
+        return loss + self.slow_critic_regularization * slow, slow
+
     def _decoded(self, prediction: torch.Tensor) -> torch.Tensor:
         if self.value_loss == "two_hot":
             return two_hot_decode(prediction, self.value_bins)
@@ -480,18 +493,17 @@ class DreamerV3ValueLoss(LossModule):
         self._check_finite(prediction, keys.value)
 
         weight = self._step_weight(tensordict, target, batch)
+        slow_target = (
+            self._slow_prediction(tensordict, batch)
+            if self.slow_critic_regularization > 0
+            else None
+        )
+        loss, slow = self._critic_losses(prediction, target, slow_target)
         out = {}
-        if self.slow_critic_regularization > 0:
-            slow_target = self._slow_prediction(tensordict, batch)
-            loss, slow = self._step_losses(prediction, target, slow_target)
-            if weight is not None:
-                loss, slow = loss * weight, slow * weight
-            loss = loss + self.slow_critic_regularization * slow
-            out["value_slow_reg"] = self._reduce(slow).detach()
-        else:
-            (loss,) = self._step_losses(prediction, target)
-            if weight is not None:
-                loss = loss * weight
+        if weight is not None:
+            loss = loss * weight
+        if slow is not None:
+            out["value_slow_reg"] = self._reduce(slow if weight is None else slow * weight).detach()
         out["loss_value"] = self._reduce(loss)
         with torch.no_grad():
             value = self._decoded_value(output, prediction, batch)
@@ -582,12 +594,12 @@ class DreamerV3ValueLoss(LossModule):
         prediction = (
             prediction[..., :-1, :] if self.value_loss == "two_hot" else prediction[..., :-1]
         )
-        if self.slow_critic_regularization > 0:
-            slow_target = self._slow_prediction(tensordict, batch)[..., :-1]
-            loss, slow = self._step_losses(prediction, target, slow_target)
-            loss = loss + self.slow_critic_regularization * slow
-        else:
-            (loss,) = self._step_losses(prediction, target)
+        slow_target = (
+            self._slow_prediction(tensordict, batch)[..., :-1]
+            if self.slow_critic_regularization > 0
+            else None
+        )
+        loss, _ = self._critic_losses(prediction, target, slow_target)
         keep = 1 - entries["is_last"][..., :-1]
         return TensorDict(
             {
