@@ -397,3 +397,25 @@ def test_works_with_torchrl_dreamer_env(discrete):
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+def test_a_logits_only_critic_is_decoded_on_the_official_grid():
+    from torchdreamer.modules import TwoHotHead
+
+    head = TwoHotHead(N, hidden=16)
+    with torch.no_grad():
+        head.mlp[-1].weight.normal_()  # leave the zero start: decoded values must differ
+
+    class LogitsOnly(nn.Module):
+        def forward(self, state):
+            return head(state)[0]
+
+    both = TensorDictModule(head, ["state"], ["state_value_logits", "state_value"])
+    logits_only = TensorDictModule(LogitsOnly(), ["state"], ["state_value_logits"])
+    results = []
+    for critic_model in (both, logits_only):
+        torch.manual_seed(3)
+        loss = DreamerV3ActorLoss(chain_actor(), critic_model, Chain(), use_reinforce=True)
+        results.append(loss(chain_starts(8))[1]["lambda_target"])
+    assert results[0].abs().max() > 0
+    torch.testing.assert_close(results[1], results[0])

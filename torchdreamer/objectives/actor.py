@@ -191,6 +191,7 @@ class DreamerV3ActorLoss(LossModule):
         self._borrowed = Borrowed(
             {"value": value_model, "env": model_based_env, "continuation": continuation_model}
         )
+        self._bin_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.imagination_horizon = imagination_horizon
         self.discount_loss = bool(discount_loss)
         self.entropy_bonus = float(entropy_bonus)
@@ -290,6 +291,13 @@ class DreamerV3ActorLoss(LossModule):
             )
         return torch.stack(steps, dim=start.ndim)
 
+    def _bins(self, num_bins: int, device: torch.device) -> torch.Tensor:
+        """The two-hot grid for a logits-only critic, built once per size and device."""
+        key = (num_bins, device)
+        if key not in self._bin_cache:
+            self._bin_cache[key] = two_hot_bins(num_bins, device=device)
+        return self._bin_cache[key]
+
     def _values(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor:
         """The critic's decoded value of each state, ``batch`` shaped."""
         output = call_module(self.value_model, states)
@@ -301,8 +309,11 @@ class DreamerV3ActorLoss(LossModule):
                     f"The value model wrote neither {self.tensor_keys.value!r} nor "
                     f"{self.tensor_keys.value_logits!r}; the actor loss needs one of them."
                 )
-            bins = two_hot_bins(logits.shape[-1], dtype=torch.float32, device=logits.device)
-            return per_step(two_hot_decode(logits, bins), batch, "The decoded value")
+            return per_step(
+                two_hot_decode(logits, self._bins(logits.shape[-1], logits.device)),
+                batch,
+                "The decoded value",
+            )
         return per_step(value, batch, f"The value {self.tensor_keys.value!r}")
 
     def _continuations(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor | None:
