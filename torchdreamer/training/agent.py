@@ -1,0 +1,221 @@
+"""The DreamerV3 agent: networks, the three losses, one update, and acting."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictModule as Prob
+from tensordict.nn import ProbabilisticTensorDictSequential as ProbSeq
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.objectives import SoftUpdate
+from torchrl.objectives.utils import ValueEstimators
+
+from torchdreamer.modules import (
+    WORLD_MODEL_OUTPUTS,
+    BoundedNormalActorHead,
+    CategoricalActorHead,
+    ImaginationEnv,
+    OneHotCategorical,
+    TwoHotHead,
+    WorldModel,
+)
+from torchdreamer.objectives import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
+from torchdreamer.training.config import Config
+from torchdreamer.training.optim import LaProp
+
+__all__ = ["DreamerAgent"]
+
+_STATE = ["state", "belief"]
+
+
+class DreamerAgent(nn.Module):
+    """World model, actor and critic, trained together by :meth:`update`.
+
+    One update follows the official order on a ``[B, T]`` replay batch: the
+    world-model loss filters the batch; every posterior state (detached)
+    starts an imagined trajectory, on which the actor and critic losses are
+    computed; the critic is also trained on the replayed sequence itself
+    (scale 0.3). All terms are summed and taken by one optimiser step, then
+    the slow critic moves toward the critic (EMA 0.02).
+
+    Args:
+        observation_shape: ``(D,)`` or ``(H, W, C)``.
+        action_dim: Number of discrete actions, or the continuous action size.
+        discrete: Discrete (one-hot, REINFORCE) or continuous (bounded normal,
+            gradients through the world model) actions.
+        config: Sizes and hyperparameters.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+        >>> state = agent.initial_state(5)
+        >>> action, state = agent.act(torch.randn(5, 4), torch.ones(5, dtype=torch.bool), state)
+        >>> action.shape, bool((action.sum(-1) == 1).all())
+        (torch.Size([5, 2]), True)
+    """
+
+    def __init__(
+        self,
+        observation_shape: tuple[int, ...],
+        action_dim: int,
+        *,
+        discrete: bool,
+        config: Config,
+    ) -> None:
+        super().__init__()
+        size = config.size
+        self.discrete, self.action_dim = discrete, action_dim
+        self.world_model = WorldModel(
+            observation_shape,
+            action_dim,
+            deter=size.deter,
+            hidden=size.hidden,
+            categoricals=size.categoricals,
+            classes=size.classes,
+            units=size.units,
+            layers=size.layers,
+            cnn_depth=size.cnn_depth,
+        )
+        features = self.world_model.rssm.feature_size
+        if discrete:
+            head = CategoricalActorHead(features, action_dim, size.units, size.layers)
+            self.actor = ProbSeq(
+                TensorDictModule(head, _STATE, ["logits"]),
+                Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
+            )
+        else:
+            head = BoundedNormalActorHead(features, action_dim, size.units, size.layers)
+            self.actor = ProbSeq(
+                TensorDictModule(head, _STATE, ["loc", "scale"]),
+                Prob(
+                    ["loc", "scale"],
+                    ["action"],
+                    distribution_class=torch.distributions.Normal,
+                    default_interaction_type="random",
+                ),
+            )
+        self.critic = TensorDictModule(
+            TwoHotHead(features, size.units, size.layers),
+            _STATE,
+            ["state_value_logits", "state_value"],
+        )
+        image = self.world_model.is_image
+        self.model_loss = DreamerV3ModelLoss(
+            TensorDictModule(
+                self.world_model, ["observation", "prev_action", "is_first"], WORLD_MODEL_OUTPUTS
+            ),
+            observations={"observation": "mse" if image else "symlog_mse"},
+        )
+        self.actor_loss = DreamerV3ActorLoss(
+            self.actor,
+            self.critic,
+            ImaginationEnv(self.world_model.rssm, self.world_model.reward),
+            continuation_model=TensorDictModule(
+                self.world_model.continuation, _STATE, ["continuation_logit", "continuation"]
+            ),
+            imagination_horizon=config.imagination_horizon,
+            entropy_bonus=config.entropy_bonus,
+            use_reinforce=discrete,
+        )
+        self.actor_loss.make_value_estimator(
+            ValueEstimators.TDLambda, gamma=1 - 1 / config.horizon, lmbda=config.lmbda
+        )
+        self.value_loss = DreamerV3ValueLoss(
+            self.critic,
+            value_loss="two_hot",
+            actor_loss=self.actor_loss,
+            slow_critic_regularization=config.slow_critic_weight,
+        )
+        self.slow_critic = SoftUpdate(self.value_loss, tau=config.slow_critic_tau)
+        self.config = config
+        self.optimizer = LaProp(
+            self.trainable_parameters(),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
+            agc=config.agc,
+            warmup=config.warmup,
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """World model, actor and critic parameters (the slow critic is a buffer)."""
+        modules = (self.world_model, self.actor, self.critic)
+        return [p for module in modules for p in module.parameters()]
+
+    # ------------------------------------------------------------------ learning
+    def losses(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss of one update and its detached terms, by name."""
+        cfg = self.config
+        model_td, posterior = self.model_loss(batch)
+        states = posterior.select(*_STATE).detach()
+        actor_td, imagined = self.actor_loss(states.reshape(-1))
+        value_td, _ = self.value_loss(imagined)
+        # The critic on the replayed sequence, bootstrapped by each state's
+        # imagined return (the official "repval" term).
+        bootstrap = imagined.get("lambda_target")[:, 0, 0].reshape(batch.batch_size)
+        replay = states.update(batch.select("reward", "is_last", "is_terminal"))
+        replay.set("bootstrap", bootstrap)
+        replay_td = self.value_loss.replay_value_loss(replay, cfg.horizon, cfg.lmbda)
+        terms = {k: v for k, v in model_td.items() if k.startswith("loss_")}
+        terms["loss_actor"] = actor_td["loss_actor"]
+        terms["loss_value"] = value_td["loss_value"]
+        terms["loss_replay_value"] = cfg.replay_value_scale * replay_td["loss_replay_value"]
+        total = sum(terms.values())
+        metrics = {k: v.detach() for k, v in terms.items()}
+        for td in (model_td, actor_td, value_td, replay_td):
+            metrics.update({k: v.detach() for k, v in td.items() if not k.startswith("loss_")})
+        return total, metrics
+
+    def update(self, batch: TensorDictBase) -> dict[str, float]:
+        """One optimiser step on a ``[B, T]`` replay batch; returns the metrics."""
+        total, metrics = self.losses(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.slow_critic.step()
+        metrics["loss"] = total.detach()
+        return {k: float(v) for k, v in metrics.items()}
+
+    # -------------------------------------------------------------------- acting
+    def initial_state(self, batch: int) -> TensorDict:
+        """Zero latent state and previous action of ``batch`` environments."""
+        device = next(self.parameters()).device
+        stoch, deter = self.world_model.rssm.initial(torch.Size([batch]), device)
+        action = torch.zeros(batch, self.action_dim, device=device)
+        return TensorDict(state=stoch, belief=deter, action=action, batch_size=[batch])
+
+    @torch.no_grad()
+    def act(
+        self,
+        observation: torch.Tensor,
+        is_first: torch.Tensor,
+        state: TensorDict,
+        explore: bool = True,
+    ) -> tuple[torch.Tensor, TensorDict]:
+        """Filter one observation per environment and choose actions.
+
+        Returns the action (one-hot, or continuous in ``[-1, 1]``) and the new
+        state, which remembers the action as the next step's previous action.
+        """
+        rssm = self.world_model.rssm
+        stoch, deter, _, _ = rssm.obs_step(
+            state["state"],
+            state["belief"],
+            state["action"],
+            self.world_model.embed(observation),
+            is_first,
+        )
+        td = TensorDict(state=stoch, belief=deter, batch_size=state.batch_size)
+        dist = self.actor.get_dist(td)
+        if explore:
+            action = dist.sample()
+        elif self.discrete:
+            action = torch.nn.functional.one_hot(dist.logits.argmax(-1), self.action_dim)
+        else:
+            action = dist.mean
+        if not self.discrete:
+            action = action.clamp(-1.0, 1.0)
+        td.set("action", action.to(stoch.dtype))
+        return td["action"], td

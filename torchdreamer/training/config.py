@@ -1,0 +1,151 @@
+"""Run configuration: what ``torchdreamer train`` reads, with the official defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRESETS", "Config", "ModelSize"]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Network sizes of one preset."""
+
+    deter: int
+    """GRU (deterministic) state size."""
+    hidden: int
+    """Hidden size of the RSSM's input and output layers."""
+    categoricals: int
+    """Number of categorical latents."""
+    classes: int
+    """Classes per categorical latent."""
+    units: int
+    """Width of the encoder, decoder, head, actor and critic MLPs."""
+    layers: int
+    """Depth of those MLPs."""
+    cnn_depth: int
+    """Channels of the first convolution stage (images only)."""
+
+
+#: ``small`` is ours: quick on a laptop CPU, in the official ``size1m`` class
+#: (about 0.6 M parameters on CartPole). ``XS`` … ``L`` are the sizes of the
+#: DreamerV3 paper's model-size table (GRU units, MLP units x layers, CNN
+#: multiplier; 32 x 32 latents).
+PRESETS: dict[str, ModelSize] = {
+    "small": ModelSize(
+        deter=256, hidden=128, categoricals=16, classes=16, units=128, layers=2, cnn_depth=16
+    ),
+    "XS": ModelSize(
+        deter=256, hidden=256, categoricals=32, classes=32, units=256, layers=1, cnn_depth=24
+    ),
+    "S": ModelSize(
+        deter=512, hidden=512, categoricals=32, classes=32, units=512, layers=2, cnn_depth=32
+    ),
+    "M": ModelSize(
+        deter=1024, hidden=640, categoricals=32, classes=32, units=640, layers=3, cnn_depth=48
+    ),
+    "L": ModelSize(
+        deter=2048, hidden=768, categoricals=32, classes=32, units=768, layers=4, cnn_depth=64
+    ),
+}
+
+
+@dataclass
+class Config:
+    """Everything a run depends on; saved as ``config.json`` in the log directory."""
+
+    env: str = "CartPole-v1"
+    """Gymnasium id: vector or image observations, discrete or continuous actions."""
+    preset: str = "small"
+    """Network sizes, one of :data:`PRESETS`."""
+    steps: int = 100_000
+    """Environment steps to train for (summed over the parallel environments)."""
+    seed: int = 0
+    """Seeds torch, the environments and the replay sampling."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``."""
+    num_envs: int = 16
+    """Environments stepped together (official 16)."""
+    batch_size: int = 16
+    """Replay sequences per update (official 16)."""
+    batch_length: int = 64
+    """Steps per replay sequence (official 64)."""
+    train_ratio: float = 32.0
+    """Replayed steps per environment step (official 32 for CartPole-class tasks)."""
+    replay_capacity: int = 1_000_000
+    """Replay rows kept, over all environments; the oldest are dropped first."""
+    imagination_horizon: int = 15
+    """Imagined steps from every replay state (official 15)."""
+    horizon: float = 333.0
+    """Discount horizon: gamma = 1 - 1/horizon (official 333)."""
+    lmbda: float = 0.95
+    """λ of the λ-returns (official 0.95)."""
+    entropy_bonus: float = 3e-4
+    """Actor entropy coefficient (official 3e-4)."""
+    slow_critic_tau: float = 0.02
+    """Slow-critic EMA rate, applied every update (official 0.02)."""
+    slow_critic_weight: float = 1.0
+    """Weight of the regulariser toward the slow critic (official 1)."""
+    replay_value_scale: float = 0.3
+    """Scale of the critic loss on replayed sequences (official 0.3)."""
+    lr: float = 4e-5
+    """Learning rate (official 4e-5)."""
+    warmup: int = 1000
+    """Updates of linear learning-rate warm-up (official 1000)."""
+    agc: float = 0.3
+    """Adaptive gradient clipping: ‖g‖ ≤ agc · max(‖w‖, 1e-3), per tensor (official 0.3)."""
+    eps: float = 1e-20
+    """Optimiser epsilon (official 1e-20)."""
+    beta1: float = 0.9
+    """Momentum (official 0.9)."""
+    beta2: float = 0.999
+    """Second-moment decay (official 0.999)."""
+    log_every: int = 1000
+    """Environment steps between metric rows."""
+    checkpoint_every: int = 10_000
+    """Environment steps between checkpoints (one is also written at exit)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes stored with the run."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
+        for name in ("steps", "num_envs", "batch_size", "batch_length", "imagination_horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.batch_length < 2:
+            raise ValueError(f"batch_length must be >= 2, got {self.batch_length}.")
+        if self.train_ratio <= 0:
+            raise ValueError(f"train_ratio must be > 0, got {self.train_ratio}.")
+        if self.replay_capacity < self.num_envs * self.batch_length:
+            raise ValueError(
+                f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
+                f"{self.batch_length} steps per environment ({self.num_envs} envs)."
+            )
+
+    @property
+    def size(self) -> ModelSize:
+        return PRESETS[self.preset]
+
+    #: Fields that may differ when a run is resumed (they do not change what is learnt).
+    RESUMABLE = ("steps", "device", "log_every", "checkpoint_every")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def differences(self, other: Config) -> dict[str, tuple[Any, Any]]:
+        """Fields, other than :attr:`RESUMABLE` ones, where ``other`` differs."""
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return {
+            key: (mine[key], theirs[key])
+            for key in mine
+            if key not in self.RESUMABLE and mine[key] != theirs[key]
+        }

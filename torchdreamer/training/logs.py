@@ -1,0 +1,129 @@
+"""Run logs: metrics and episodes as CSV, TensorBoard scalars, the learning-curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from torchdreamer.training.runner import Episode
+
+__all__ = ["RunLog", "plot_curve", "read_episodes"]
+
+EPISODES = "episodes.csv"
+METRICS = "metrics.csv"
+
+
+def _truncate(path: Path, env_step: int) -> None:
+    """Drop rows logged after ``env_step``: a resumed run re-does those steps."""
+    if not path.exists():
+        return
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+        fields = list(rows[0].keys()) if rows else None
+    if fields is None:
+        return
+    kept = [row for row in rows if int(row["env_step"]) <= env_step]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+class RunLog:
+    """Appends to ``metrics.csv`` and ``episodes.csv`` and writes TensorBoard events.
+
+    Args:
+        logdir: The run's directory.
+        resume_step: When resuming, the checkpoint's env step: rows after it
+            (written by the interrupted run after its last checkpoint) are
+            removed, from the CSVs and from TensorBoard, so no step appears twice.
+    """
+
+    def __init__(self, logdir: Path, resume_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = Path(logdir)
+        if resume_step is not None:
+            _truncate(self.logdir / METRICS, resume_step)
+            _truncate(self.logdir / EPISODES, resume_step)
+        self.writer = SummaryWriter(
+            str(self.logdir / "tensorboard"),
+            purge_step=resume_step if resume_step is not None else None,
+        )
+        self._metric_fields: list[str] | None = None
+
+    def episode(self, episode: Episode) -> None:
+        path = self.logdir / EPISODES
+        new = not path.exists()
+        with open(path, "a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(["env_step", "score", "length"])
+            writer.writerow([episode.env_step, f"{episode.score:.6g}", episode.length])
+        self.writer.add_scalar("episode/score", episode.score, episode.env_step)
+        self.writer.add_scalar("episode/length", episode.length, episode.env_step)
+
+    def metrics(self, env_step: int, values: dict[str, float]) -> None:
+        path = self.logdir / METRICS
+        row = {"env_step": env_step, **values}
+        if self._metric_fields is None:
+            if path.exists():
+                with open(path, newline="") as file:
+                    header = next(csv.reader(file), None)
+                self._metric_fields = header
+            if not self._metric_fields:
+                self._metric_fields = list(row)
+                with open(path, "w", newline="") as file:
+                    csv.writer(file).writerow(self._metric_fields)
+        with open(path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self._metric_fields, extrasaction="ignore")
+            writer.writerow({k: row.get(k, "") for k in self._metric_fields})
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, env_step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def read_episodes(logdir: Path) -> list[Episode]:
+    path = Path(logdir) / EPISODES
+    if not path.exists():
+        return []
+    with open(path, newline="") as file:
+        return [
+            Episode(int(row["env_step"]), float(row["score"]), int(row["length"]))
+            for row in csv.DictReader(file)
+        ]
+
+
+def plot_curve(logdir: Path, title: str) -> Path | None:
+    """``learning_curve.png``: each episode's score and the mean of the last 10."""
+    episodes = read_episodes(logdir)
+    if not episodes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e.env_step for e in episodes]
+    scores = [e.score for e in episodes]
+    mean10 = [
+        sum(scores[max(0, i - 9) : i + 1]) / len(scores[max(0, i - 9) : i + 1])
+        for i in range(len(scores))
+    ]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.plot(steps, scores, ".", alpha=0.3, label="episode score")
+    axes.plot(steps, mean10, label="mean of the last 10")
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("score")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(logdir) / "learning_curve.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

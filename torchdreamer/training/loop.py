@@ -1,0 +1,269 @@
+"""The training loop (``torchdreamer train``) and evaluation (``torchdreamer eval``)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.checkpoint import (
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from torchdreamer.training.config import Config
+from torchdreamer.training.envs import make_env
+from torchdreamer.training.logs import RunLog, plot_curve
+from torchdreamer.training.replay import SequenceReplay
+from torchdreamer.training.runner import EnvRunner
+
+__all__ = ["Summary", "evaluate", "prepare_logdir", "train"]
+
+CONFIG = "config.json"
+
+
+@dataclass
+class Summary:
+    """How a run went."""
+
+    env_step: int
+    updates: int
+    wall_time: float
+    mean_score: float
+    """Mean score of the last 10 training episodes (NaN before any ended)."""
+
+    def line(self, config: Config) -> str:
+        speed = self.env_step / max(self.wall_time, 1e-9)
+        rate = self.updates / max(self.wall_time, 1e-9)
+        return (
+            f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
+            f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
+            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 episodes "
+            f"{self.mean_score:.1f}"
+        )
+
+
+def prepare_logdir(config: Config, logdir: Path, resume: bool) -> Config:
+    """Check ``logdir`` against the run and return the config to use.
+
+    A new run needs a directory that holds no run. A resumed run must have the
+    saved config, except for :attr:`Config.RESUMABLE` fields (``steps``,
+    ``device``, …).
+    """
+    logdir = Path(logdir)
+    saved_path = logdir / CONFIG
+    if resume:
+        if not saved_path.exists():
+            raise FileNotFoundError(f"{logdir} holds no {CONFIG}: there is no run to resume.")
+        differences = Config.load(saved_path).differences(config)
+        if differences:
+            raise ValueError(
+                f"cannot resume {logdir} with a different {', '.join(sorted(differences))}: "
+                f"only {', '.join(Config.RESUMABLE)} may change when a run is resumed."
+            )
+        saved_path.write_text(config.to_json())
+        return config
+    if saved_path.exists():
+        saved = Config.load(saved_path)
+        differences = saved.differences(config)
+        if differences:
+            listed = "; ".join(
+                f"{k}: {a!r} there, {b!r} here" for k, v in differences.items() for a, b in [v]
+            )
+            raise ValueError(
+                f"{logdir} holds another run with an incompatible config ({listed}). "
+                "Pick a new --logdir, or continue that run with --resume."
+            )
+        raise ValueError(
+            f"{logdir} already holds this run; continue it with "
+            f"`torchdreamer train --resume {logdir}` or pick a new --logdir."
+        )
+    logdir.mkdir(parents=True, exist_ok=True)
+    saved_path.write_text(config.to_json())
+    return config
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Stop:
+    """Turns SIGTERM into a clean stop (checkpoint, logs, curve) like Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.getsignal(signal.SIGTERM)
+
+    def __enter__(self) -> _Stop:
+        try:
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            signal.signal(signal.SIGTERM, self._previous)
+        except ValueError:
+            pass
+
+
+def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
+    """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
+
+    Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``episodes.csv``,
+    TensorBoard events, ``checkpoint.pt`` (every ``checkpoint_every`` steps and
+    at exit) and ``learning_curve.png``. With ``resume=True`` the run continues
+    from its last checkpoint, with every counter, generator and the replay
+    buffer restored; what the interrupted run logged after that checkpoint is
+    discarded, so no step is counted twice or lost.
+    """
+    logdir = Path(logdir)
+    config = prepare_logdir(config, logdir, resume)
+    device = torch.device(config.device)
+    _seed(config.seed)
+    checkpoint = load_checkpoint(logdir) if resume and (logdir / "checkpoint.pt").exists() else None
+    counters = {"env_step": 0, "updates": 0, "update_credit": 0.0, "wall_time": 0.0}
+    if checkpoint is not None:
+        counters = checkpoint["counters"]
+    # Environments restart on resume; a seed per start keeps episodes distinct.
+    env, spec = make_env(config.env, config.num_envs, config.seed + counters["env_step"])
+    agent = DreamerAgent(
+        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
+    ).to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    replay = SequenceReplay(config.num_envs, config.replay_capacity, generator)
+    recent: deque[float] = deque(maxlen=10)
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        agent.optimizer.load_state_dict(checkpoint["optimizer"])
+        replay.load_state_dict(checkpoint["replay"])
+        generator.set_state(checkpoint["replay_generator"])
+        set_rng_states(checkpoint["rng"])
+        recent.extend(checkpoint["recent_scores"])
+    log = RunLog(logdir, resume_step=counters["env_step"] if checkpoint is not None else None)
+    runner = EnvRunner(env, spec, agent)
+
+    def snapshot() -> None:
+        save_checkpoint(
+            logdir,
+            {
+                "agent": agent.state_dict(),
+                "optimizer": agent.optimizer.state_dict(),
+                "replay": replay.state_dict(),
+                "replay_generator": generator.get_state(),
+                "rng": rng_states(),
+                "counters": dict(counters),
+                "recent_scores": list(recent),
+                "config": config.to_json(),
+            },
+        )
+
+    batch_steps = config.batch_size * config.batch_length
+    last: dict[str, float] = {}
+    bar = tqdm(
+        total=config.steps,
+        initial=counters["env_step"],
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter() - counters["wall_time"]
+    window = (time.perf_counter(), counters["env_step"], counters["updates"])
+    with _Stop() as stop:
+        try:
+            while counters["env_step"] < config.steps and not stop.requested:
+                additions, episodes = runner.step(counters["env_step"])
+                for rows, mask in additions:
+                    replay.add(rows, mask)
+                before = counters["env_step"]
+                counters["env_step"] += config.num_envs
+                for episode in episodes:
+                    log.episode(episode)
+                    recent.append(episode.score)
+                if replay.can_sample(config.batch_length) and counters["env_step"] >= batch_steps:
+                    counters["update_credit"] += config.num_envs * config.train_ratio / batch_steps
+                    while counters["update_credit"] >= 1:
+                        batch = replay.sample(config.batch_size, config.batch_length)
+                        last = agent.update(batch.to(device))
+                        counters["updates"] += 1
+                        counters["update_credit"] -= 1
+                step = counters["env_step"]
+                counters["wall_time"] = time.perf_counter() - started
+                mean = float(np.mean(recent)) if recent else float("nan")
+                bar.update(config.num_envs)
+                if step // config.log_every > before // config.log_every:
+                    now = time.perf_counter()
+                    elapsed = max(now - window[0], 1e-9)
+                    rates = {
+                        "env_steps_per_s": (step - window[1]) / elapsed,
+                        "updates_per_s": (counters["updates"] - window[2]) / elapsed,
+                    }
+                    window = (now, step, counters["updates"])
+                    log.metrics(
+                        step,
+                        {
+                            "updates": counters["updates"],
+                            "wall_time": counters["wall_time"],
+                            "score_mean10": mean,
+                            **rates,
+                            **last,
+                        },
+                    )
+                    bar.set_postfix(
+                        updates_per_s=f"{rates['updates_per_s']:.2f}",
+                        score=f"{recent[-1]:.1f}" if recent else "-",
+                        mean10=f"{mean:.1f}",
+                    )
+                if step // config.checkpoint_every > before // config.checkpoint_every:
+                    snapshot()
+        finally:
+            bar.close()
+            counters["wall_time"] = time.perf_counter() - started
+            snapshot()
+            log.close()
+            env.close()
+    plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
+    mean = float(np.mean(recent)) if recent else float("nan")
+    return Summary(counters["env_step"], counters["updates"], counters["wall_time"], mean)
+
+
+def evaluate(
+    logdir: Path, episodes: int = 10, device: str = "cpu", sample: bool = False
+) -> list[float]:
+    """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores."""
+    logdir = Path(logdir)
+    if not (logdir / CONFIG).exists():
+        raise FileNotFoundError(f"{logdir} holds no {CONFIG}: it is not a torchdreamer run.")
+    config = Config.load(logdir / CONFIG)
+    config.device = device
+    checkpoint = load_checkpoint(logdir, map_location=device)
+    env, spec = make_env(config.env, 1, config.seed + 10**9)
+    agent = DreamerAgent(
+        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
+    ).to(device)
+    agent.load_state_dict(checkpoint["agent"])
+    agent.eval()
+    runner = EnvRunner(env, spec, agent)
+    scores: list[float] = []
+    step = 0
+    while len(scores) < episodes:
+        _, ended = runner.step(step, explore=sample)
+        step += 1
+        scores.extend(e.score for e in ended)
+    env.close()
+    return scores[:episodes]

@@ -1,0 +1,135 @@
+"""Stepping the environments with the agent, and turning steps into replay rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import EnvBase
+
+from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.envs import EnvSpec
+
+__all__ = ["EnvRunner", "Episode"]
+
+
+@dataclass
+class Episode:
+    """A finished episode: its return, length and the env step it ended at."""
+
+    env_step: int
+    score: float
+    length: int
+
+
+@dataclass
+class _Streams:
+    """Per-environment running values between two steps."""
+
+    returns: torch.Tensor
+    lengths: torch.Tensor
+    finished: list[Episode] = field(default_factory=list)
+
+
+class EnvRunner:
+    """Steps ``num_envs`` environments with the agent's policy.
+
+    Each environment's stream follows the official per-step layout: a row
+    holds an observation, the reward received on arriving at it, the action
+    that led to it (``prev_action``, zero at an episode's first step) and its
+    ``is_first``, ``is_last`` and ``is_terminal`` flags. When an episode ends,
+    its last row and the next episode's first row are both written, so
+    episodes are complete in the replay. ``step`` returns the rows to add:
+    ``(rows, mask)`` pairs for :meth:`SequenceReplay.add`.
+    """
+
+    def __init__(self, env: EnvBase, spec: EnvSpec, agent: DreamerAgent) -> None:
+        self.env, self.spec, self.agent = env, spec, agent
+        self.num_envs = env.batch_size[0]
+        self.device = next(agent.parameters()).device
+        self.reset()
+
+    def reset(self) -> None:
+        """Start fresh episodes everywhere (the beginning of a run or a resume)."""
+        self.td = self.env.reset()
+        n = self.num_envs
+        self.state = self.agent.initial_state(n)
+        self.is_first = torch.ones(n, dtype=torch.bool)
+        self.reward = torch.zeros(n)
+        self.streams = _Streams(
+            torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+        )
+
+    def _rows(
+        self,
+        observation: torch.Tensor,
+        prev_action: torch.Tensor,
+        reward: torch.Tensor,
+        is_first: torch.Tensor,
+        is_last: torch.Tensor,
+        is_terminal: torch.Tensor,
+    ) -> TensorDict:
+        return TensorDict(
+            observation=observation,
+            prev_action=prev_action.cpu(),
+            reward=reward.float(),
+            is_first=is_first,
+            is_last=is_last,
+            is_terminal=is_terminal,
+            batch_size=[self.num_envs],
+        )
+
+    def step(
+        self, env_step: int, explore: bool = True
+    ) -> tuple[list[tuple[TensorDictBase, torch.Tensor]], list[Episode]]:
+        """One step of every environment.
+
+        Args:
+            env_step: Environment steps so far, to date finished episodes.
+            explore: Sample actions (training) or take the most likely one.
+
+        Returns:
+            ``(additions, episodes)``: rows for the replay and the episodes
+            that ended on this step.
+        """
+        n = self.num_envs
+        observation = self.td.get("observation")
+        none = torch.zeros(n, dtype=torch.bool)
+        every = torch.ones(n, dtype=torch.bool)
+        # The row of the current observation; prev_action is the state's action.
+        current = self._rows(
+            observation, self.state["action"], self.reward, self.is_first, none, none
+        )
+        action, self.state = self.agent.act(
+            observation.to(self.device), self.is_first.to(self.device), self.state, explore
+        )
+        self.td.set("action", self.spec.to_env_action(action.cpu()))
+        out, self.td = self.env.step_and_maybe_reset(self.td)
+        nxt = out.get("next")
+        reward = nxt.get("reward").reshape(n)
+        done = nxt.get("done").reshape(n)
+        terminated = nxt.get("terminated").reshape(n)
+        self.streams.returns += reward.double()
+        self.streams.lengths += 1
+        additions = [(current, every)]
+        episodes = []
+        if done.any():
+            # The final observation of each ended episode, flagged last (and
+            # terminal if the task ended rather than timed out).
+            final = self._rows(nxt.get("observation"), action, reward, none, done, terminated)
+            additions.append((final, done))
+            for e in done.nonzero().squeeze(-1).tolist():
+                episodes.append(
+                    Episode(
+                        env_step + n, float(self.streams.returns[e]), int(self.streams.lengths[e])
+                    )
+                )
+            self.streams.returns[done] = 0
+            self.streams.lengths[done] = 0
+        # Next row: the new observation (a reset one where an episode ended).
+        self.is_first = done.clone()
+        self.reward = torch.where(done, torch.zeros_like(reward), reward)
+        keep = (~done).to(self.device).unsqueeze(-1).to(self.state["action"].dtype)
+        self.state.set("action", self.state["action"] * keep)
+        return additions, episodes
