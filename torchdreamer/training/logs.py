@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torchdreamer.training.runner import Episode
 
-__all__ = ["RunLog", "plot_curve", "read_episodes"]
+__all__ = ["RunLog", "plot_curve", "read_episodes", "read_rows"]
 
 EPISODES = "episodes.csv"
 METRICS = "metrics.csv"
@@ -19,10 +19,10 @@ def _truncate(path: Path, env_step: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-        fields = list(rows[0].keys()) if rows else None
-    if fields is None:
+        fields = next(csv.reader(file), None)
+    if not fields:
         return
+    rows = read_rows(path)
     kept = [row for row in rows if int(row["env_step"]) <= env_step]
     with open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
@@ -67,18 +67,22 @@ class RunLog:
     def metrics(self, env_step: int, values: dict[str, float]) -> None:
         path = self.logdir / METRICS
         row = {"env_step": env_step, **values}
-        if self._metric_fields is None:
-            if path.exists():
-                with open(path, newline="") as file:
-                    header = next(csv.reader(file), None)
-                self._metric_fields = header
-            if not self._metric_fields:
-                self._metric_fields = list(row)
-                with open(path, "w", newline="") as file:
-                    csv.writer(file).writerow(self._metric_fields)
+        if self._metric_fields is None and path.exists():
+            with open(path, newline="") as file:
+                self._metric_fields = next(csv.reader(file), None)
+        fields = self._metric_fields or []
+        if set(row) - set(fields):
+            # New columns (the loss terms appear with the first update): rewrite
+            # the file once with the wider header; earlier rows leave them empty.
+            fields = fields + [key for key in row if key not in fields]
+            old = read_rows(path)
+            with open(path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(old)
+            self._metric_fields = fields
         with open(path, "a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self._metric_fields, extrasaction="ignore")
-            writer.writerow({k: row.get(k, "") for k in self._metric_fields})
+            csv.DictWriter(file, fieldnames=fields, restval="").writerow(row)
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, env_step)
@@ -86,6 +90,14 @@ class RunLog:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV log (none if it does not exist)."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def read_episodes(logdir: Path) -> list[Episode]:

@@ -183,7 +183,27 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         dynamic_ncols=True,
     )
     started = time.perf_counter() - counters["wall_time"]
-    window = (time.perf_counter(), counters["env_step"], counters["updates"])
+    window = [time.perf_counter(), counters["env_step"], counters["updates"]]
+    logged = [counters["env_step"]]
+
+    def record() -> None:
+        """One metrics row: speeds since the last row, score, the last update's terms."""
+        now, step = time.perf_counter(), counters["env_step"]
+        elapsed = max(now - window[0], 1e-9)
+        rates = {
+            "env_steps_per_s": (step - window[1]) / elapsed,
+            "updates_per_s": (counters["updates"] - window[2]) / elapsed,
+        }
+        window[:] = [now, step, counters["updates"]]
+        logged[0] = step
+        mean = float(np.mean(recent)) if recent else float("nan")
+        values = {"updates": counters["updates"], "wall_time": counters["wall_time"]}
+        log.metrics(step, {**values, "score_mean10": mean, **rates, **last})
+        bar.set_postfix(
+            updates_per_s=f"{rates['updates_per_s']:.2f}",
+            score=f"{recent[-1]:.1f}" if recent else "-",
+            mean10=f"{mean:.1f}",
+        )
     with _Stop() as stop:
         try:
             while counters["env_step"] < config.steps and not stop.requested:
@@ -204,36 +224,16 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
                         counters["update_credit"] -= 1
                 step = counters["env_step"]
                 counters["wall_time"] = time.perf_counter() - started
-                mean = float(np.mean(recent)) if recent else float("nan")
                 bar.update(config.num_envs)
                 if step // config.log_every > before // config.log_every:
-                    now = time.perf_counter()
-                    elapsed = max(now - window[0], 1e-9)
-                    rates = {
-                        "env_steps_per_s": (step - window[1]) / elapsed,
-                        "updates_per_s": (counters["updates"] - window[2]) / elapsed,
-                    }
-                    window = (now, step, counters["updates"])
-                    log.metrics(
-                        step,
-                        {
-                            "updates": counters["updates"],
-                            "wall_time": counters["wall_time"],
-                            "score_mean10": mean,
-                            **rates,
-                            **last,
-                        },
-                    )
-                    bar.set_postfix(
-                        updates_per_s=f"{rates['updates_per_s']:.2f}",
-                        score=f"{recent[-1]:.1f}" if recent else "-",
-                        mean10=f"{mean:.1f}",
-                    )
+                    record()
                 if step // config.checkpoint_every > before // config.checkpoint_every:
                     snapshot()
         finally:
             bar.close()
             counters["wall_time"] = time.perf_counter() - started
+            if logged[0] != counters["env_step"]:
+                record()  # the run's last step, when it fell between two rows
             snapshot()
             log.close()
             env.close()

@@ -33,8 +33,9 @@ class SequenceReplay:
         >>> from tensordict import TensorDict
         >>> from torchdreamer.training import SequenceReplay
         >>> replay = SequenceReplay(num_envs=2, capacity=20)
+        >>> both = torch.tensor([True, True])
         >>> for t in range(6):
-        ...     replay.add(TensorDict(step=torch.full((2,), t), batch_size=[2]), torch.tensor([True, True]))
+        ...     replay.add(TensorDict(step=torch.full((2,), t), batch_size=[2]), both)
         >>> window = replay.sample(batch_size=3, length=4)
         >>> window.batch_size, bool((window["step"].diff(dim=1) == 1).all())
         (torch.Size([3, 4]), True)

@@ -1,0 +1,227 @@
+"""Training pieces: the optimiser against a plain reference, replay windows, the env
+streams' layout, and the whole CLI (smoke run, eval, resume after kill -9, bad input)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchdreamer.training import Config, DreamerAgent, SequenceReplay
+from torchdreamer.training.envs import make_env
+from torchdreamer.training.optim import LaProp
+from torchdreamer.training.runner import EnvRunner
+
+TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16"]
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "torchdreamer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# ------------------------------------------------------------------ optimiser
+def reference_laprop(weights, grads_per_step, lr, b1, b2, eps, agc, warmup):
+    """Per-element loops in float64, written from the update rule."""
+    weights = [w.clone().double() for w in weights]
+    nu = [torch.zeros_like(w) for w in weights]
+    mu = [torch.zeros_like(w) for w in weights]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+            g = g.double()
+            w_norm = math.sqrt(sum(x * x for x in w.flatten().tolist()))
+            g_norm = math.sqrt(sum(x * x for x in g.flatten().tolist()))
+            limit = agc * max(w_norm, 1e-3)
+            if g_norm > limit:
+                g = g * (limit / g_norm)
+            nu[i] = b2 * nu[i] + (1 - b2) * g * g
+            u = g / ((nu[i] / (1 - b2**t)).sqrt() + eps)
+            mu[i] = b1 * mu[i] + (1 - b1) * u
+            rate = lr * min(1.0, t / warmup)
+            weights[i] = w - rate * mu[i] / (1 - b1**t)
+    return weights
+
+
+def test_laprop_with_agc_and_warmup_matches_plain_reference():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5) * 1e-4)]
+    start = [p.detach().clone() for p in params]
+    grads = [[torch.randn(3, 4) * 10, torch.randn(5)] for _ in range(6)]
+    opt = LaProp(params, lr=0.05, betas=(0.9, 0.99), eps=1e-8, agc=0.3, warmup=4)
+    for step in grads:
+        for p, g in zip(params, step, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    expected = reference_laprop(start, grads, 0.05, 0.9, 0.99, 1e-8, 0.3, 4)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------- replay
+def test_replay_windows_are_consecutive_per_env_and_survive_wraparound():
+    replay = SequenceReplay(num_envs=3, capacity=30, generator=torch.Generator().manual_seed(0))
+    for t in range(25):  # each stream keeps 10 rows: steps 15..24 remain
+        rows = TensorDict(step=torch.full((3,), t), env=torch.arange(3), batch_size=[3])
+        replay.add(rows, torch.ones(3, dtype=torch.bool))
+    windows = replay.sample(batch_size=2000, length=4)
+    assert windows.batch_size == torch.Size([2000, 4])
+    assert (windows["step"].diff(dim=1) == 1).all()
+    assert (windows["env"] == windows["env"][:, :1]).all()
+    assert windows["step"].min() == 15 and windows["step"].max() == 24
+    # Uniform over the 7 starts x 3 envs.
+    counts = torch.bincount(windows["step"][:, 0] - 15 + 7 * windows["env"][:, 0], minlength=21)
+    assert counts.numel() == 21 and counts.min() > 2000 / 21 * 0.6
+
+
+def test_replay_streams_fill_at_their_own_pace():
+    replay = SequenceReplay(num_envs=2, capacity=40)
+    rows = TensorDict(step=torch.arange(2), batch_size=[2])
+    for _ in range(5):
+        replay.add(rows, torch.tensor([True, False]))
+    assert not replay.can_sample(6) and replay.can_sample(5)
+    assert (replay.sample(50, 5)["step"] == 0).all()  # only env 0 holds a window
+    with pytest.raises(RuntimeError, match="no stream holds 6 steps"):
+        replay.sample(1, 6)
+
+
+# ---------------------------------------------------------------- env streams
+def test_env_streams_follow_the_official_per_step_layout():
+    torch.manual_seed(0)
+    env, spec = make_env("CartPole-v1", 3, seed=0)
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=2))
+    runner = EnvRunner(env, spec, agent)
+    streams = [[] for _ in range(3)]
+    finished = []
+    for step in range(120):
+        additions, episodes = runner.step(step * 3)
+        finished += episodes
+        for rows, mask in additions:
+            for e in mask.nonzero().squeeze(-1).tolist():
+                streams[e].append(rows[e])
+    env.close()
+    assert finished, "random CartPole episodes end well within 120 steps"
+    lengths = []
+    for stream in streams:
+        assert stream[0]["is_first"]
+        for before, row in zip(stream, stream[1:], strict=False):
+            # An episode's last row is always followed by the next one's first.
+            assert bool(row["is_first"]) == bool(before["is_last"])
+        for row in stream:
+            if row["is_first"]:
+                assert row["reward"] == 0 and (row["prev_action"] == 0).all()
+            else:
+                assert row["reward"] == 1 and row["prev_action"].sum() == 1
+            if row["is_last"]:
+                # The true final observation, not the reset one: CartPole ends
+                # when the cart or the pole leaves its bounds.
+                x, _, angle, _ = row["observation"].tolist()
+                assert row["is_terminal"] and (abs(x) > 2.4 or abs(angle) > 0.2095)
+        starts = [i for i, row in enumerate(stream) if row["is_first"]]
+        ends = [i for i, row in enumerate(stream) if row["is_last"]]
+        lengths += [end - start for start, end in zip(starts, ends, strict=False)]
+    # CartPole pays 1 per step: each score is its episode's number of transitions.
+    assert sorted(lengths) == sorted(int(e.score) for e in finished)
+    assert all(e.length == e.score for e in finished)
+
+
+# ----------------------------------------------------------------------- CLI
+def test_train_smoke_run_then_eval(tmp_path):
+    logdir = tmp_path / "run"
+    result = run_cli("train", "--steps", "200", *TINY, "--logdir", str(logdir), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "CartPole-v1 seed 0, preset small: 200 env steps" in result.stdout
+    for name in ("config.json", "metrics.csv", "checkpoint.pt", "learning_curve.png"):
+        assert (logdir / name).exists(), name
+    assert list((logdir / "tensorboard").iterdir())
+    checkpoint = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    # Training starts after batch_size * batch_length = 64 steps; then 32 / 64
+    # updates per env step: (200 - 64) / 2 + 2 at the first full batch.
+    assert checkpoint["counters"]["updates"] == 70
+    rows = read_csv(logdir / "metrics.csv")
+    assert [int(r["env_step"]) for r in rows] == [200]
+    assert math.isfinite(float(rows[-1]["loss"]))
+    evaluation = run_cli("eval", str(logdir), "--episodes", "2")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "mean score over 2 episodes:" in evaluation.stdout
+
+
+def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
+    logdir = tmp_path / "run"
+    args = ["--steps", "720", *TINY, "--checkpoint-every", "120", "--log-every", "40"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchdreamer.cli", "train", *args, "--logdir", str(logdir),
+         "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    checkpoint_path = logdir / "checkpoint.pt"
+    deadline = time.monotonic() + 200
+    killed_at = None
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint_path.exists():
+            step = torch.load(checkpoint_path, weights_only=False)["counters"]["env_step"]
+            if step >= 240:
+                process.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.2)
+    process.wait(timeout=60)
+    assert killed_at is not None, "the run ended or stalled before its second checkpoint"
+    assert process.returncode == -signal.SIGKILL
+    before = torch.load(checkpoint_path, weights_only=False)["counters"]
+    assert before["env_step"] < 720
+
+    result = run_cli("train", "--resume", str(logdir), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    after = torch.load(checkpoint_path, weights_only=False)["counters"]
+    assert after["env_step"] == 720
+    assert after["updates"] > before["updates"]
+    steps = [int(r["env_step"]) for r in read_csv(logdir / "metrics.csv")]
+    assert steps == list(range(40, 721, 40)), "every interval logged exactly once"
+    updates = [int(r["updates"]) for r in read_csv(logdir / "metrics.csv")]
+    assert updates == sorted(updates)
+    episode_steps = [int(r["env_step"]) for r in read_csv(logdir / "episodes.csv")]
+    assert episode_steps == sorted(episode_steps) and episode_steps[-1] <= 720
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
+        (["--env", "Blackjack-v1"], "Blackjack-v1: the observation space is Tuple"),
+        (["--preset", "XXL"], "invalid choice: 'XXL'"),
+    ],
+)
+def test_bad_input_is_named(tmp_path, args, message):
+    result = run_cli("train", *args, "--logdir", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_logdir_of_another_run_is_refused(tmp_path):
+    logdir = tmp_path / "run"
+    (logdir).mkdir()
+    (logdir / "config.json").write_text(Config(env="Pendulum-v1").to_json())
+    result = run_cli("train", "--logdir", str(logdir), "--no-progress")
+    assert result.returncode == 2
+    assert "holds another run with an incompatible config (env: 'Pendulum-v1'" in result.stderr
+    result = run_cli("train", "--resume", str(tmp_path / "nothing"), "--no-progress")
+    assert result.returncode == 2 and "no config.json" in result.stderr
