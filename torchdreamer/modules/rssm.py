@@ -104,8 +104,10 @@ class RSSM(nn.Module):
         """One-hot samples, flattened, with straight-through gradients to ``logits``."""
         uniform = torch.rand_like(logits).clamp_(min=1e-20)
         index = (logits - (-uniform.log()).log()).argmax(-1)
+        one_hot = nn.functional.one_hot(index, self.classes).to(logits.dtype)
+        if not (torch.is_grad_enabled() and logits.requires_grad):
+            return one_hot.flatten(-2)
         probs = logits.exp()
-        one_hot = nn.functional.one_hot(index, self.classes).to(probs.dtype)
         return (one_hot + probs - probs.detach()).flatten(-2)
 
     def img_step(
