@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -167,8 +165,16 @@ def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
     logdir = tmp_path / "run"
     args = ["--steps", "720", *TINY, "--checkpoint-every", "120", "--log-every", "40"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchdreamer.cli", "train", *args, "--logdir", str(logdir),
-         "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "torchdreamer.cli",
+            "train",
+            *args,
+            "--logdir",
+            str(logdir),
+            "--no-progress",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -1,0 +1,158 @@
+"""Does the default ``torchdreamer train`` learn, and how fast in wall time?
+
+Runs ``torchdreamer train`` once per seed, one run after another (each has the
+whole machine), stops each after a wall-time budget (SIGTERM: the run writes its
+checkpoint, logs and curve), then reads the runs' ``episodes.csv`` and prints,
+per seed: env steps per second, when the mean score of the last 10 episodes
+first reached each threshold, its best value and its value at the end. Also
+writes ``learning_curves.png`` with every seed's mean-10 curve against wall time.
+
+Compare with ``shared/anchors/agent_cartpole_cpu.md`` (official DreamerV3 and
+sheeprl on CartPole-v1, 2-core CPU, 30 minutes).
+
+Run: ``python benchmarks/learning.py --seeds 0 1 2 --minutes 30 --outdir runs/bench``
+(``--summarize DIR ...`` only reads finished runs; extra arguments after ``--`` go
+to ``torchdreamer train``, e.g. ``-- --env Pendulum-v1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+THRESHOLDS = (100, 300, 400, 450)
+
+
+def run(seed: int, minutes: float, outdir: Path, extra: list[str]) -> Path:
+    logdir = outdir / f"seed{seed}"
+    command = [
+        sys.executable,
+        "-m",
+        "torchdreamer.cli",
+        "train",
+        "--seed",
+        str(seed),
+        "--steps",
+        "100000000",
+        "--logdir",
+        str(logdir),
+        "--no-progress",
+        *extra,
+    ]
+    print("running:", " ".join(command), flush=True)
+    process = subprocess.Popen(command)
+    try:
+        process.wait(timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)  # clean stop: checkpoint, logs, curve
+        process.wait()
+    return logdir
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def summarize(logdir: Path) -> dict[str, object]:
+    """Mean-10 over wall time, from the episode log and the metric rows' clock."""
+    metrics = read(logdir / "metrics.csv")
+    episodes = read(logdir / "episodes.csv")
+    # Wall time of each episode's end, interpolated from the metric rows.
+    clock = [(int(r["env_step"]), float(r["wall_time"])) for r in metrics]
+
+    def wall(step: int) -> float:
+        for (s0, t0), (s1, t1) in zip(clock, clock[1:], strict=False):
+            if s0 <= step <= s1:
+                return t0 + (t1 - t0) * (step - s0) / max(s1 - s0, 1)
+        return clock[-1][1] if step > clock[-1][0] else clock[0][1] * step / max(clock[0][0], 1)
+
+    scores = [float(e["score"]) for e in episodes]
+    points = []
+    for i, episode in enumerate(episodes):
+        window = scores[max(0, i - 9) : i + 1]
+        if len(window) == 10:
+            points.append((wall(int(episode["env_step"])), sum(window) / 10))
+    first = {}
+    for threshold in THRESHOLDS:
+        first[threshold] = next((t for t, m in points if m >= threshold), None)
+    last_step, last_time = clock[-1]
+    best = max(points, key=lambda p: p[1]) if points else (None, float("nan"))
+    return {
+        "logdir": logdir,
+        "env_steps_per_s": last_step / last_time,
+        "updates_per_s": int(metrics[-1]["updates"]) / last_time,
+        "first": first,
+        "best": best,
+        "final": points[-1][1] if points else float("nan"),
+        "wall": last_time,
+        "points": points,
+    }
+
+
+def report(summaries: list[dict[str, object]], outdir: Path) -> None:
+    header = ["run", "env steps/s", "updates/s"] + [f"mean-10 >= {t}" for t in THRESHOLDS]
+    header += ["best mean-10 (at)", "mean-10 at end", "wall"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for s in summaries:
+        firsts = [
+            f"{s['first'][t]:.0f} s" if s["first"][t] is not None else "not reached"
+            for t in THRESHOLDS
+        ]
+        best_time, best = s["best"]
+        cells = [
+            str(Path(s["logdir"]).name),
+            f"{s['env_steps_per_s']:.1f}",
+            f"{s['updates_per_s']:.2f}",
+            *firsts,
+            f"{best:.0f} ({best_time:.0f} s)" if best_time is not None else "-",
+            f"{s['final']:.0f}",
+            f"{s['wall']:.0f} s",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for s in summaries:
+        times, means = zip(*s["points"], strict=True) if s["points"] else ((), ())
+        axes.plot([t / 60 for t in times], means, label=Path(s["logdir"]).name)
+    axes.axhline(450, color="grey", linestyle=":")
+    axes.set_xlabel("wall time (minutes)")
+    axes.set_ylabel("mean score of the last 10 episodes")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(outdir / "learning_curves.png", dpi=100)
+    print(f"curves: {outdir / 'learning_curves.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--outdir", type=Path, default=Path("runs/learning"))
+    parser.add_argument("--summarize", type=Path, nargs="+", help="only read these runs")
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    if args.summarize:
+        logdirs = args.summarize
+        outdir = Path(logdirs[0]).parent
+    else:
+        args.outdir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        logdirs = [run(seed, args.minutes, args.outdir, extra) for seed in args.seeds]
+        print(f"all runs: {time.time() - started:.0f} s")
+        outdir = args.outdir
+    report([summarize(Path(d)) for d in logdirs], outdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The agent's networks (shapes, initial outputs), its update on every kind of
+environment it supports (vector or image observations, discrete or continuous
+actions), and its acting."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchdreamer.modules import (
+    BoundedNormalActorHead,
+    ConvDecoder,
+    ConvEncoder,
+    OneHotCategorical,
+    WorldModel,
+)
+from torchdreamer.training import PRESETS, Config, DreamerAgent
+from torchdreamer.training.envs import make_env
+from torchdreamer.training.loop import train
+
+SMALL = dict(deter=16, hidden=16, categoricals=4, classes=4, units=16, layers=1, cnn_depth=4)
+
+
+class TinyImageEnv(gym.Env):
+    """A 16x16 RGB image that brightens with action 1; pays the brightness."""
+
+    observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.level, self.t = 0, 0
+        return self._image(), {}
+
+    def step(self, action):
+        self.level = min(self.level + int(action), 15)
+        self.t += 1
+        return self._image(), self.level / 15, False, self.t >= 8, {}
+
+    def _image(self):
+        return np.full((16, 16, 3), self.level * 17, np.uint8)
+
+
+gym.register("TinyImage-v0", entry_point=TinyImageEnv)
+
+
+def batch_for(observation_shape, action_dim, b=2, t=6, image=False):
+    if image:
+        observation = torch.randint(0, 256, (b, t, *observation_shape), dtype=torch.uint8)
+    else:
+        observation = torch.randn(b, t, *observation_shape)
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[:, 0] = True
+    return TensorDict(
+        observation=observation,
+        prev_action=torch.randn(b, t, action_dim).clamp(-1, 1),
+        is_first=first,
+        reward=torch.randn(b, t),
+        is_last=torch.zeros(b, t, dtype=torch.bool),
+        is_terminal=torch.zeros(b, t, dtype=torch.bool),
+        batch_size=[b, t],
+    )
+
+
+def test_conv_encoder_decoder_shapes_and_mid_grey_start():
+    encoder = ConvEncoder((32, 32, 3), depth=4)
+    assert encoder(torch.zeros(2, 32, 32, 3, dtype=torch.uint8)).shape == (2, 4 * 4 * 16)
+    decoder = ConvDecoder(10, (32, 32, 3), depth=4)
+    image = decoder(torch.zeros(5, 10))
+    assert image.shape == (5, 32, 32, 3)
+    assert torch.allclose(image, torch.full_like(image, 0.5))  # zero features: mid-grey
+    with pytest.raises(ValueError, match="4 \\* 2\\*\\*k pixels"):
+        ConvEncoder((48, 48, 3))
+
+
+def test_bounded_normal_head_bounds():
+    loc, scale = BoundedNormalActorHead(4, 3, hidden=8, layers=1)(torch.randn(1000, 4) * 100)
+    assert loc.abs().max() <= 1 and scale.min() >= 0.1 and scale.max() <= 1.0
+
+
+def test_gumbel_one_hot_categorical_matches_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    samples = OneHotCategorical(logits=probs.log()).sample((40000,))
+    assert samples.sum(-1).eq(1).all()
+    torch.testing.assert_close(samples.mean(0), probs, atol=0.01, rtol=0)
+
+
+def test_world_model_starts_predicting_zero_reward():
+    model = WorldModel((4,), 2, **SMALL)
+    outputs = model(torch.randn(3, 5, 4), torch.zeros(3, 5, 2), torch.ones(3, 5, dtype=torch.bool))
+    reward_logits = outputs[2]
+    assert torch.equal(reward_logits, torch.zeros_like(reward_logits))
+    assert outputs[5].shape == (3, 5, 16) and outputs[6].shape == (3, 5, 16)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build(preset):
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))
+    size = PRESETS[preset]
+    assert agent.world_model.rssm.deter_size == size.deter
+    assert agent.world_model.rssm.stoch_size == size.categoricals * size.classes
+
+
+@pytest.mark.parametrize(
+    ("shape", "discrete", "image"),
+    [((4,), True, False), ((3,), False, False), ((16, 16, 3), True, True)],
+    ids=["vector-discrete", "vector-continuous", "image-discrete"],
+)
+def test_update_trains_every_network(shape, discrete, image, monkeypatch):
+    monkeypatch.setitem(PRESETS, "test", PRESETS["small"].__class__(**SMALL))
+    torch.manual_seed(0)
+    config = Config(preset="test", imagination_horizon=3, warmup=0)
+    agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
+    before = {k: v.clone() for k, v in agent.state_dict().items() if v.is_floating_point()}
+    metrics = agent.update(batch_for(shape, 2, image=image))
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    for name, module in [
+        ("world model", agent.world_model),
+        ("actor", agent.actor),
+        ("critic", agent.critic),
+    ]:
+        moved = [not torch.equal(p, before_p) for p, before_p in _pairs(module, agent, before)]
+        assert any(moved), name
+    # The slow critic moved toward the critic (EMA), but not all the way.
+    slow = agent.value_loss.target_value_model_params.flatten_keys(".")
+    assert any(
+        not torch.equal(v, before[f"value_loss.target_value_model_params.{k}"])
+        for k, v in slow.items()
+    )
+
+
+def _pairs(module, agent, before):
+    names = {id(p): n for n, p in agent.named_parameters()}
+    return [(p.detach(), before[names[id(p)]]) for p in module.parameters()]
+
+
+def test_continuous_actions_are_scaled_to_the_environment_bounds():
+    env, spec = make_env("Pendulum-v1", 2, seed=0)
+    env.close()
+    assert not spec.discrete and spec.action_low == (-2.0,)
+    scaled = spec.to_env_action(torch.tensor([[-1.0], [0.0], [1.0]]))
+    assert scaled.flatten().tolist() == [-2.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("env_id", ["TinyImage-v0", "Pendulum-v1"])
+def test_short_training_run(env_id, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "test", PRESETS["small"].__class__(**SMALL))
+    config = Config(
+        env=env_id,
+        preset="test",
+        steps=48,
+        num_envs=2,
+        batch_size=2,
+        batch_length=8,
+        train_ratio=8,
+        imagination_horizon=3,
+        log_every=16,
+    )
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary.env_step == 48 and summary.updates == 17  # from step 16, one per step
+    assert (tmp_path / "run" / "learning_curve.png").exists() or env_id == "Pendulum-v1"
