@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="LOGDIR", help="continue the run in LOGDIR")
     train.add_argument("--num-envs", type=int, help="parallel environments (default 16)")
     train.add_argument("--train-ratio", type=float, help="replayed steps per env step (32)")
+    train.add_argument("--lr", type=float, help="learning rate (1e-4; official 4e-5)")
+    train.add_argument("--warmup", type=int, help="learning-rate warm-up updates (200)")
     train.add_argument("--batch-size", type=int, help="replay sequences per update (16)")
     train.add_argument("--batch-length", type=int, help="steps per replay sequence (64)")
     train.add_argument("--log-every", type=int, help="env steps between metric rows (1000)")
@@ -62,6 +64,8 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
             "train_ratio",
             "batch_size",
             "batch_length",
+            "lr",
+            "warmup",
             "log_every",
             "checkpoint_every",
         )
