@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="LOGDIR", help="continue the run in LOGDIR")
     train.add_argument("--num-envs", type=int, help="parallel environments (default 16)")
     train.add_argument("--train-ratio", type=float, help="replayed steps per env step (32)")
+    train.add_argument("--replay-capacity", type=int, help="replay rows kept (1000000)")
     train.add_argument("--lr", type=float, help="learning rate (1e-4; official 4e-5)")
     train.add_argument("--warmup", type=int, help="learning-rate warm-up updates (200)")
     train.add_argument("--batch-size", type=int, help="replay sequences per update (16)")
@@ -66,6 +67,7 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
             "batch_length",
             "lr",
             "warmup",
+            "replay_capacity",
             "log_every",
             "checkpoint_every",
         )

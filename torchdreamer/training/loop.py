@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import time
@@ -122,6 +123,22 @@ class _Stop:
             pass
 
 
+#: Largest replay observation storage allocated without being asked explicitly.
+REPLAY_MEMORY_LIMIT = 8 * 2**30
+
+
+def _check_replay_memory(config: Config, observation_shape: tuple[int, ...]) -> None:
+    image = len(observation_shape) == 3
+    row = math.prod(observation_shape) * (1 if image else 4)
+    needed = config.replay_capacity * row
+    if needed > REPLAY_MEMORY_LIMIT:
+        raise ValueError(
+            f"a replay of {config.replay_capacity} rows of {observation_shape} observations "
+            f"needs {needed / 2**30:.1f} GiB; pass a smaller --replay-capacity (e.g. "
+            f"{REPLAY_MEMORY_LIMIT // row // 2:d})."
+        )
+
+
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
     """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
 
@@ -142,6 +159,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         counters = checkpoint["counters"]
     # Environments restart on resume; a seed per start keeps episodes distinct.
     env, spec = make_env(config.env, config.num_envs, config.seed + counters["env_step"])
+    _check_replay_memory(config, spec.observation_shape)
     agent = DreamerAgent(
         spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
     ).to(device)
@@ -155,7 +173,8 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         generator.set_state(checkpoint["replay_generator"])
         set_rng_states(checkpoint["rng"])
         recent.extend(checkpoint["recent_scores"])
-    log = RunLog(logdir, resume_step=counters["env_step"] if checkpoint is not None else None)
+    # A resumed run with no checkpoint yet starts over: its old rows go too.
+    log = RunLog(logdir, resume_step=counters["env_step"] if resume else None)
     runner = EnvRunner(env, spec, agent)
 
     def snapshot() -> None:
@@ -204,6 +223,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
             score=f"{recent[-1]:.1f}" if recent else "-",
             mean10=f"{mean:.1f}",
         )
+
     with _Stop() as stop:
         try:
             while counters["env_step"] < config.steps and not stop.requested:
