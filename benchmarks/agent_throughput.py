@@ -54,7 +54,11 @@ def measure(preset: str, min_run_time: float) -> dict[str, float]:
     agent = DreamerAgent((4,), 2, discrete=True, config=config)
     batch = replay_batch()
     agent.update(batch)
-    timer = Timer("agent.update(batch)", globals={"agent": agent, "batch": batch})
+    timer = Timer(
+        "agent.update(batch)",
+        globals={"agent": agent, "batch": batch},
+        num_threads=torch.get_num_threads(),  # Timer would use 1 thread
+    )
     update = timer.blocked_autorange(min_run_time=min_run_time).median
 
     env, spec = make_env("CartPole-v1", 16, seed=0)

@@ -56,7 +56,7 @@ def compare(ours: Callable[[], None], peer: Callable[[], None], min_run_time: fl
         fn()  # warm-up (first-call allocations, lazy initialisation)
     for _ in range(rounds):
         for name, fn in (("ours", ours), ("peer", peer)):
-            timer = Timer(stmt="fn()", globals={"fn": fn})
+            timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
             measurement = timer.blocked_autorange(min_run_time=min_run_time / rounds)
             samples[name].extend(t / measurement.number_per_run for t in measurement.raw_times)
     return statistics.median(samples["ours"]), statistics.median(samples["peer"])
