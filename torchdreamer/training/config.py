@@ -56,7 +56,18 @@ PRESETS: dict[str, ModelSize] = {
 
 @dataclass
 class Config:
-    """Everything a run depends on; saved as ``config.json`` in the log directory."""
+    """Everything a run depends on; saved as ``config.json`` in the log directory.
+
+    Examples:
+        >>> from torchdreamer.training import Config
+        >>> config = Config(env="Pendulum-v1", preset="XS")
+        >>> config.size.deter, round(1 - 1 / config.horizon, 4)
+        (256, 0.997)
+        >>> Config(preset="XXL")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown preset 'XXL'; choose one of ['L', 'M', 'S', 'XS', 'small'].
+    """
 
     env: str = "CartPole-v1"
     """Gymnasium id: vector or image observations, discrete or continuous actions."""

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from tensordict import TensorDictBase
 from torchrl.envs import GymWrapper
 
 __all__ = ["EnvSpec", "make_env"]
@@ -77,6 +76,13 @@ def make_env(env_id: str, num_envs: int, seed: int) -> tuple[GymWrapper, EnvSpec
     is fastest for cheap simulators on a 2-core machine), reset themselves
     when an episode ends, and are wrapped as one TorchRL environment with
     batch size ``[num_envs]``.
+
+    Examples:
+        >>> from torchdreamer.training.envs import make_env
+        >>> env, spec = make_env("CartPole-v1", num_envs=3, seed=0)
+        >>> env.batch_size, spec.observation_shape, spec.discrete, spec.action_dim
+        (torch.Size([3]), (4,), True, 2)
+        >>> env.close()
     """
     try:
         gym.spec(env_id)
@@ -95,7 +101,3 @@ def make_env(env_id: str, num_envs: int, seed: int) -> tuple[GymWrapper, EnvSpec
     env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)
     return env, spec
-
-
-def observation_of(td: TensorDictBase) -> torch.Tensor:
-    return td.get("observation")

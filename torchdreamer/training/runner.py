@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -29,7 +29,6 @@ class _Streams:
 
     returns: torch.Tensor
     lengths: torch.Tensor
-    finished: list[Episode] = field(default_factory=list)
 
 
 class EnvRunner:
