@@ -93,6 +93,11 @@ def prepare_logdir(config: Config, logdir: Path, resume: bool) -> Config:
     return config
 
 
+def _mean(scores: deque[float]) -> float:
+    """Mean of the recent episode scores (NaN before any episode ended)."""
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -215,7 +220,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         }
         window[:] = [now, step, counters["updates"]]
         logged[0] = step
-        mean = float(np.mean(recent)) if recent else float("nan")
+        mean = _mean(recent)
         values = {"updates": counters["updates"], "wall_time": counters["wall_time"]}
         log.metrics(step, {**values, "score_mean10": mean, **rates, **last})
         bar.set_postfix(
@@ -258,7 +263,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
             log.close()
             env.close()
     plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
-    mean = float(np.mean(recent)) if recent else float("nan")
+    mean = _mean(recent)
     return Summary(counters["env_step"], counters["updates"], counters["wall_time"], mean)
 
 
