@@ -89,20 +89,29 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.getLogger("torchrl").setLevel(logging.WARNING)
+    from torchdreamer.training import distributed
     from torchdreamer.training.loop import evaluate, train
 
+    ranks = distributed.Ranks()
     try:
         if args.command == "train":
-            config, logdir, resume = _config(args)
-            summary = train(config, logdir, resume=resume, progress=not args.no_progress)
-            print(summary.line(config))
-            print(f"logs, checkpoint and learning_curve.png in {logdir}")
+            # Under torchrun: join the job; rank 0 reads the run directory.
+            ranks = distributed.init_from_env()
+            try:
+                config, logdir, resume = distributed.run_on_main(lambda: _config(args))
+                summary = train(config, logdir, resume=resume, progress=not args.no_progress)
+            finally:
+                distributed.shutdown()
+            if ranks.is_main:
+                print(summary.line(config))
+                print(f"logs, checkpoint and learning_curve.png in {logdir}")
         else:
             scores = evaluate(args.logdir, args.episodes, args.device, args.sample)
             mean = sum(scores) / len(scores)
             print(f"mean score over {len(scores)} episodes: {mean:.1f}")
     except (ValueError, FileNotFoundError) as error:
-        print(f"torchdreamer: error: {error}", file=sys.stderr)
+        if ranks.is_main:
+            print(f"torchdreamer: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -22,6 +22,7 @@ from torchdreamer.modules import (
 )
 from torchdreamer.objectives import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
 from torchdreamer.training.config import Config
+from torchdreamer.training.distributed import mean_over_ranks
 from torchdreamer.training.optim import LaProp
 
 __all__ = ["DreamerAgent"]
@@ -168,15 +169,29 @@ class DreamerAgent(nn.Module):
             metrics.update({k: v.detach() for k, v in td.items() if not k.startswith("loss_")})
         return total, metrics
 
-    def update(self, batch: TensorDictBase) -> dict[str, float]:
-        """One optimiser step on a ``[B, T]`` replay batch; returns the metrics."""
-        total, metrics = self.losses(batch)
+    def forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`losses`: the forward a DistributedDataParallel wrapper calls."""
+        return self.losses(batch)
+
+    def update(self, batch: TensorDictBase, parallel: nn.Module | None = None) -> dict[str, float]:
+        """One optimiser step on a ``[B, T]`` replay batch; returns the metrics.
+
+        Args:
+            batch: This process's replay batch.
+            parallel: A :class:`~torch.nn.parallel.DistributedDataParallel`
+                wrapping this agent (see :func:`torchdreamer.training.distributed.wrap`):
+                the losses go through it, so the gradients are averaged over
+                ranks before the step, and the metrics are averaged too.
+        """
+        total, metrics = (parallel or self)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         self.slow_critic.step()
         metrics["loss"] = total.detach()
-        return {k: float(v) for k, v in metrics.items()}
+        stacked = torch.stack([v.reshape(()).float() for v in metrics.values()])
+        values = mean_over_ranks(stacked).tolist()
+        return dict(zip(metrics, values, strict=True))
 
     # -------------------------------------------------------------------- acting
     def initial_state(self, batch: int) -> TensorDict:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load_checkpoint", "rng_states", "save_checkpoint", "set_rng_states"]
+__all__ = ["CHECKPOINT", "load_checkpoint", "rng_states", "save_checkpoint", "set_rng_states"]
 
 CHECKPOINT = "checkpoint.pt"
 

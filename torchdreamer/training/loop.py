@@ -8,14 +8,17 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from torchdreamer.training import distributed
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.checkpoint import (
+    CHECKPOINT,
     load_checkpoint,
     rng_states,
     save_checkpoint,
@@ -25,7 +28,7 @@ from torchdreamer.training.config import Config
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.logs import RunLog, plot_curve
 from torchdreamer.training.replay import SequenceReplay
-from torchdreamer.training.runner import EnvRunner
+from torchdreamer.training.runner import EnvRunner, Episode
 
 __all__ = ["Summary", "evaluate", "prepare_logdir", "train"]
 
@@ -105,15 +108,17 @@ def _seed(seed: int) -> None:
 
 
 class _Stop:
-    """Turns SIGTERM into a clean stop (checkpoint, logs, curve) like Ctrl-C."""
+    """Turns ``signals`` (SIGTERM) into a clean stop (checkpoint, logs, curve) like Ctrl-C."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
         self.requested = False
-        self._previous = signal.getsignal(signal.SIGTERM)
+        self._signals = signals
+        self._previous = {s: signal.getsignal(s) for s in signals}
 
     def __enter__(self) -> _Stop:
         try:
-            signal.signal(signal.SIGTERM, self._handle)
+            for s in self._signals:
+                signal.signal(s, self._handle)
         except ValueError:  # not the main thread
             pass
         return self
@@ -123,7 +128,8 @@ class _Stop:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            signal.signal(signal.SIGTERM, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
         except ValueError:
             pass
 
@@ -144,6 +150,16 @@ def _check_replay_memory(config: Config, observation_shape: tuple[int, ...]) -> 
         )
 
 
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimiser's state tensors by name, to check that ranks agree on them."""
+    return {
+        f"optimizer.{index}.{key}": value
+        for index, state in optimizer.state_dict()["state"].items()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
     """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
 
@@ -153,57 +169,104 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     from its last checkpoint, with every counter, generator and the replay
     buffer restored; what the interrupted run logged after that checkpoint is
     discarded, so no step is counted twice or lost.
+
+    Under ``torchrun`` (see :mod:`torchdreamer.training.distributed`) every
+    rank runs ``config.num_envs`` environments and its own replay, the
+    gradients of each update are averaged over ranks, and ``config.steps``
+    counts the environment steps of all ranks together. Rank 0 alone writes
+    to ``logdir``; its checkpoint holds every rank's replay and generators,
+    so the run resumes with the same number of processes.
     """
     logdir = Path(logdir)
-    config = prepare_logdir(config, logdir, resume)
-    device = torch.device(config.device)
-    _seed(config.seed)
-    checkpoint = load_checkpoint(logdir) if resume and (logdir / "checkpoint.pt").exists() else None
+    ranks = distributed.current()
+    config = distributed.run_on_main(lambda: prepare_logdir(config, logdir, resume))
+    device = distributed.device_for(config.device, ranks)
+    _seed(config.seed)  # the same initial networks on every rank
+    own_parts: list[dict] = []
+
+    def load() -> dict | None:
+        if not (resume and (logdir / CHECKPOINT).exists()):
+            return None
+        checkpoint = load_checkpoint(logdir)
+        own_parts.extend(checkpoint.pop("ranks"))
+        if len(own_parts) != ranks.world_size:
+            raise ValueError(
+                f"{logdir} was checkpointed by {len(own_parts)} processes; resume it with "
+                f"as many (this run has {ranks.world_size})."
+            )
+        return checkpoint
+
+    shared = distributed.run_on_main(load)
+    mine = distributed.scatter_objects(own_parts) if shared is not None else None
     counters = {"env_step": 0, "updates": 0, "update_credit": 0.0, "wall_time": 0.0}
-    if checkpoint is not None:
-        counters = checkpoint["counters"]
-    # Environments restart on resume; a seed per start keeps episodes distinct.
-    env, spec = make_env(config.env, config.num_envs, config.seed + counters["env_step"])
+    if shared is not None:
+        counters = shared["counters"]
+    # Environments restart on resume; a seed per start and rank keeps episodes distinct.
+    env_seed = config.seed + counters["env_step"] + ranks.rank * config.num_envs
+    env, spec = make_env(config.env, config.num_envs, env_seed)
     _check_replay_memory(config, spec.observation_shape)
     agent = DreamerAgent(
         spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
     ).to(device)
-    generator = torch.Generator().manual_seed(config.seed)
+    rank_seed = config.seed + 1_000_003 * ranks.rank
+    if ranks.rank:
+        _seed(rank_seed)  # each rank explores and imagines with its own draws
+    generator = torch.Generator().manual_seed(rank_seed)
     replay = SequenceReplay(config.num_envs, config.replay_capacity, generator)
     recent: deque[float] = deque(maxlen=10)
-    if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        agent.optimizer.load_state_dict(checkpoint["optimizer"])
-        replay.load_state_dict(checkpoint["replay"])
-        generator.set_state(checkpoint["replay_generator"])
-        set_rng_states(checkpoint["rng"])
-        recent.extend(checkpoint["recent_scores"])
-    # A resumed run with no checkpoint yet starts over: its old rows go too.
-    log = RunLog(logdir, resume_step=counters["env_step"] if resume else None)
+    if shared is not None and mine is not None:
+        agent.load_state_dict(shared["agent"])
+        agent.optimizer.load_state_dict(shared["optimizer"])
+        recent.extend(shared["recent_scores"])
+        replay.load_state_dict(mine["replay"])
+        generator.set_state(mine["replay_generator"])
+        set_rng_states(mine["rng"])
+    parallel = distributed.wrap(agent, ranks)
+    log = None
+    if ranks.is_main:
+        # A resumed run with no checkpoint yet starts over: its old rows go too.
+        log = RunLog(logdir, resume_step=counters["env_step"] if resume else None)
     runner = EnvRunner(env, spec, agent)
+    pending: list[Episode] = []  # ended on this rank since the last collect()
+
+    def collect() -> None:
+        """Every rank's finished episodes: logged by rank 0, scored by all."""
+        gathered = distributed.all_gather_objects(list(pending))
+        pending.clear()
+        for episode in sorted(chain.from_iterable(gathered), key=lambda e: e.env_step):
+            if log is not None:
+                log.episode(episode)
+            recent.append(episode.score)
 
     def snapshot() -> None:
-        save_checkpoint(
-            logdir,
+        collect()
+        parts = distributed.gather_objects(
             {
-                "agent": agent.state_dict(),
-                "optimizer": agent.optimizer.state_dict(),
                 "replay": replay.state_dict(),
                 "replay_generator": generator.get_state(),
                 "rng": rng_states(),
+            }
+        )
+        distributed.check_in_sync(agent, _optimizer_tensors(agent.optimizer))
+        if ranks.is_main:
+            state = {
+                "agent": agent.state_dict(),
+                "optimizer": agent.optimizer.state_dict(),
                 "counters": dict(counters),
                 "recent_scores": list(recent),
                 "config": config.to_json(),
-            },
-        )
+                "ranks": parts,
+            }
+            save_checkpoint(logdir, state)
 
+    step_size = config.num_envs * ranks.world_size  # env steps of all ranks per loop
     batch_steps = config.batch_size * config.batch_length
     last: dict[str, float] = {}
     bar = tqdm(
         total=config.steps,
         initial=counters["env_step"],
         unit="step",
-        disable=not progress,
+        disable=not (progress and ranks.is_main),
         dynamic_ncols=True,
     )
     started = time.perf_counter() - counters["wall_time"]
@@ -212,6 +275,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
 
     def record() -> None:
         """One metrics row: speeds since the last row, score, the last update's terms."""
+        collect()
         now, step = time.perf_counter(), counters["env_step"]
         elapsed = max(now - window[0], 1e-9)
         rates = {
@@ -221,48 +285,64 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         window[:] = [now, step, counters["updates"]]
         logged[0] = step
         mean = _mean(recent)
-        values = {"updates": counters["updates"], "wall_time": counters["wall_time"]}
-        log.metrics(step, {**values, "score_mean10": mean, **rates, **last})
+        if log is not None:
+            values = {"updates": counters["updates"], "wall_time": counters["wall_time"]}
+            log.metrics(step, {**values, "score_mean10": mean, **rates, **last})
         bar.set_postfix(
             updates_per_s=f"{rates['updates_per_s']:.2f}",
             score=f"{recent[-1]:.1f}" if recent else "-",
             mean10=f"{mean:.1f}",
         )
 
-    with _Stop() as stop:
+    # Under torchrun, Ctrl-C reaches every rank at a different point: it becomes
+    # a stop request too, agreed on by all ranks at the end of a loop.
+    signals = (signal.SIGTERM, signal.SIGINT) if ranks.distributed else (signal.SIGTERM,)
+    failed = False
+    with _Stop(signals) as stop:
         try:
-            while counters["env_step"] < config.steps and not stop.requested:
+            while counters["env_step"] < config.steps:
+                before = counters["env_step"]
+                counters["env_step"] += step_size
                 additions, episodes = runner.step(counters["env_step"])
                 for rows, mask in additions:
                     replay.add(rows, mask)
-                before = counters["env_step"]
-                counters["env_step"] += config.num_envs
-                for episode in episodes:
-                    log.episode(episode)
-                    recent.append(episode.score)
-                if replay.can_sample(config.batch_length) and counters["env_step"] >= batch_steps:
+                pending.extend(episodes)
+                # Updates and stops are collective: every rank must take them together.
+                stopping, unready = distributed.any_rank(
+                    stop.requested, not replay.can_sample(config.batch_length)
+                )
+                if not unready and counters["env_step"] // ranks.world_size >= batch_steps:
                     counters["update_credit"] += config.num_envs * config.train_ratio / batch_steps
                     while counters["update_credit"] >= 1:
                         batch = replay.sample(config.batch_size, config.batch_length)
-                        last = agent.update(batch.to(device))
+                        last = agent.update(batch.to(device), parallel)
                         counters["updates"] += 1
                         counters["update_credit"] -= 1
                 step = counters["env_step"]
                 counters["wall_time"] = time.perf_counter() - started
-                bar.update(config.num_envs)
+                bar.update(step_size)
                 if step // config.log_every > before // config.log_every:
                     record()
                 if step // config.checkpoint_every > before // config.checkpoint_every:
                     snapshot()
+                if stopping:
+                    break
+        except BaseException:
+            # Another rank may not reach the collectives of the final checkpoint.
+            failed = ranks.distributed
+            raise
         finally:
             bar.close()
             counters["wall_time"] = time.perf_counter() - started
-            if logged[0] != counters["env_step"]:
-                record()  # the run's last step, when it fell between two rows
-            snapshot()
-            log.close()
+            if not failed:
+                if logged[0] != counters["env_step"]:
+                    record()  # the run's last step, when it fell between two rows
+                snapshot()
+            if log is not None:
+                log.close()
             env.close()
-    plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
+    if ranks.is_main:
+        plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
     mean = _mean(recent)
     return Summary(counters["env_step"], counters["updates"], counters["wall_time"], mean)
 

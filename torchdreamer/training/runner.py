@@ -85,7 +85,8 @@ class EnvRunner:
         """One step of every environment.
 
         Args:
-            env_step: Environment steps so far, to date finished episodes.
+            env_step: The run's environment-step count once this step is
+                done: the date of the episodes that end on it.
             explore: Sample actions (training) or take the most likely one.
 
         Returns:
@@ -120,9 +121,7 @@ class EnvRunner:
             additions.append((final, done))
             for e in done.nonzero().squeeze(-1).tolist():
                 episodes.append(
-                    Episode(
-                        env_step + n, float(self.streams.returns[e]), int(self.streams.lengths[e])
-                    )
+                    Episode(env_step, float(self.streams.returns[e]), int(self.streams.lengths[e]))
                 )
             self.streams.returns[done] = 0
             self.streams.lengths[done] = 0

@@ -1,0 +1,170 @@
+"""Data-parallel training on 2 CPU processes with gloo: the replicas stay bit-identical,
+and ``torchrun -m torchdreamer train`` runs, logs once, checkpoints every rank and resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_agent import SMALL, batch_for
+
+from torchdreamer.training import PRESETS, Config, DreamerAgent, ModelSize, distributed
+
+UPDATES = 3
+AGENTS = {  # observation shape, action size, discrete, image
+    "vector-discrete": ((4,), 2, True, False),
+    "vector-continuous": ((3,), 1, False, False),
+    "image-discrete": ((16, 16, 3), 2, True, True),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _everywhere(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, {k: v.detach().clone() for k, v in tensors.items()})
+    return out
+
+
+def _rank_main(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    ranks = distributed.init_from_env()
+    assert ranks == distributed.Ranks(rank, world, rank)
+    PRESETS["test"] = ModelSize(**SMALL)
+    try:
+        for name, (shape, actions, discrete, image) in AGENTS.items():
+            torch.manual_seed(0)  # the same initial networks on both ranks
+            config = Config(preset="test", imagination_horizon=3, warmup=1)
+            agent = DreamerAgent(shape, actions, discrete=discrete, config=config)
+            parallel = distributed.wrap(agent, ranks)
+            initial = {k: v.clone() for k, v in agent.state_dict().items()}
+            torch.manual_seed(100 + rank)  # each rank: its own data and its own draws
+            batches = [batch_for(shape, actions, b=2, t=8, image=image) for _ in range(UPDATES)]
+            for batch in batches:
+                agent.update(batch, parallel)
+            state = dict(agent.state_dict())
+            for index, moments in agent.optimizer.state_dict()["state"].items():
+                named = {f"optimizer.{index}.{k}": v for k, v in moments.items()}
+                state.update({k: torch.as_tensor(v) for k, v in named.items()})
+            gathered = _everywhere(state)
+            data = _everywhere({"observation": batches[0]["observation"]})
+            if rank == 0:
+                assert not torch.equal(data[0]["observation"], data[1]["observation"]), name
+                slow = [k for k in state if "target_value_model_params" in k]
+                scale = ["actor_loss.return_scale.low", "actor_loss.return_scale.high"]
+                moved = [k for k in [*slow, *scale] if not torch.equal(state[k], initial[k])]
+                assert any(k in moved for k in slow), f"{name}: the slow critic never moved"
+                assert all(k in moved for k in scale), f"{name}: the return scale never moved"
+                for key, value in state.items():
+                    assert torch.equal(value, gathered[1][key]), f"{name}: {key} differs"
+            distributed.check_in_sync(agent)  # the library's own check agrees
+            # Without the gradient averaging the replicas drift apart at once,
+            # and the library's check names what drifted.
+            with parallel.no_sync():
+                agent.update(batches[0], parallel)
+            try:
+                distributed.check_in_sync(agent)
+            except RuntimeError as error:
+                assert "differ between ranks" in str(error) and "world_model" in str(error)
+            else:
+                raise AssertionError(f"{name}: unsynchronised updates went unnoticed")
+    finally:
+        distributed.shutdown()
+
+
+def test_two_ranks_stay_bit_identical_for_every_kind_of_agent():
+    context = mp.spawn(_rank_main, args=(2, _free_port()), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # re-raises a rank's failure
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2 ranks did not finish within 120 s: a collective hung")
+
+
+# ------------------------------------------------------------------- torchrun
+TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--no-progress"]
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return subprocess.run(
+        [*launcher, f"--nproc-per-node={processes}", "-m", "torchdreamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_torchrun_trains_logs_once_and_resumes(tmp_path):
+    logdir = tmp_path / "run"
+    first = torchrun("train", "--steps", "240", "--log-every", "40", "--logdir", str(logdir), *TINY)
+    assert first.returncode == 0, first.stderr
+    # One summary (rank 0's), counting the env steps of both ranks.
+    assert first.stdout.count("env steps and") == 1
+    assert "CartPole-v1 seed 0, preset small: 240 env steps and 30 updates" in first.stdout
+    assert sorted(p.name for p in logdir.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "episodes.csv",
+        "learning_curve.png",
+        "metrics.csv",
+        "tensorboard",
+    ]
+    checkpoint = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    replays = [part["replay"]["storage"]["observation"] for part in checkpoint["ranks"]]
+    assert len(replays) == 2 and not torch.equal(replays[0], replays[1])
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "torchdreamer", "train", "--resume", str(logdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "checkpointed by 2 processes; resume it with as many" in refused.stderr
+
+    second = torchrun("train", "--resume", str(logdir), "--steps", "400", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    counters = torch.load(logdir / "checkpoint.pt", weights_only=False)["counters"]
+    # Updates start once each rank holds 4 x 16 steps (128 in all), 2 per loop of 8 steps.
+    assert counters["env_step"] == 400 and counters["updates"] == 70
+    rows = read_csv(logdir / "metrics.csv")
+    assert [int(r["env_step"]) for r in rows] == list(range(40, 401, 40))
+    assert [int(r["updates"]) for r in rows] == sorted(int(r["updates"]) for r in rows)
+
+
+@pytest.mark.parametrize("name", ["mean_over_ranks", "any_rank", "broadcast_object"])
+def test_single_process_helpers_are_the_identity(name):
+    value = torch.tensor([1.0, 2.0])
+    if name == "mean_over_ranks":
+        assert distributed.mean_over_ranks(value) is value
+    elif name == "any_rank":
+        assert distributed.any_rank(True, False) == (True, False)
+    else:
+        assert distributed.broadcast_object(value) is value
+    assert distributed.current() == distributed.Ranks()
