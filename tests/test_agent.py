@@ -146,6 +146,24 @@ def test_continuous_actions_are_scaled_to_the_environment_bounds():
     assert scaled.flatten().tolist() == [-2.0, 0.0, 2.0]
 
 
+def test_images_of_another_size_are_resized_for_the_agent():
+    env, spec = make_env("TinyImage-v0", 2, seed=0, image_size=32)
+    assert spec.observation_shape == (32, 32, 3)
+    td = env.reset()
+    for _ in range(8):  # TinyImage episodes end after 8 steps
+        td = env.rand_action(td)
+        out, td = env.step_and_maybe_reset(td)
+        # The final observation of an episode is resized too, not only the reset one.
+        for image in (out["next", "observation"], td["observation"]):
+            assert image.shape == (2, 32, 32, 3) and image.dtype == torch.uint8
+            flat = image.flatten(1)
+            # A uniform frame of brightness 17 * level stays exactly that.
+            assert (flat.min(1).values == flat.max(1).values).all()
+            assert (flat[:, 0] % 17 == 0).all()
+    assert out["next", "done"].all()
+    env.close()
+
+
 @pytest.mark.parametrize("env_id", ["TinyImage-v0", "Pendulum-v1"])
 def test_short_training_run(env_id, tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "test", PRESETS["small"].__class__(**SMALL))
@@ -159,6 +177,7 @@ def test_short_training_run(env_id, tmp_path, monkeypatch):
         train_ratio=8,
         imagination_horizon=3,
         log_every=16,
+        image_size=32,  # TinyImage's 16 x 16 frames are resized
     )
     summary = train(config, tmp_path / "run", progress=False)
     assert summary.env_step == 48 and summary.updates == 17  # from step 16, one per step

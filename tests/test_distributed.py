@@ -168,3 +168,17 @@ def test_single_process_helpers_are_the_identity(name):
     else:
         assert distributed.broadcast_object(value) is value
     assert distributed.current() == distributed.Ranks()
+
+
+def test_a_missing_gpu_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available here"):
+        distributed.device_for("cuda", distributed.Ranks())
+    assert distributed.device_for("cpu", distributed.Ranks(1, 2, 1)) == torch.device("cpu")
+
+
+def test_under_torchrun_cuda_means_the_local_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    device = distributed.device_for("cuda", distributed.Ranks(rank=3, world_size=4, local_rank=1))
+    assert device == torch.device("cuda", 1)
+    assert distributed.device_for("cuda:0", distributed.Ranks(3, 4, 1)) == torch.device("cuda", 0)

@@ -214,6 +214,8 @@ def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
         (["--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
         (["--env", "Blackjack-v1"], "Blackjack-v1: the observation space is Tuple"),
         (["--preset", "XXL"], "invalid choice: 'XXL'"),
+        (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
+        (["--image-size", "48"], "image_size must be 4 * 2**k pixels"),
     ],
 )
 def test_bad_input_is_named(tmp_path, args, message):

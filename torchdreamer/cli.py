@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu or cuda (default cpu)")
     train.add_argument("--logdir", type=Path, help="run directory (default runs/ENV-sSEED)")
     train.add_argument("--resume", type=Path, metavar="LOGDIR", help="continue the run in LOGDIR")
+    train.add_argument("--image-size", type=int, help="side images are resized to (64)")
     train.add_argument("--num-envs", type=int, help="parallel environments (default 16)")
     train.add_argument("--train-ratio", type=float, help="replayed steps per env step (32)")
     train.add_argument("--replay-capacity", type=int, help="replay rows kept (1000000)")
@@ -61,6 +62,7 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
             "steps",
             "seed",
             "device",
+            "image_size",
             "num_envs",
             "train_ratio",
             "batch_size",

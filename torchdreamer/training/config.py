@@ -78,7 +78,10 @@ class Config:
     seed: int = 0
     """Seeds torch, the environments and the replay sampling."""
     device: str = "cpu"
-    """``cpu`` or ``cuda``."""
+    """``cpu`` or ``cuda`` (under ``torchrun``, each process takes GPU ``LOCAL_RANK``)."""
+    image_size: int = 64
+    """Side of the square images the agent sees (official 64): image observations of
+    another size are resized to it. A power of two times 4, e.g. 32, 64 or 128."""
     num_envs: int = 16
     """Environments stepped together (official 16)."""
     batch_size: int = 16
@@ -130,6 +133,9 @@ class Config:
         for name in ("steps", "num_envs", "batch_size", "batch_length", "imagination_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        side = self.image_size
+        if side < 4 or side % 4 or (side // 4) & (side // 4 - 1):
+            raise ValueError(f"image_size must be 4 * 2**k pixels (32, 64, 128...), got {side}.")
         if self.batch_length < 2:
             raise ValueError(f"batch_length must be >= 2, got {self.batch_length}.")
         if self.train_ratio <= 0:

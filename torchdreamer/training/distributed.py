@@ -32,6 +32,7 @@ __all__ = [
     "broadcast_object",
     "check_in_sync",
     "current",
+    "device_for",
     "gather_objects",
     "init_from_env",
     "mean_over_ranks",
@@ -94,8 +95,21 @@ def shutdown() -> None:
 
 
 def device_for(name: str, ranks: Ranks) -> torch.device:
-    """The device of this rank: ``cuda`` means GPU ``LOCAL_RANK`` under torchrun."""
-    device = torch.device(name)
+    """The device of this rank: ``cuda`` means GPU ``LOCAL_RANK`` under torchrun.
+
+    Raises ``ValueError`` for a device this machine does not have.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r}: CUDA is not available here (torch {torch.__version__}, "
+            f"{torch.cuda.device_count()} GPUs); use --device cpu."
+        )
     if device.type == "cuda" and device.index is None and ranks.distributed:
         return torch.device("cuda", ranks.local_rank)
     return device

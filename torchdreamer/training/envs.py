@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torchrl.envs import GymWrapper
 
-__all__ = ["EnvSpec", "make_env"]
+__all__ = ["EnvSpec", "ResizeImage", "make_env"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,56 @@ class EnvSpec:
         return low + (action + 1) * (high - low) / 2
 
 
+class ResizeImage(gym.ObservationWrapper):
+    """Resizes a channel-last ``uint8`` image observation to ``side x side`` pixels.
+
+    Bilinear with antialiasing (like the official DreamerV3's PIL resize), rounded
+    back to ``uint8``.
+
+    Examples:
+        >>> import gymnasium as gym
+        >>> import numpy as np
+        >>> from torchdreamer.training.envs import ResizeImage
+        >>> class Grey(gym.Env):
+        ...     observation_space = gym.spaces.Box(0, 255, (96, 80, 3), np.uint8)
+        ...     action_space = gym.spaces.Discrete(2)
+        ...     def reset(self, *, seed=None, options=None):
+        ...         return np.full((96, 80, 3), 128, np.uint8), {}
+        >>> env = ResizeImage(Grey(), 64)
+        >>> image, _ = env.reset()
+        >>> env.observation_space.shape, image.shape, image.dtype
+        ((64, 64, 3), (64, 64, 3), dtype('uint8'))
+        >>> int(image.min()), int(image.max())  # a uniform image stays uniform
+        (128, 128)
+    """
+
+    def __init__(self, env: gym.Env, side: int) -> None:
+        super().__init__(env)
+        self.side = side
+        channels = env.observation_space.shape[-1]
+        self.observation_space = gym.spaces.Box(0, 255, (side, side, channels), np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        image = torch.from_numpy(np.ascontiguousarray(observation)).permute(2, 0, 1)
+        resized = torch.nn.functional.interpolate(
+            image.unsqueeze(0).float(),
+            size=(self.side, self.side),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+        return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _is_image(space: gym.Space) -> bool:
+    return (
+        isinstance(space, gym.spaces.Box)
+        and len(space.shape) == 3
+        and space.dtype == np.uint8
+        and space.shape[-1] in (1, 3)
+    )
+
+
 def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> EnvSpec:
     if not isinstance(observation_space, gym.spaces.Box):
         raise ValueError(
@@ -40,8 +90,7 @@ def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space)
             "a Box of a vector (D,) or of a channel-last image (H, W, C)."
         )
     shape = tuple(observation_space.shape)
-    image = len(shape) == 3 and observation_space.dtype == np.uint8 and shape[-1] in (1, 3)
-    if not (len(shape) == 1 or image):
+    if not (len(shape) == 1 or _is_image(observation_space)):
         raise ValueError(
             f"{env_id}: the observation space is a Box of shape {shape} and dtype "
             f"{observation_space.dtype}; torchdreamer supports vectors (D,) and uint8 "
@@ -69,13 +118,16 @@ def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space)
     )
 
 
-def make_env(env_id: str, num_envs: int, seed: int) -> tuple[GymWrapper, EnvSpec]:
+def make_env(
+    env_id: str, num_envs: int, seed: int, image_size: int = 64
+) -> tuple[GymWrapper, EnvSpec]:
     """``num_envs`` copies of ``env_id`` stepped together, and their :class:`EnvSpec`.
 
     The copies run in this process (gymnasium's synchronous vector env, which
     is fastest for cheap simulators on a 2-core machine), reset themselves
     when an episode ends, and are wrapped as one TorchRL environment with
-    batch size ``[num_envs]``.
+    batch size ``[num_envs]``. Image observations of another size than
+    ``image_size x image_size`` are resized to it (:class:`ResizeImage`).
 
     Examples:
         >>> from torchdreamer.training.envs import make_env
@@ -91,11 +143,19 @@ def make_env(env_id: str, num_envs: int, seed: int) -> tuple[GymWrapper, EnvSpec
             f"unknown environment id {env_id!r} ({error}); pass a registered gymnasium id "
             "such as CartPole-v1 or Pendulum-v1."
         ) from None
+
+    def fit(env: gym.Env) -> gym.Env:
+        space = env.observation_space
+        if _is_image(space) and tuple(space.shape[:2]) != (image_size, image_size):
+            return ResizeImage(env, image_size)
+        return env
+
     vector = gym.make_vec(
         env_id,
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        wrappers=[fit],
     )
     spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
     env = GymWrapper(vector, device="cpu")

@@ -179,8 +179,8 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     """
     logdir = Path(logdir)
     ranks = distributed.current()
-    config = distributed.run_on_main(lambda: prepare_logdir(config, logdir, resume))
     device = distributed.device_for(config.device, ranks)
+    config = distributed.run_on_main(lambda: prepare_logdir(config, logdir, resume))
     _seed(config.seed)  # the same initial networks on every rank
     own_parts: list[dict] = []
 
@@ -203,7 +203,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         counters = shared["counters"]
     # Environments restart on resume; a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + counters["env_step"] + ranks.rank * config.num_envs
-    env, spec = make_env(config.env, config.num_envs, env_seed)
+    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size)
     _check_replay_memory(config, spec.observation_shape)
     agent = DreamerAgent(
         spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
@@ -355,12 +355,12 @@ def evaluate(
     if not (logdir / CONFIG).exists():
         raise FileNotFoundError(f"{logdir} holds no {CONFIG}: it is not a torchdreamer run.")
     config = Config.load(logdir / CONFIG)
-    config.device = device
-    checkpoint = load_checkpoint(logdir, map_location=device)
-    env, spec = make_env(config.env, 1, config.seed + 10**9)
+    config.device = str(distributed.device_for(device, distributed.Ranks()))
+    checkpoint = load_checkpoint(logdir, map_location=config.device)
+    env, spec = make_env(config.env, 1, config.seed + 10**9, config.image_size)
     agent = DreamerAgent(
         spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-    ).to(device)
+    ).to(config.device)
     agent.load_state_dict(checkpoint["agent"])
     agent.eval()
     runner = EnvRunner(env, spec, agent)
