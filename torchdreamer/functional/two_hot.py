@@ -105,9 +105,9 @@ def _neighbours(target: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor,
     target = target.to(bins.dtype).contiguous()
     above = torch.searchsorted(bins, target, right=True)
     index = torch.stack([above - 1, above], dim=-1).clamp_(0, bins.numel() - 1)
-    distance = (bins[index] - target.unsqueeze(-1)).abs_()
-    distance = torch.where(index[..., :1] == index[..., 1:], 1.0, distance)
-    return index, distance.flip(-1) / distance.sum(-1, keepdim=True)
+    distance = (bins.take(index) - target.unsqueeze(-1)).abs_()
+    distance.masked_fill_(index[..., :1] == index[..., 1:], 1.0)
+    return index, distance.flip(-1).div_(distance.sum(-1, keepdim=True))
 
 
 def two_hot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:

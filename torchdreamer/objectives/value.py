@@ -228,6 +228,7 @@ class DreamerV3ValueLoss(LossModule):
         self.slow_critic_regularization = float(slow_critic_regularization)
         self.reduction = reduction
         self.validate_inputs = bool(validate_inputs)
+        self._gamma_powers: tuple[tuple, torch.Tensor | None] = ((), None)
         self._actor_link = None
         if actor_loss is not None:
             _as_float_gamma(_actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma")
@@ -445,6 +446,14 @@ class DreamerV3ValueLoss(LossModule):
         gamma = self.current_gamma()
         if torch.is_tensor(gamma):
             gamma = gamma.to(device=target.device, dtype=target.dtype)
+        elif not torch.compiler.is_compiling():
+            # A float gamma gives the same weights call after call: keep the last
+            # ones (two small ops are a tenth of a small batch's loss).
+            key = (gamma, batch[-1], target.device, target.dtype)
+            if self._gamma_powers[0] != key:
+                steps = torch.arange(batch[-1], device=target.device, dtype=target.dtype)
+                self._gamma_powers = (key, torch.pow(gamma, steps))
+            return self._gamma_powers[1]
         steps = torch.arange(batch[-1], device=target.device, dtype=target.dtype)
         return torch.pow(gamma, steps)
 
