@@ -170,9 +170,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="short run: 0.1 s per measurement")
+    parser.add_argument(
+        "--targets",
+        type=int,
+        metavar="N",
+        help="only the issue's two target cases, N times (their spread across runs)",
+    )
     args = parser.parse_args()
     min_run_time = 0.1 if args.quick else args.min_run_time
     warnings.filterwarnings("ignore")
+    if args.targets:
+        for run in range(args.targets):
+            t_ce, t_ce_peer = compare(*cross_entropy_case(SIZES[-1]), min_run_time)
+            t_mod, t_mod_peer = compare(*module_case(SIZES[0], "two_hot"), min_run_time)
+            print(
+                f"run {run}: two_hot_cross_entropy {list(SIZES[-1])} {t_ce / t_ce_peer:.2f} "
+                f"(target <= 0.50); DreamerV3ValueLoss two_hot {list(SIZES[0])} "
+                f"{t_mod / t_mod_peer:.2f} (target <= 0.67)"
+            )
+        return
 
     print(
         f"torch {torch.__version__}, tensordict {tensordict.__version__}, torchrl "

@@ -200,8 +200,9 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
         flat_index = index.flatten(1)
         picked = torch.log_softmax(logits, dim=-1).gather(-1, flat_index).view_as(weight)
         ctx.save_for_backward(logits, flat_index, weight)
-        # Same association as the official -sum(two_hot * log_softmax).
-        return -(weight[..., 0] * picked[..., 0] + weight[..., 1] * picked[..., 1])
+        # The official -sum(two_hot * log_softmax) adds exact zeros to the two
+        # nonzero products; a sum of those two is the same single rounding.
+        return weight.mul(picked).sum(-1).neg_()
 
     @staticmethod
     @once_differentiable
@@ -247,7 +248,8 @@ def two_hot_cross_entropies(
             f"{tuple(logits.shape)} need targets of shape {(*batch_shape, 'J')}."
         )
     logits = logits.to(_compute_dtype(logits.dtype)).reshape(-1, num_bins)
-    bins = bins.to(device=logits.device, dtype=logits.dtype)
+    if bins.dtype != logits.dtype or bins.device != logits.device:
+        bins = bins.to(device=logits.device, dtype=logits.dtype)
     index, weight = _neighbours(targets.detach().reshape(logits.shape[0], -1), bins)
     loss = _TwoHotCrossEntropy.apply(logits, index, weight)
     return loss.reshape(targets.shape)

@@ -17,6 +17,7 @@ from torchdreamer.functional import (
     symlog,
     two_hot_bins,
     two_hot_cross_entropies,
+    two_hot_cross_entropy,
     two_hot_decode,
 )
 from torchdreamer.objectives._call import call_module, require_tensordict_module
@@ -376,6 +377,8 @@ class DreamerV3ValueLoss(LossModule):
         the prediction.
         """
         if self.value_loss == "two_hot":
+            if len(targets) == 1:
+                return (two_hot_cross_entropy(prediction, targets[0], self.value_bins),)
             stacked = torch.stack(targets, dim=-1)
             return two_hot_cross_entropies(prediction, stacked, self.value_bins).unbind(-1)
         squashed = symlog(prediction)
