@@ -11,6 +11,22 @@ random generators, finished episodes) is gathered to it.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is the
 identity of a single process, and nothing is initialised.
+
+Examples:
+    What the training loop does, here in a single process:
+
+    >>> import torch
+    >>> from torchdreamer.training import Config, DreamerAgent, distributed
+    >>> ranks = distributed.init_from_env()  # under torchrun: joins the job
+    >>> ranks
+    Ranks(rank=0, world_size=1, local_rank=0)
+    >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+    >>> parallel = distributed.wrap(agent, ranks)  # DistributedDataParallel under torchrun
+    >>> parallel is agent
+    True
+    >>> distributed.run_on_main(lambda: "rank 0 reads the run directory")
+    'rank 0 reads the run directory'
+    >>> distributed.check_in_sync(agent)  # raises if the replicas drifted apart
 """
 
 from __future__ import annotations
