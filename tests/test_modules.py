@@ -15,15 +15,16 @@ from torchrl.modules import OneHotCategorical
 from torchrl.objectives import SoftUpdate
 
 from torchdreamer import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
-from torchdreamer.functional import symlog
 from torchdreamer.modules import (
     MLP,
     RSSM,
+    WORLD_MODEL_OUTPUTS,
     CategoricalActorHead,
     ContinuationHead,
     ImaginationEnv,
     NormGRUCell,
     TwoHotHead,
+    WorldModel,
     dreamer_init_,
 )
 
@@ -122,50 +123,14 @@ def test_is_first_resets_state_and_action(rssm):
         assert not torch.allclose(got[~first], fresh[~first])
 
 
-class WorldModel(nn.Module):
-    """Encoder + RSSM + heads, as the model loss and the actor loss see them."""
-
-    def __init__(self, obs_dim: int, action_dim: int):
-        super().__init__()
-        self.encoder = MLP(obs_dim, None, hidden=16, layers=1)
-        self.rssm = RSSM(action_dim, 16, deter=16, hidden=16, categoricals=4, classes=4)
-        feat = self.rssm.feature_size
-        self.decoder = MLP(feat, obs_dim, hidden=16, layers=1)
-        self.reward = TwoHotHead(feat, hidden=16)
-        self.continuation = ContinuationHead(feat, hidden=16)
-
-    def forward(self, observation, prev_action, is_first):
-        out = self.rssm.observe(self.encoder(symlog(observation)), prev_action, is_first)
-        feat = torch.cat([out["stoch"], out["deter"]], -1)
-        reward_logits, _ = self.reward(feat)
-        continuation_logit, _ = self.continuation(feat)
-        return (
-            out["posterior_logits"],
-            out["prior_logits"],
-            reward_logits,
-            continuation_logit,
-            self.decoder(feat),
-            out["stoch"],
-            out["deter"],
-        )
-
-
 def test_one_full_agent_update_trains_every_network():
     torch.manual_seed(0)
     obs_dim, actions, batch, steps = 4, 2, 3, 8
-    model = WorldModel(obs_dim, actions)
+    model = WorldModel(
+        (obs_dim,), actions, deter=16, hidden=16, categoricals=4, classes=4, units=16, layers=1
+    )
     world = TensorDictModule(
-        model,
-        in_keys=["observation", "prev_action", "is_first"],
-        out_keys=[
-            "posterior_logits",
-            "prior_logits",
-            "reward_logits",
-            "continuation_logits",
-            ("reconstruction", "observation"),
-            "state",
-            "belief",
-        ],
+        model, in_keys=["observation", "prev_action", "is_first"], out_keys=WORLD_MODEL_OUTPUTS
     )
     feat = model.rssm.feature_size
     actor = Seq(
