@@ -39,6 +39,15 @@ def save_checkpoint(logdir: Path, state: dict[str, Any]) -> Path:
     The file is written beside the old one, flushed to disk, then renamed
     over it: a run killed at any moment leaves either the previous checkpoint
     or the new one, never a partial file.
+
+    Examples:
+        >>> import tempfile
+        >>> import torch
+        >>> from torchdreamer.training.checkpoint import load_checkpoint, save_checkpoint
+        >>> logdir = tempfile.mkdtemp()
+        >>> path = save_checkpoint(logdir, {"counters": {"env_step": 64}, "w": torch.ones(2)})
+        >>> path.name, load_checkpoint(logdir)["counters"]
+        ('checkpoint.pt', {'env_step': 64})
     """
     path = Path(logdir) / CHECKPOINT
     partial = path.with_suffix(".pt.partial")

@@ -38,6 +38,20 @@ class RunLog:
         resume_step: When resuming, the checkpoint's env step: rows after it
             (written by the interrupted run after its last checkpoint) are
             removed, from the CSVs and from TensorBoard, so no step appears twice.
+
+    Examples:
+        >>> import tempfile
+        >>> from torchdreamer.training.logs import RunLog, read_episodes, read_rows
+        >>> from torchdreamer.training.runner import Episode
+        >>> logdir = tempfile.mkdtemp()
+        >>> log = RunLog(logdir)
+        >>> log.episode(Episode(env_step=16, score=21.0, length=21))
+        >>> log.metrics(16, {"updates": 2, "loss": 3.5})
+        >>> log.close()
+        >>> read_episodes(logdir)
+        [Episode(env_step=16, score=21.0, length=21)]
+        >>> read_rows(f"{logdir}/metrics.csv")
+        [{'env_step': '16', 'updates': '2', 'loss': '3.5'}]
     """
 
     def __init__(self, logdir: Path, resume_step: int | None = None) -> None:

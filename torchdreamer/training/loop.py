@@ -176,6 +176,23 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
     counts the environment steps of all ranks together. Rank 0 alone writes
     to ``logdir``; its checkpoint holds every rank's replay and generators,
     so the run resumes with the same number of processes.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torchdreamer.training import Config
+        >>> from torchdreamer.training.loop import evaluate, train
+        >>> logdir = Path(tempfile.mkdtemp()) / "run"
+        >>> config = Config(steps=32, num_envs=2, batch_size=2, batch_length=8,
+        ...                 train_ratio=4, imagination_horizon=3)
+        >>> summary = train(config, logdir, progress=False)
+        >>> summary.env_step, summary.updates  # updates start once 2 x 8 steps are in
+        (32, 4)
+        >>> sorted(p.name for p in logdir.iterdir())
+        ['checkpoint.pt', 'config.json', 'episodes.csv', 'learning_curve.png',
+         'metrics.csv', 'tensorboard']
+        >>> len(evaluate(logdir, episodes=2))
+        2
     """
     logdir = Path(logdir)
     ranks = distributed.current()

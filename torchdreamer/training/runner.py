@@ -41,6 +41,22 @@ class EnvRunner:
     its last row and the next episode's first row are both written, so
     episodes are complete in the replay. ``step`` returns the rows to add:
     ``(rows, mask)`` pairs for :meth:`SequenceReplay.add`.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training import Config, DreamerAgent, SequenceReplay
+        >>> from torchdreamer.training.envs import make_env
+        >>> from torchdreamer.training.runner import EnvRunner
+        >>> env, spec = make_env("CartPole-v1", num_envs=2, seed=0)
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+        >>> runner, replay = EnvRunner(env, spec, agent), SequenceReplay(2, 100)
+        >>> for step in range(1, 11):
+        ...     additions, episodes = runner.step(env_step=2 * step)
+        ...     for rows, mask in additions:
+        ...         replay.add(rows, mask)
+        >>> sorted(replay.sample(batch_size=3, length=4).keys())
+        ['is_first', 'is_last', 'is_terminal', 'observation', 'prev_action', 'reward']
+        >>> env.close()
     """
 
     def __init__(self, env: EnvBase, spec: EnvSpec, agent: DreamerAgent) -> None:
