@@ -38,6 +38,46 @@ def _everywhere(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     return out
 
 
+def _check_agent(name: str, ranks: distributed.Ranks) -> None:
+    shape, actions, discrete, image = AGENTS[name]
+    rank = ranks.rank
+    torch.manual_seed(0)  # the same initial networks on both ranks
+    config = Config(preset="test", imagination_horizon=3, warmup=1)
+    agent = DreamerAgent(shape, actions, discrete=discrete, config=config)
+    parallel = distributed.wrap(agent, ranks)
+    initial = {k: v.clone() for k, v in agent.state_dict().items()}
+    torch.manual_seed(100 + rank)  # each rank: its own data and its own draws
+    batches = [batch_for(shape, actions, b=2, t=8, image=image) for _ in range(UPDATES)]
+    for batch in batches:
+        agent.update(batch, parallel)
+    state = dict(agent.state_dict())
+    for index, moments in agent.optimizer.state_dict()["state"].items():
+        named = {f"optimizer.{index}.{k}": v for k, v in moments.items()}
+        state.update({k: torch.as_tensor(v) for k, v in named.items()})
+    gathered = _everywhere(state)
+    data = _everywhere({"observation": batches[0]["observation"]})
+    if rank == 0:
+        assert not torch.equal(data[0]["observation"], data[1]["observation"]), name
+        slow = [k for k in state if "target_value_model_params" in k]
+        scale = ["actor_loss.return_scale.low", "actor_loss.return_scale.high"]
+        moved = [k for k in [*slow, *scale] if not torch.equal(state[k], initial[k])]
+        assert any(k in moved for k in slow), f"{name}: the slow critic never moved"
+        assert all(k in moved for k in scale), f"{name}: the return scale never moved"
+        for key, value in state.items():
+            assert torch.equal(value, gathered[1][key]), f"{name}: {key} differs"
+    distributed.check_in_sync(agent)  # the library's own check agrees
+    # Without the gradient averaging the replicas drift apart at once, and the
+    # library's check names what drifted.
+    with parallel.no_sync():
+        agent.update(batches[0], parallel)
+    try:
+        distributed.check_in_sync(agent)
+    except RuntimeError as error:
+        assert "differ between ranks" in str(error) and "world_model" in str(error)
+    else:
+        raise AssertionError(f"{name}: unsynchronised updates went unnoticed")
+
+
 def _rank_main(rank: int, world: int, port: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -51,42 +91,8 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     assert ranks == distributed.Ranks(rank, world, rank)
     PRESETS["test"] = ModelSize(**SMALL)
     try:
-        for name, (shape, actions, discrete, image) in AGENTS.items():
-            torch.manual_seed(0)  # the same initial networks on both ranks
-            config = Config(preset="test", imagination_horizon=3, warmup=1)
-            agent = DreamerAgent(shape, actions, discrete=discrete, config=config)
-            parallel = distributed.wrap(agent, ranks)
-            initial = {k: v.clone() for k, v in agent.state_dict().items()}
-            torch.manual_seed(100 + rank)  # each rank: its own data and its own draws
-            batches = [batch_for(shape, actions, b=2, t=8, image=image) for _ in range(UPDATES)]
-            for batch in batches:
-                agent.update(batch, parallel)
-            state = dict(agent.state_dict())
-            for index, moments in agent.optimizer.state_dict()["state"].items():
-                named = {f"optimizer.{index}.{k}": v for k, v in moments.items()}
-                state.update({k: torch.as_tensor(v) for k, v in named.items()})
-            gathered = _everywhere(state)
-            data = _everywhere({"observation": batches[0]["observation"]})
-            if rank == 0:
-                assert not torch.equal(data[0]["observation"], data[1]["observation"]), name
-                slow = [k for k in state if "target_value_model_params" in k]
-                scale = ["actor_loss.return_scale.low", "actor_loss.return_scale.high"]
-                moved = [k for k in [*slow, *scale] if not torch.equal(state[k], initial[k])]
-                assert any(k in moved for k in slow), f"{name}: the slow critic never moved"
-                assert all(k in moved for k in scale), f"{name}: the return scale never moved"
-                for key, value in state.items():
-                    assert torch.equal(value, gathered[1][key]), f"{name}: {key} differs"
-            distributed.check_in_sync(agent)  # the library's own check agrees
-            # Without the gradient averaging the replicas drift apart at once,
-            # and the library's check names what drifted.
-            with parallel.no_sync():
-                agent.update(batches[0], parallel)
-            try:
-                distributed.check_in_sync(agent)
-            except RuntimeError as error:
-                assert "differ between ranks" in str(error) and "world_model" in str(error)
-            else:
-                raise AssertionError(f"{name}: unsynchronised updates went unnoticed")
+        for name in AGENTS:
+            _check_agent(name, ranks)  # its DistributedDataParallel dies with it
     finally:
         distributed.shutdown()
 

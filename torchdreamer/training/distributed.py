@@ -31,6 +31,7 @@ Examples:
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,8 +106,14 @@ def init_from_env() -> Ranks:
 
 
 def shutdown() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined.
+
+    Wrappers still holding the group (a DistributedDataParallel left in a
+    reference cycle) are collected first: destroyed after the group, gloo's
+    can block the process forever at exit.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
