@@ -3,9 +3,7 @@ and ``torchrun -m torchdreamer train`` runs, logs once, checkpoints every rank a
 
 from __future__ import annotations
 
-import csv
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_agent import SMALL, batch_for
+from test_return_scale_distributed import _free_port
+from test_training import read_csv
 
 from torchdreamer.training import PRESETS, Config, DreamerAgent, ModelSize, distributed
 
@@ -24,12 +24,6 @@ AGENTS = {  # observation shape, action size, discrete, image
     "vector-continuous": ((3,), 1, False, False),
     "image-discrete": ((16, 16, 3), 2, True, True),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _everywhere(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -119,11 +113,6 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def read_csv(path):
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def test_torchrun_trains_logs_once_and_resumes(tmp_path):
