@@ -40,7 +40,7 @@ from value_loss import compare
 from torchdreamer import DreamerV3ModelLoss
 from torchdreamer.functional import symexp
 from torchdreamer.modules import WORLD_MODEL_OUTPUTS, WorldModel
-from torchdreamer.training import Config
+from torchdreamer.training import Config, DreamerAgent
 
 TERMS = {  # ours -> TorchRL
     "loss_reconstruction": "loss_model_reco",
@@ -82,18 +82,9 @@ class TorchRLLayout(nn.Module):
 
 
 def world_model_of(preset: str) -> WorldModel:
+    """The world model the agent trains at ``preset``, on CartPole's shapes."""
     torch.manual_seed(0)
-    size = Config(preset=preset).size
-    return WorldModel(
-        (4,),
-        2,
-        deter=size.deter,
-        hidden=size.hidden,
-        categoricals=size.categoricals,
-        classes=size.classes,
-        units=size.units,
-        layers=size.layers,
-    )
+    return DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset)).world_model
 
 
 def losses_on(world_model: nn.Module):

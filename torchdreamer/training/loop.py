@@ -384,8 +384,8 @@ def evaluate(
     scores: list[float] = []
     step = 0
     while len(scores) < episodes:
-        _, ended = runner.step(step, explore=sample)
         step += 1
+        _, ended = runner.step(step, explore=sample)
         scores.extend(e.score for e in ended)
     env.close()
     return scores[:episodes]
