@@ -41,14 +41,17 @@ def call_module(
     """
     if not _is_plain(module):
         return module(tensordict.select(*module.in_keys, strict=False).copy())
-    outputs = module.module(*(tensordict.get(key) for key in module.in_keys))
+    # _modules["module"] is what `module.module` resolves to, minus a slow
+    # __getattr__ chain; the network's own hooks still run through its __call__.
+    outputs = module._modules["module"](*[tensordict.get(key) for key in module.in_keys])
+    out_keys = module.out_keys
     if not isinstance(outputs, tuple):
         outputs = (outputs,)
-    if len(outputs) != len(module.out_keys):
+    if len(outputs) != len(out_keys):
         raise RuntimeError(
-            f"The module returned {len(outputs)} tensor(s) but its out_keys are {module.out_keys}."
+            f"The module returned {len(outputs)} tensor(s) but its out_keys are {out_keys}."
         )
-    return dict(zip(module.out_keys, outputs, strict=True))
+    return dict(zip(out_keys, outputs, strict=True))
 
 
 def require_tensordict_module(module: object, role: str) -> None:

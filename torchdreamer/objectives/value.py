@@ -229,7 +229,8 @@ class DreamerV3ValueLoss(LossModule):
         self.slow_critic_regularization = float(slow_critic_regularization)
         self.reduction = reduction
         self.validate_inputs = bool(validate_inputs)
-        self._gamma_powers: tuple[tuple, torch.Tensor | None] = ((), None)
+        # (key, gamma ** t over the batch, the same over the batch size): see _step_weight.
+        self._gamma_powers: tuple = ((), None, None)
         self._actor_link = None
         if actor_loss is not None:
             _as_float_gamma(_actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma")
@@ -452,10 +453,13 @@ class DreamerV3ValueLoss(LossModule):
         elif not torch.compiler.is_compiling():
             # A float gamma gives the same weights call after call: keep the last
             # ones (two small ops are a tenth of a small batch's loss).
-            key = (gamma, batch[-1], target.device, target.dtype)
+            # Kept expanded to the whole batch: the loss then reads them as one
+            # factor per row without a copy.
+            key = (gamma, batch, target.device, target.dtype)
             if self._gamma_powers[0] != key:
                 steps = torch.arange(batch[-1], device=target.device, dtype=target.dtype)
-                self._gamma_powers = (key, torch.pow(gamma, steps))
+                powers = torch.pow(gamma, steps).expand(batch).contiguous()
+                self._gamma_powers = (key, powers, powers / powers.numel())
             return self._gamma_powers[1]
         steps = torch.arange(batch[-1], device=target.device, dtype=target.dtype)
         return torch.pow(gamma, steps)
@@ -493,7 +497,7 @@ class DreamerV3ValueLoss(LossModule):
             )
         batch = self._batch_shape(tensordict, target)
         target = per_step(
-            target.detach(),
+            target.detach() if target.requires_grad else target,
             batch,
             f"The target {keys.lambda_target!r}",
             "It should hold one λ-return per step.",
@@ -510,18 +514,29 @@ class DreamerV3ValueLoss(LossModule):
             if self.slow_critic_regularization > 0
             else None
         )
-        loss, slow = self._critic_losses(prediction, target, slow_target)
         out = {}
-        if weight is not None:
-            loss = loss * weight
-        if slow is not None:
-            out["value_slow_reg"] = self._reduce(slow if weight is None else slow * weight).detach()
-        out["loss_value"] = self._reduce(loss)
-        with torch.no_grad():
-            value = self._decoded_value(output, prediction, batch)
-            if value is not None:
-                out["value_mean"] = value.mean()
-            out["target_mean"] = target.mean()
+        if slow_target is None and self.value_loss == "two_hot":
+            # Weighting and reduction inside the cross-entropy's own autograd node;
+            # a mean over cached gamma powers is their sum over the cached powers / N.
+            reduction = self.reduction
+            if reduction == "mean" and weight is not None and weight is self._gamma_powers[1]:
+                weight, reduction = self._gamma_powers[2], "sum"
+            out["loss_value"] = two_hot_cross_entropy(
+                prediction, target, self.value_bins, weight=weight, reduction=reduction
+            )
+        else:
+            loss, slow = self._critic_losses(prediction, target, slow_target)
+            if weight is not None:
+                loss = loss * weight
+            if slow is not None:
+                slow = slow if weight is None else slow * weight
+                out["value_slow_reg"] = self._reduce(slow).detach()
+            out["loss_value"] = self._reduce(loss)
+        # Both are detached already, so their means record nothing.
+        value = self._decoded_value(output, prediction, batch)
+        if value is not None:
+            out["value_mean"] = value.mean()
+        out["target_mean"] = target.mean()
         return TensorDict(out, batch_size=[]), tensordict
 
     # ----------------------------------------------------------- replay values
