@@ -307,8 +307,9 @@ def _cross_entropies(
     if bins.dtype != logits.dtype or bins.device != logits.device:
         bins = bins.to(device=logits.device, dtype=logits.dtype)
     if weight is not None:
+        trailing = shape[len(shape) - weight.ndim :]
         if weight.ndim > len(shape) or any(
-            w not in (1, n) for w, n in zip(reversed(weight.shape), reversed(shape))
+            w not in (1, n) for w, n in zip(weight.shape, trailing, strict=True)
         ):
             raise ValueError(
                 f"weight has shape {tuple(weight.shape)}, which does not broadcast to "
@@ -427,8 +428,9 @@ def two_hot_cross_entropy(
         >>> two_hot_cross_entropy(torch.zeros(2, 3), torch.tensor([-0.5, 1.0]), bins)
         tensor([1.0986, 1.0986])
         >>> logits = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+        >>> weight = torch.tensor([1.0, 0.5])
         >>> two_hot_cross_entropy(
-        ...     logits, torch.tensor([1.0, 0.0]), bins, weight=torch.tensor([1.0, 0.5]), reduction="sum"
+        ...     logits, torch.tensor([1.0, 0.0]), bins, weight=weight, reduction="sum"
         ... )
         tensor(0.7889)
     """
