@@ -283,3 +283,67 @@ def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data):
     torch.testing.assert_close(together.grad, apart.grad)
     with pytest.raises(ValueError, match="need targets of shape"):
         two_hot_cross_entropies(logits, targets, bins)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_weighted_reduction_in_one_node_matches_plain_reference(grid_and_data, reduction):
+    bins, logits, targets = grid_and_data
+    logits = logits[:48].reshape(4, 12, 255).double().requires_grad_()
+    targets = targets[:48].reshape(4, 12)
+    weight = 0.97 ** torch.arange(12, dtype=torch.float64)  # one per step, broadcast over rows
+    loss = two_hot_cross_entropy(logits, targets, bins.double(), weight=weight, reduction=reduction)
+    assert loss.shape == ()
+    (grad,) = torch.autograd.grad(loss, logits)
+
+    per_element = ref_cross_entropy(logits.detach(), targets, bins) * weight
+    expected = per_element.mean() if reduction == "mean" else per_element.sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    factor = weight / (48 if reduction == "mean" else 1)
+    dense = torch.softmax(logits.detach(), -1) - ref_encode(targets, bins)
+    torch.testing.assert_close(grad, factor[:, None] * dense, rtol=1e-10, atol=1e-12)
+
+
+def test_reduction_without_weight_and_a_weight_that_wants_its_gradient(grid_and_data):
+    bins, logits, targets = grid_and_data
+    logits = logits.double()
+    per_element = ref_cross_entropy(logits, targets, bins)
+    mean = two_hot_cross_entropy(logits, targets, bins.double(), reduction="mean")
+    torch.testing.assert_close(mean, per_element.mean(), rtol=1e-12, atol=1e-12)
+    weight = torch.rand(len(targets), dtype=torch.float64, requires_grad=True)
+    total = two_hot_cross_entropy(logits, targets, bins.double(), weight=weight, reduction="sum")
+    (grad_weight,) = torch.autograd.grad(total, weight)
+    torch.testing.assert_close(grad_weight, per_element, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_weight_or_reduction_is_refused(grid_and_data):
+    bins, logits, targets = grid_and_data
+    with pytest.raises(ValueError, match=r"weight has shape \(3,\).*loss's shape \(51,\)"):
+        two_hot_cross_entropy(logits, targets, bins, weight=torch.ones(3), reduction="mean")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        two_hot_cross_entropy(logits, targets, bins, reduction="average")
+
+
+def test_a_second_backward_through_a_retained_graph_gets_the_same_gradient(grid_and_data):
+    # The first backward writes its gradient into the forward's own buffer; a
+    # second one (retain_graph) must not find that buffer already used.
+    bins, logits, targets = grid_and_data
+    for reduction in ("none", "mean"):
+        leaf = logits.clone().requires_grad_()
+        loss = two_hot_cross_entropy(leaf, targets, bins, reduction=reduction).sum()
+        (first,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+        (second,) = torch.autograd.grad(loss, leaf)
+        assert torch.equal(first, second), reduction
+
+
+def test_a_grid_changed_in_place_is_read_afresh():
+    bins = two_hot_bins(255)
+    logits = torch.randn(6, 255, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([-50.0, -1.0, 0.0, 0.5, 7.0, 3e3])
+    two_hot_cross_entropy(logits, targets, bins)  # caches the grid's parts
+    bins.mul_(0.5)
+    torch.testing.assert_close(
+        two_hot_cross_entropy(logits, targets, bins).double(),
+        ref_cross_entropy(logits, targets, bins),
+        rtol=1e-5,
+        atol=1e-5,
+    )

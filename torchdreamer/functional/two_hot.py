@@ -256,7 +256,14 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
         shape: torch.Size | None,
     ) -> torch.Tensor:
         rows = logits.reshape(-1, logits.shape[-1])
-        picked = torch.log_softmax(rows, dim=-1).gather(-1, index)
+        log_probs = torch.log_softmax(rows, dim=-1)
+        picked = log_probs.gather(-1, index)
+        # The first backward writes the gradient into this buffer instead of a
+        # new one: one [M, K] allocation less per step. On CPU a fresh buffer of
+        # this size is often fresh pages from the OS, whose faults cost more
+        # than the softmax itself. (Not under torch.compile, which plans its own
+        # buffers.)
+        ctx.buffer = None if torch.compiler.is_compiling() else log_probs
         ctx.reduced = shape is None
         if torch.is_tensor(row_factor):
             ctx.save_for_backward(logits, index, coefficient, row_factor)
@@ -281,7 +288,13 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
             # One target (the common case) needs no sum of its gradient columns.
             scale = grad_out if grad_out.shape[-1] == 1 else grad_out.sum(-1, keepdim=True)
             two_hot = coefficient * grad_out.unsqueeze(-1)
-        grad = torch.softmax(logits.reshape(-1, logits.shape[-1]), dim=-1).mul_(scale)
+        rows = logits.reshape(-1, logits.shape[-1])
+        buffer, ctx.buffer = ctx.buffer, None  # a second backward (retain_graph) gets a new one
+        if buffer is None:
+            grad = torch.softmax(rows, dim=-1)
+        else:
+            grad = torch.ops.aten._softmax.out(rows, -1, False, out=buffer)
+        grad = grad.mul_(scale)
         grad = grad.scatter_add_(-1, index, two_hot.flatten(1)).view(logits.shape)
         return grad, None, None, None, None
 
