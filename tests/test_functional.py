@@ -10,6 +10,7 @@ import pytest
 import torch
 from reference import ref_bins, ref_cross_entropy, ref_decode, ref_encode
 
+import torchdreamer.functional.two_hot as two_hot_module
 from torchdreamer.functional import (
     symexp,
     symlog,
@@ -35,6 +36,18 @@ def random_targets(n: int, generator: torch.Generator) -> torch.Tensor:
     magnitude = torch.empty(n).uniform_(-4, 10, generator=generator).exp()
     sign = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
     return magnitude * sign
+
+
+@pytest.fixture(params=["log_softmax", "softmax"])
+def forward_form(request, monkeypatch):
+    """Runs a test with each forward form of the cross-entropy, whatever the input size.
+
+    Small inputs keep the log-softmax, large ones the softmax (see
+    ``two_hot.SAVED_SOFTMAX_MIN_ELEMENTS``); both must give the same numbers.
+    """
+    threshold = 0 if request.param == "softmax" else 1 << 62
+    monkeypatch.setattr(two_hot_module, "SAVED_SOFTMAX_MIN_ELEMENTS", threshold)
+    return request.param
 
 
 # ------------------------------------------------------------ symlog, symexp
@@ -118,7 +131,7 @@ def test_encode_matches_official(official):
         )
 
 
-def test_cross_entropy_and_decode_match_official(official):
+def test_cross_entropy_and_decode_match_official(official, forward_form):
     table, cases = official_cases(official)
     bins = torch.tensor(official["bins"]["255"]["bins"])
     targets = torch.tensor(table["targets"])
@@ -168,7 +181,7 @@ def test_encode_matches_plain_reference(grid_and_data):
     torch.testing.assert_close(encoded.sum(-1), torch.ones(len(targets)))
 
 
-def test_cross_entropy_matches_plain_reference(grid_and_data):
+def test_cross_entropy_matches_plain_reference(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     loss = two_hot_cross_entropy(logits, targets, bins)
     torch.testing.assert_close(
@@ -176,7 +189,7 @@ def test_cross_entropy_matches_plain_reference(grid_and_data):
     )
 
 
-def test_cross_entropy_gradient_is_softmax_minus_two_hot(grid_and_data):
+def test_cross_entropy_gradient_is_softmax_minus_two_hot(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     logits = logits.double().requires_grad_()
     upstream = torch.linspace(-2, 3, len(targets), dtype=torch.float64)
@@ -230,7 +243,7 @@ def test_decode_matches_plain_expectation(grid_and_data):
     )
 
 
-def test_half_precision_logits_are_evaluated_in_float32(grid_and_data):
+def test_half_precision_logits_are_evaluated_in_float32(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     low = logits.bfloat16().requires_grad_()
     loss = two_hot_cross_entropy(low, targets, bins)
@@ -265,7 +278,7 @@ def test_errors_name_the_shapes():
         two_hot_decode(torch.zeros(3, 254), bins)
 
 
-def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data):
+def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     second = targets.flip(0)
     logits = logits.double()
@@ -286,7 +299,9 @@ def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_weighted_reduction_in_one_node_matches_plain_reference(grid_and_data, reduction):
+def test_weighted_reduction_in_one_node_matches_plain_reference(
+    grid_and_data, forward_form, reduction
+):
     bins, logits, targets = grid_and_data
     logits = logits[:48].reshape(4, 12, 255).double().requires_grad_()
     targets = targets[:48].reshape(4, 12)
@@ -303,7 +318,7 @@ def test_weighted_reduction_in_one_node_matches_plain_reference(grid_and_data, r
     torch.testing.assert_close(grad, factor[:, None] * dense, rtol=1e-10, atol=1e-12)
 
 
-def test_reduction_without_weight_and_a_weight_that_wants_its_gradient(grid_and_data):
+def test_reduction_without_weight_and_a_weight_that_wants_its_gradient(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     logits = logits.double()
     per_element = ref_cross_entropy(logits, targets, bins)
@@ -323,7 +338,9 @@ def test_bad_weight_or_reduction_is_refused(grid_and_data):
         two_hot_cross_entropy(logits, targets, bins, reduction="average")
 
 
-def test_a_second_backward_through_a_retained_graph_gets_the_same_gradient(grid_and_data):
+def test_a_second_backward_through_a_retained_graph_gets_the_same_gradient(
+    grid_and_data, forward_form
+):
     # The first backward writes its gradient into the forward's own buffer; a
     # second one (retain_graph) must not find that buffer already used.
     bins, logits, targets = grid_and_data
@@ -335,7 +352,7 @@ def test_a_second_backward_through_a_retained_graph_gets_the_same_gradient(grid_
         assert torch.equal(first, second), reduction
 
 
-def test_a_grid_changed_in_place_is_read_afresh():
+def test_a_grid_changed_in_place_is_read_afresh(forward_form):
     bins = two_hot_bins(255)
     logits = torch.randn(6, 255, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([-50.0, -1.0, 0.0, 0.5, 7.0, 3e3])
@@ -347,3 +364,19 @@ def test_a_grid_changed_in_place_is_read_afresh():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_a_critic_sized_batch_takes_the_softmax_form_and_matches_the_reference():
+    generator = torch.Generator().manual_seed(5)
+    bins = two_hot_bins(255)
+    targets = random_targets(300, generator)
+    logits = (torch.randn(300, 255, generator=generator) * 6).requires_grad_()
+    assert logits.numel() >= two_hot_module.SAVED_SOFTMAX_MIN_ELEMENTS
+    upstream = torch.rand(300, generator=generator)
+    loss = two_hot_cross_entropy(logits, targets, bins)
+    (loss * upstream).sum().backward()
+    reference = logits.detach().double().requires_grad_()
+    expected = ref_cross_entropy(reference, targets, bins)
+    (expected * upstream.double()).sum().backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=2e-6)
+    torch.testing.assert_close(logits.grad.double(), reference.grad, rtol=1e-5, atol=1e-7)
