@@ -103,19 +103,20 @@ def _pair_sum(pairs: torch.Tensor) -> torch.Tensor:
 
 
 class _GridParts(NamedTuple):
-    """What the neighbour search reads off a grid: views of it, and the pair offsets."""
+    """What the neighbour search reads off a grid, made once per grid tensor."""
 
     low: torch.Tensor  # bins[0]
     high: torch.Tensor  # bins[-1]
     inner: torch.Tensor  # bins[1:-1]
-    pairs: torch.Tensor  # [K - 1, 2]: (bins[i], bins[i + 1])
-    offsets: torch.Tensor  # [1, 0]: a pair listed as (above, below)
+    signed_pairs: torch.Tensor  # [K - 1, 2]: (-bins[i], bins[i + 1])
+    signs: torch.Tensor  # (1, -1)
+    offsets: torch.Tensor  # (1, 0): a pair listed as (above, below)
     stamp: tuple[int, int]  # (data_ptr, version) of the grid they were made from
 
 
-# Per grid tensor, its parts: five dispatcher calls a loss call does not repeat.
-# On a small batch each costs as much as the arithmetic. Keyed weakly by the
-# tensor itself, and rebuilt if the grid's storage or version changed.
+# Per grid tensor, its parts: several dispatcher calls a loss call does not
+# repeat. On a small batch each costs as much as the arithmetic. Keyed weakly
+# by the tensor itself, and rebuilt if the grid's storage or version changed.
 _GRID_PARTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
@@ -125,8 +126,15 @@ def _grid_parts(bins: torch.Tensor) -> _GridParts:
     parts = None if compiling else _GRID_PARTS.get(bins)
     if parts is None or parts.stamp != stamp:
         last = bins.numel() - 1
-        offsets = torch.arange(1, -1, -1, device=bins.device)
-        parts = _GridParts(bins[0], bins[last], bins[1:last], bins.unfold(0, 2, 1), offsets, stamp)
+        parts = _GridParts(
+            low=bins[0],
+            high=bins[last],
+            inner=bins[1:last],
+            signed_pairs=torch.stack((-bins[:last], bins[1:]), dim=-1),
+            signs=torch.tensor([1, -1], dtype=bins.dtype, device=bins.device),
+            offsets=torch.arange(1, -1, -1, device=bins.device),
+            stamp=stamp,
+        )
         if not compiling:
             _GRID_PARTS[bins] = parts
     return parts
@@ -154,11 +162,13 @@ def _neighbours(target: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor,
     target = target.clamp(grid.low, grid.high).contiguous()
     # Counting the inner bins <= target gives `below` directly in [0, K - 2].
     below = torch.searchsorted(grid.inner, target, right=True)
-    # The pair is listed as (above, below) while the bin values are read in
-    # grid order (below, above): each distance then sits in its weight's slot,
-    # since a bin's weight is the distance to the other bin.
+    # The pair is listed as (above, below) and the distances as
+    # (target - below bin, above bin - target): a bin's weight is the distance
+    # to the *other* bin, so each distance sits in its weight's slot. Written
+    # as -bin + target * sign, one rounding each, as |bin - target| officially.
     index = below.unsqueeze(-1) + grid.offsets
-    distance = grid.pairs[below].sub_(target.unsqueeze(-1)).abs_()
+    pairs = torch.nn.functional.embedding(below, grid.signed_pairs)
+    distance = torch.addcmul(pairs, target.unsqueeze(-1), grid.signs)
     return index, distance.div_(_pair_sum(distance).unsqueeze(-1))
 
 
