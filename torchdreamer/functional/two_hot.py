@@ -244,8 +244,9 @@ def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 #: From this many logits on, the forward keeps the softmax instead of the
-#: log-softmax (see _TwoHotCrossEntropy). Below it, the three extra small
-#: operations it needs cost more than the softmax pass it saves.
+#: log-softmax (see _TwoHotCrossEntropy). Below it, the extra small operations
+#: that form needs cost more than the softmax pass it saves (measured: equal at
+#: 240 x 255 logits, 6 % faster at 960 x 255, 12 % at 15360 x 255).
 SAVED_SOFTMAX_MIN_ELEMENTS = 1 << 16
 
 
@@ -457,9 +458,10 @@ def two_hot_cross_entropy(
     :func:`two_hot_cross_entropies`.
 
     ``weight`` and ``reduction`` give ``(loss * weight).mean()`` (or ``.sum()``)
-    with the same numbers, as one autograd node instead of three: on small
-    batches, where per-operation overhead dominates, that is a tenth of the
-    loss's time.
+    as one autograd node instead of three: on small batches, where
+    per-operation overhead dominates, that saves about a tenth of the loss's
+    time. The result equals the composed form up to float rounding (the
+    weighted terms are summed in another order).
 
     Args:
         logits: Shape ``[..., K]``; float16/bfloat16 are evaluated in float32.
