@@ -9,7 +9,7 @@ expectation of the target distribution equals the target exactly.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -341,7 +341,8 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-_REDUCTIONS = ("none", "mean", "sum")
+#: How a loss's per-element values are reduced, as in ``torch.nn.functional``.
+Reduction = Literal["mean", "sum", "none"]
 
 
 def _cross_entropies(
@@ -351,12 +352,12 @@ def _cross_entropies(
     num_targets: int,
     shape: torch.Size,
     weight: torch.Tensor | None,
-    reduction: str,
+    reduction: Reduction,
 ) -> torch.Tensor:
     """Losses of ``logits [..., K]`` against ``num_targets`` targets per row, in ``shape``."""
     _check_bins(bins, logits.shape[-1])
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
+    if reduction not in get_args(Reduction):
+        raise ValueError(f"reduction must be one of {get_args(Reduction)}, got {reduction!r}.")
     if logits.dtype != torch.float32 and logits.dtype != torch.float64:
         logits = logits.to(_compute_dtype(logits.dtype))
     if bins.dtype != logits.dtype or bins.device != logits.device:
@@ -400,7 +401,7 @@ def two_hot_cross_entropies(
     bins: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: Reduction = "none",
 ) -> torch.Tensor:
     """:func:`two_hot_cross_entropy` of the same logits against several targets at once.
 
@@ -445,7 +446,7 @@ def two_hot_cross_entropy(
     bins: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
-    reduction: str = "none",
+    reduction: Reduction = "none",
 ) -> torch.Tensor:
     """``-sum(two_hot(target) * log_softmax(logits))``, without the dense target.
 

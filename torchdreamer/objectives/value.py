@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -20,6 +20,7 @@ from torchdreamer.functional import (
     two_hot_cross_entropy,
     two_hot_decode,
 )
+from torchdreamer.functional.two_hot import Reduction
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed
 from torchdreamer.objectives._shapes import per_step
@@ -27,9 +28,7 @@ from torchdreamer.objectives._shapes import per_step
 __all__ = ["DreamerV3ValueLoss"]
 
 ValueLossType = Literal["symlog_mse", "two_hot"]
-Reduction = Literal["mean", "sum", "none"]
 _VALUE_LOSSES = ("symlog_mse", "two_hot")
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 def _as_float_gamma(gamma: Any, source: str) -> float:
@@ -205,8 +204,8 @@ class DreamerV3ValueLoss(LossModule):
         require_tensordict_module(value_model, "value_model")
         if value_loss not in _VALUE_LOSSES:
             raise ValueError(f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}.")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}.")
+        if reduction not in get_args(Reduction):
+            raise ValueError(f"reduction must be one of {get_args(Reduction)}, got {reduction!r}.")
         if (
             isinstance(num_value_bins, bool)
             or not isinstance(num_value_bins, int)
