@@ -86,6 +86,30 @@ def test_two_hot_on_time_batches_matches_reference():
     assert "value_mean" not in out.keys()  # logits only: no free decoded value to report
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight_source", ["gamma", "discount_weight"])
+def test_two_hot_gradient_matches_reference(reduction, weight_source):
+    # The weighting and reduction run inside the cross-entropy's autograd node
+    # (from cached gamma powers, or from the actor's discount_weight).
+    logits = torch.randn(3, 5, K, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    td = data((3, 5)).set("logits", logits)
+    weight = gamma_weights(0.9, (3, 5))
+    if weight_source == "discount_weight":
+        weight = torch.rand(3, 5, dtype=torch.float64)
+        td.set("discount_weight", weight.float().unsqueeze(-1))
+    head = TensorDictModule(torch.nn.Identity(), ["logits"], ["state_value_logits"])
+    loss = DreamerV3ValueLoss(head, value_loss="two_hot", gamma=0.9, reduction=reduction)
+    out, _ = loss(td)
+    reference = logits.detach().double().requires_grad_()
+    per_step = ref_cross_entropy(reference, td["lambda_target"].squeeze(-1), BINS) * weight
+    expected = {"mean": per_step.mean(), "sum": per_step.sum(), "none": per_step}[reduction]
+    torch.testing.assert_close(out["loss_value"].double(), expected, rtol=1e-6, atol=1e-6)
+    upstream = torch.rand(expected.shape, dtype=torch.float64)
+    (out["loss_value"] * upstream.float()).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), reference.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_two_hot_reads_logits_from_value_key_and_reports_decoded_value():
     net = critic(K, "state_value_logits")
 
