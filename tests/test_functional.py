@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -366,6 +367,32 @@ def test_a_grid_changed_in_place_is_read_afresh(forward_form):
         ref_cross_entropy(logits, targets, bins),
         rtol=1e-5,
         atol=1e-5,
+    )
+
+
+def test_temporary_grids_leave_nothing_behind():
+    # The per-grid cache is keyed weakly: a grid made per call (or converted to
+    # the logits' dtype per call) must not pile up.
+    before = len(two_hot_module._GRID_PARTS)
+    logits = torch.randn(4, 255, dtype=torch.float64)
+    for _ in range(20):
+        two_hot_cross_entropy(logits.float(), torch.randn(4), two_hot_bins(255))
+        two_hot_cross_entropy(logits, torch.randn(4), two_hot_bins(255))  # float32 grid
+    gc.collect()
+    assert len(two_hot_module._GRID_PARTS) <= before + 1
+
+
+def test_a_grid_made_in_inference_mode_works_in_and_out_of_it():
+    targets = torch.tensor([-3.0, 0.25, 9e9])
+    expected = two_hot_encode(targets, two_hot_bins(255))
+    with torch.inference_mode():
+        bins = two_hot_bins(255)
+        assert torch.equal(two_hot_encode(targets, bins), expected)
+    logits = torch.randn(3, 255, requires_grad=True)
+    loss = two_hot_cross_entropy(logits, targets, bins, reduction="sum")
+    loss.backward()
+    torch.testing.assert_close(
+        loss.double(), ref_cross_entropy(logits.detach(), targets, bins).sum(), rtol=1e-6, atol=1e-6
     )
 
 

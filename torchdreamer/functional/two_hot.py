@@ -117,25 +117,29 @@ class _GridParts(NamedTuple):
 # Per grid tensor, its parts: several dispatcher calls a loss call does not
 # repeat. On a small batch each costs as much as the arithmetic. Keyed weakly
 # by the tensor itself, and rebuilt if the grid's storage or version changed.
+# The parts are copies, not views: a view keeps its base alive, so the entry
+# of a temporary grid would never be dropped.
 _GRID_PARTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
 def _grid_parts(bins: torch.Tensor) -> _GridParts:
-    compiling = torch.compiler.is_compiling()
-    stamp = (0, 0) if compiling else (bins.data_ptr(), bins._version)
-    parts = None if compiling else _GRID_PARTS.get(bins)
+    # Not cached under torch.compile (it traces the parts), nor for inference
+    # tensors, which keep no version counter to tell an in-place change.
+    cached = not torch.compiler.is_compiling() and not bins.is_inference()
+    stamp = (bins.data_ptr(), bins._version) if cached else (0, 0)
+    parts = _GRID_PARTS.get(bins) if cached else None
     if parts is None or parts.stamp != stamp:
         last = bins.numel() - 1
         parts = _GridParts(
-            low=bins[0],
-            high=bins[last],
-            inner=bins[1:last],
+            low=bins[0].clone(),
+            high=bins[last].clone(),
+            inner=bins[1:last].clone(),
             signed_pairs=torch.stack((-bins[:last], bins[1:]), dim=-1),
             signs=torch.tensor([1, -1], dtype=bins.dtype, device=bins.device),
             offsets=torch.arange(1, -1, -1, device=bins.device),
             stamp=stamp,
         )
-        if not compiling:
+        if cached:
             _GRID_PARTS[bins] = parts
     return parts
 
