@@ -331,6 +331,17 @@ def test_reduction_without_weight_and_a_weight_that_wants_its_gradient(grid_and_
     torch.testing.assert_close(grad_weight, per_element, rtol=1e-12, atol=1e-12)
 
 
+def test_reductions_of_an_empty_batch_follow_torch():
+    bins = two_hot_bins(255)
+    for reduction, reduce in (("sum", torch.sum), ("mean", torch.mean)):
+        logits = torch.zeros(0, 255, requires_grad=True)
+        loss = two_hot_cross_entropy(logits, torch.zeros(0), bins, reduction=reduction)
+        expected = reduce(torch.zeros(0))
+        torch.testing.assert_close(loss.detach(), expected, equal_nan=True)  # 0 and NaN
+        loss.backward()
+        assert logits.grad.shape == (0, 255)
+
+
 def test_bad_weight_or_reduction_is_refused(grid_and_data):
     bins, logits, targets = grid_and_data
     with pytest.raises(ValueError, match=r"weight has shape \(3,\).*loss's shape \(51,\)"):

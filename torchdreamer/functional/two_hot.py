@@ -382,13 +382,15 @@ def _cross_entropies(
         targets = targets.detach()
     index, two_hot_weight = _neighbours(targets.reshape(-1, num_targets), bins)
     index = index.flatten(1)
-    if reduction == "none" or (weight is not None and weight.requires_grad):
-        # Per-element losses; a weight that wants its gradient is applied by autograd.
+    count = math.prod(shape)
+    if reduction == "none" or count == 0 or (weight is not None and weight.requires_grad):
+        # Per-element losses; a weight that wants its gradient (or the mean of
+        # nothing, NaN as in torch) is left to autograd.
         loss = _TwoHotCrossEntropy.apply(logits, index, two_hot_weight.neg(), 1.0, shape)
         if weight is not None:
             loss = loss * weight
         return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
-    scale = 1.0 / math.prod(shape) if reduction == "mean" else 1.0
+    scale = 1.0 / count if reduction == "mean" else 1.0
     if weight is None:
         coefficient, row_factor = two_hot_weight.mul(-scale), num_targets * scale
     else:
