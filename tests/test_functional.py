@@ -295,6 +295,16 @@ def test_several_targets_share_one_pass_and_match_one_at_a_time(grid_and_data, f
     (losses * upstream).sum().backward()
     (one * upstream[:, 0] + two * upstream[:, 1]).sum().backward()
     torch.testing.assert_close(together.grad, apart.grad)
+    # Weighted and reduced in the node, against the same done by autograd.
+    weight = torch.tensor([1.0, 0.25], dtype=torch.float64)
+    fused = logits.clone().requires_grad_()
+    stacked = torch.stack([targets, second], -1)
+    total = two_hot_cross_entropies(fused, stacked, bins.double(), weight=weight, reduction="mean")
+    torch.testing.assert_close(total, (losses * weight).mean(), rtol=1e-12, atol=1e-12)
+    total.backward()
+    composed = logits.clone().requires_grad_()
+    (two_hot_cross_entropies(composed, stacked, bins.double()) * weight).mean().backward()
+    torch.testing.assert_close(fused.grad, composed.grad, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="need targets of shape"):
         two_hot_cross_entropies(logits, targets, bins)
 
