@@ -411,9 +411,9 @@ def two_hot_cross_entropies(
 ) -> torch.Tensor:
     """:func:`two_hot_cross_entropy` of the same logits against several targets at once.
 
-    One softmax pass forward and one backward serve all targets, instead of
-    one each: DreamerV3 trains its critic toward the λ-return and toward the
-    slow critic's prediction from the same logits.
+    The softmax passes (one forward, and one backward for small inputs) serve
+    all targets, instead of one set each: DreamerV3 trains its critic toward
+    the λ-return and toward the slow critic's prediction from the same logits.
 
     Args:
         logits: Shape ``[..., K]``.
