@@ -89,3 +89,29 @@ def ref_probs(logits: list[float]) -> list[float]:
 def ref_kl(p_logits: list[float], q_logits: list[float]) -> float:
     p, q = ref_probs(p_logits), ref_probs(q_logits)
     return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
+
+
+#: Unit roundoff of each floating dtype a test may compute in.
+_EPS = {
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+    torch.float32: 2.0**-24,
+    torch.float64: 2.0**-53,
+}
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected, *, scale=None, ulps: float = 64.0):
+    """Compare a computed tensor with a float64 reference at the tolerance of ``actual``'s dtype.
+
+    The allowed error is ``ulps`` unit roundoffs of the dtype that was computed, relative to
+    each expected value and, in absolute terms, to ``scale``: the largest magnitude involved
+    in the computation (by default the largest expected value, at least 1). A float32 result
+    computed on any x86 CPU passes; a wrong formula does not.
+    """
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    eps = _EPS[actual.dtype]
+    if scale is None:
+        scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().double(), expected, rtol=ulps * eps, atol=ulps * eps * scale
+    )
