@@ -45,9 +45,7 @@ def updates_per_second(agent: DreamerAgent, batch, min_time: float) -> float:
 
 def spinner() -> subprocess.Popen:
     """A child process that keeps one CPU busy until it is killed."""
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
-    time.sleep(0.5)  # running, and seen as runnable by the kernel
-    return child
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
 
 
 def threads_for(setting: str) -> int:
@@ -73,6 +71,8 @@ def main() -> None:
             for busy in (False, True):
                 child = spinner() if busy else None
                 try:
+                    if child is not None:
+                        time.sleep(0.5)  # running, and seen as runnable by the kernel
                     threads = threads_for(setting)
                     if not busy:
                         agent.update(batch)  # a warm-up at this thread count
