@@ -4,16 +4,13 @@ and ``torchrun -m torchdreamer train`` runs, logs once, checkpoints every rank a
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from processes import Finished, Processes, free_port
 from test_agent import SMALL, batch_for
-from test_return_scale_distributed import _free_port
 from test_training import read_csv
 
 from torchdreamer.training import PRESETS, Config, DreamerAgent, ModelSize, distributed
@@ -91,33 +88,26 @@ def _rank_main(rank: int, world: int, port: int) -> None:
         distributed.shutdown()
 
 
-def test_two_ranks_stay_bit_identical_for_every_kind_of_agent():
-    context = mp.spawn(_rank_main, args=(2, _free_port()), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):  # re-raises a rank's failure
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2 ranks did not finish within 120 s: a collective hung")
+def test_two_ranks_stay_bit_identical_for_every_kind_of_agent(processes):
+    context = processes.spawn(_rank_main, (2, free_port()), nprocs=2)
+    processes.join(context, "the 2 ranks")  # fails on a hung collective
 
 
 # ------------------------------------------------------------------- torchrun
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--no-progress"]
 
 
-def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def torchrun(processes: Processes, logdir, *args: str) -> Finished:
+    """``torchrun`` of 2 processes on ``torchdreamer``, waited for while it works."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return subprocess.run(
-        [*launcher, f"--nproc-per-node={processes}", "-m", "torchdreamer", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command = [*launcher, "--nproc-per-node=2", "-m", "torchdreamer", *args]
+    return processes.run(command, logdir.parent / "output", watch=[logdir])
 
 
-def test_torchrun_trains_logs_once_and_resumes(tmp_path):
+def test_torchrun_trains_logs_once_and_resumes(processes, tmp_path):
     logdir = tmp_path / "run"
-    first = torchrun("train", "--steps", "240", "--log-every", "40", "--logdir", str(logdir), *TINY)
+    train = ["train", "--steps", "240", "--log-every", "40", "--logdir", str(logdir), *TINY]
+    first = torchrun(processes, logdir, *train)
     assert first.returncode == 0, first.stderr
     # One summary (rank 0's), counting the env steps of both ranks.
     assert first.stdout.count("env steps and") == 1
@@ -134,16 +124,15 @@ def test_torchrun_trains_logs_once_and_resumes(tmp_path):
     replays = [part["replay"]["storage"]["observation"] for part in checkpoint["ranks"]]
     assert len(replays) == 2 and not torch.equal(replays[0], replays[1])
 
-    refused = subprocess.run(
+    refused = processes.run(
         [sys.executable, "-m", "torchdreamer", "train", "--resume", str(logdir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        tmp_path / "output",
     )
     assert refused.returncode == 2
     assert "checkpointed by 2 processes; resume it with as many" in refused.stderr
 
-    second = torchrun("train", "--resume", str(logdir), "--steps", "400", "--no-progress")
+    resume = ["train", "--resume", str(logdir), "--steps", "400", "--no-progress"]
+    second = torchrun(processes, logdir, *resume)
     assert second.returncode == 0, second.stderr
     counters = torch.load(logdir / "checkpoint.pt", weights_only=False)["counters"]
     # Updates start once each rank holds 4 x 16 steps (128 in all), 2 per loop of 8 steps.

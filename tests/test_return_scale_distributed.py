@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from processes import free_port
 
 from torchdreamer import ReturnScale
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, results) -> None:
@@ -25,14 +18,15 @@ def _rank_main(rank: int, world: int, port: int, results) -> None:
         scale = ReturnScale(rate=1.0)
         # Very different returns per rank: a rank-local statistic would differ.
         scale.update(torch.arange(100.0) + 1000.0 * rank)
-        results[rank] = (scale.low.item(), scale.high.item())
+        torch.save((scale.low.item(), scale.high.item()), results / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_percentiles_are_computed_over_all_ranks():
-    results = mp.Manager().dict()
-    mp.spawn(_rank_main, args=(2, _free_port(), results), nprocs=2, join=True)
+def test_percentiles_are_computed_over_all_ranks(processes, tmp_path):
+    context = processes.spawn(_rank_main, (2, free_port(), tmp_path), nprocs=2)
+    processes.join(context, "the 2 ranks")
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     pooled = torch.cat([torch.arange(100.0), torch.arange(100.0) + 1000.0])
     expected = (pooled.quantile(0.05).item(), pooled.quantile(0.95).item())
     assert results[0] == results[1]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec as EnvSpecOfGym
 from torchrl.envs import GymWrapper
 
 __all__ = ["EnvSpec", "ResizeImage", "make_env"]
@@ -118,10 +121,103 @@ def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space)
     )
 
 
+#: Environment families whose simulator is an optional package, by where their
+#: classes live: the package and how to install it.
+_OPTIONAL = {
+    "gymnasium.envs.mujoco": ("mujoco", 'pip install "gymnasium[mujoco]"'),
+    "gymnasium.envs.box2d": ("box2d", 'pip install swig, then pip install "gymnasium[box2d]"'),
+    "gymnasium.envs.phys2d": ("jax", 'pip install "gymnasium[jax]"'),
+    "gymnasium.envs.tabular": ("jax", 'pip install "gymnasium[jax]"'),
+}
+#: Namespaces that a package registers when imported: its module, the package and
+#: how to install it.
+_NAMESPACES = {"ALE": ("ale_py", "ale-py", 'pip install "gymnasium[atari]"')}
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split()).rstrip('.')}"
+
+
+def _close_matches(name: str) -> str:
+    matches = difflib.get_close_matches(name, list(gym.registry), n=3, cutoff=0.8)
+    return f"; close matches: {', '.join(matches)}" if matches else ""
+
+
+def _import_registering(module: str, env_id: str) -> list[str]:
+    """Import the module named in ``module:EnvId``; the ids that importing it registered."""
+    before = set(gym.registry)
+    try:
+        importlib.import_module(module)
+    except Exception as error:
+        raise ValueError(
+            f"environment id {env_id!r}: module {module!r} could not be imported "
+            f"({_one_line(error)}); it must be importable (on sys.path / PYTHONPATH) and "
+            "register the environment with gymnasium.register."
+        ) from error
+    return sorted(set(gym.registry) - before)
+
+
+def _registered(env_id: str) -> EnvSpecOfGym:
+    """The gymnasium spec of ``env_id`` (``EnvId`` or ``module:EnvId``)."""
+    module, _, name = env_id.rpartition(":")
+    added = _import_registering(module, env_id) if module else []
+    namespace = name.split("/")[0] if "/" in name else None
+    if namespace in _NAMESPACES and not any(k.startswith(f"{namespace}/") for k in gym.registry):
+        registrar, package, command = _NAMESPACES[namespace]
+        try:
+            importlib.import_module(registrar)
+        except ImportError as error:
+            raise ValueError(
+                f"environment {env_id!r} needs the {package} package, which is not installed: "
+                f"{command} ({_one_line(error)})."
+            ) from error
+    try:
+        return gym.spec(name)
+    except gym.error.Error as error:
+        found = ""
+        if module:
+            listed = ", ".join(added) if added else "nothing new"
+            found = f" module {module!r} was imported (it registered {listed}) but"
+        hint = "" if "Did you mean" in str(error) else _close_matches(name)
+        raise ValueError(
+            f"unknown environment id {env_id!r}:{found} {_one_line(error)}{hint} (pass a "
+            "registered gymnasium id such as CartPole-v1, or module:EnvId for an environment "
+            "that importing module registers)."
+        ) from None
+
+
+def _missing_dependency(env_id: str, spec: EnvSpecOfGym, error: BaseException) -> ValueError:
+    entry = spec.entry_point
+    where = entry if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
+    for prefix, (package, command) in _OPTIONAL.items():
+        if where.startswith(prefix):
+            return ValueError(
+                f"environment {env_id!r} needs the {package} package, which is not installed: "
+                f"{command} ({_one_line(error)})."
+            )
+    missing = getattr(error, "name", None)  # the module a ModuleNotFoundError looked for
+    if isinstance(error, ModuleNotFoundError) and missing:
+        return ValueError(
+            f"environment {env_id!r} needs the module {missing!r}, which is not installed: "
+            f"install the package that provides it ({_one_line(error)})."
+        )
+    if isinstance(error, gym.error.DependencyNotInstalled):
+        return ValueError(
+            f"environment {env_id!r} needs a package that is not installed ({_one_line(error)})."
+        )
+    return ValueError(f"environment {env_id!r} could not be imported ({_one_line(error)}).")
+
+
 def make_env(
     env_id: str, num_envs: int, seed: int, image_size: int = 64
 ) -> tuple[GymWrapper, EnvSpec]:
     """``num_envs`` copies of ``env_id`` stepped together, and their :class:`EnvSpec`.
+
+    ``env_id`` is a registered gymnasium id (``CartPole-v1``, ``ALE/Pong-v5``
+    once ale-py is installed), or ``module:EnvId``: ``module`` is imported
+    first, so that it registers ``EnvId`` (an environment of your own). An id
+    that is unknown, or whose simulator package is not installed, raises a
+    one-line :class:`ValueError` that says which and what to install.
 
     The copies run in this process (gymnasium's synchronous vector env, which
     is fastest for cheap simulators on a 2-core machine), reset themselves
@@ -135,14 +231,13 @@ def make_env(
         >>> env.batch_size, spec.observation_shape, spec.discrete, spec.action_dim
         (torch.Size([3]), (4,), True, 2)
         >>> env.close()
+        >>> make_env("CartPol-v1", num_envs=1, seed=0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown environment id 'CartPol-v1': ... Did you mean: `CartPole`? (pass ...
+
     """
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as error:
-        raise ValueError(
-            f"unknown environment id {env_id!r} ({error}); pass a registered gymnasium id "
-            "such as CartPole-v1 or Pendulum-v1."
-        ) from None
+    gym_spec = _registered(env_id)
 
     def fit(env: gym.Env) -> gym.Env:
         space = env.observation_space
@@ -150,13 +245,16 @@ def make_env(
             return ResizeImage(env, image_size)
         return env
 
-    vector = gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-        wrappers=[fit],
-    )
+    try:
+        vector = gym.make_vec(
+            gym_spec,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            wrappers=[fit],
+        )
+    except (gym.error.DependencyNotInstalled, ImportError) as error:
+        raise _missing_dependency(env_id, gym_spec, error) from error
     spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
     env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)
