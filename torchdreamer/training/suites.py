@@ -142,7 +142,6 @@ class AtariEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
-    NOOP = 0
 
     def __init__(
         self,
@@ -178,6 +177,7 @@ class AtariEnv(gym.Env):
         self.game = game
         self.repeat, self.size, self.gray, self.noops = repeat, _pair(size), gray, noops
         self.sticky, self.length, self.pooling = sticky, length, pooling
+        self._noop = ale_py.Action.NOOP
         self.ale = ale_py.ALEInterface()
         self.ale.setLoggerMode(ale_py.LoggerMode.Error)
         self._load(seed)
@@ -205,7 +205,7 @@ class AtariEnv(gym.Env):
             self._load(seed)
         self.ale.reset_game()
         for _ in range(int(self._rng.integers(self.noops + 1))):
-            self.ale.act(self.NOOP)
+            self.ale.act(self._noop)
             if self.ale.game_over():
                 self.ale.reset_game()
         self._render()
