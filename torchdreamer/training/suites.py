@@ -33,6 +33,7 @@ __all__ = [
     "AtariEnv",
     "CrafterEnv",
     "DMCEnv",
+    "is_suite_id",
     "make_suite_env",
 ]
 
@@ -48,27 +49,18 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 """The official model sizes: RSSM ``deter``/``hidden``/``classes`` (``stoch`` stays 32), the
 CNN ``depth`` and the MLP ``units``. The official defaults are ``size200m``."""
 
+_PRESET_FIELDS = (
+    "task", "steps", "envs", "train_ratio", "model_size", "repeat", "image_size", "obs"
+)
 SUITE_PRESETS: dict[str, dict[str, object]] = {
-    "atari100k": {
-        "task": "atari100k:pong", "steps": 110_000, "envs": 1, "train_ratio": 256,
-        "model_size": "size200m", "repeat": 4, "image_size": 64, "obs": "image",
-    },
-    "atari": {
-        "task": "atari:pong", "steps": 51_000_000, "envs": 16, "train_ratio": 32,
-        "model_size": "size200m", "repeat": 4, "image_size": 96, "obs": "image",
-    },
-    "crafter": {
-        "task": "crafter", "steps": 1_100_000, "envs": 1, "train_ratio": 512,
-        "model_size": "size200m", "repeat": 1, "image_size": 64, "obs": "image",
-    },
-    "dmc_proprio": {
-        "task": "dmc:walker_walk", "steps": 1_100_000, "envs": 16, "train_ratio": 1024,
-        "model_size": "size1m", "repeat": 1, "image_size": 64, "obs": "proprio",
-    },
-    "dmc_vision": {
-        "task": "dmc:walker_walk", "steps": 1_100_000, "envs": 16, "train_ratio": 256,
-        "model_size": "size200m", "repeat": 1, "image_size": 64, "obs": "image",
-    },
+    name: dict(zip(_PRESET_FIELDS, row, strict=True))
+    for name, row in {
+        "atari100k": ("atari100k:pong", 110_000, 1, 256, "size200m", 4, 64, "image"),
+        "atari": ("atari:pong", 51_000_000, 16, 32, "size200m", 4, 96, "image"),
+        "crafter": ("crafter", 1_100_000, 1, 512, "size200m", 1, 64, "image"),
+        "dmc_proprio": ("dmc:walker_walk", 1_100_000, 16, 1024, "size1m", 1, 64, "proprio"),
+        "dmc_vision": ("dmc:walker_walk", 1_100_000, 16, 256, "size200m", 1, 64, "image"),
+    }.items()
 }
 """The official per-suite presets (``dreamerv3/configs.yaml``): ``steps`` counts agent steps
 over all environments (each one ``repeat`` simulator steps), ``envs`` environments step
@@ -462,6 +454,21 @@ class CrafterEnv(gym.Env):
         return image, float(reward), terminated, bool(done and not terminated), {}
 
 
+_SUITES = ("atari100k", "atari", "dmc", "crafter")
+
+
+def is_suite_id(env_id: str) -> bool:
+    """Whether :func:`make_suite_env` builds ``env_id`` (its prefix names a suite).
+
+    Examples:
+        >>> from torchdreamer.training.suites import is_suite_id
+        >>> is_suite_id("atari100k:pong"), is_suite_id("crafter"), is_suite_id("CartPole-v1")
+        (True, True, False)
+
+    """
+    return env_id.partition(":")[0] in _SUITES
+
+
 def make_suite_env(
     env_id: str, seed: int | None = None, image_size: int | None = None, obs: str = "auto"
 ) -> gym.Env | None:
@@ -485,9 +492,9 @@ def make_suite_env(
         (24,)
 
     """
-    suite, _, name = env_id.partition(":")
-    if suite not in ("atari100k", "atari", "dmc", "crafter"):
+    if not is_suite_id(env_id):
         return None
+    suite, _, name = env_id.partition(":")
     if obs not in ("auto", "proprio", "image", "both"):
         raise ValueError(f"obs must be 'auto', 'proprio' or 'image'; got {obs!r}")
     if suite != "dmc" and obs not in ("auto", "image"):
