@@ -120,7 +120,7 @@ def test_atari100k_matches_the_raw_ale(ale_py):
     assert env.action_space == gym.spaces.Discrete(len(minimal)) and env.action_set == minimal
     assert env.ale.getFloat("repeat_action_probability") == 0.0
 
-    obs, _ = env.reset(seed=3)
+    obs, _ = env.reset()  # the constructor's seed: ALE loads the game once
     noops = env.ale.getEpisodeFrameNumber()
     ale.reset_game()
     noops -= ale.getEpisodeFrameNumber()

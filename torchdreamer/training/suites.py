@@ -185,7 +185,8 @@ class AtariEnv(gym.Env):
         self._frames = 0
 
     def _load(self, seed: int | None) -> None:
-        # ALE reads its seed and the repeat-action probability when the ROM is loaded.
+        # ALE reads its seed and the repeat-action probability when the ROM is loaded; set
+        # after loading (as the official code does) the probability stays ALE's 0.25.
         self._rng = np.random.default_rng(seed)
         self.ale.setInt("random_seed", int(self._rng.integers(0, 2**31)))
         self.ale.setFloat("repeat_action_probability", 0.25 if self.sticky else 0.0)
