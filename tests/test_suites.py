@@ -363,3 +363,16 @@ def test_suites_roll_out_through_torchrl(env_id, module):
         assert rollout["next", "reward"].shape == (2, 5, 1)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "env_id, obs, module",
+    [("atari100k:pong", "auto", "ale_py"), ("dmc:cartpole_swingup", "proprio", "dm_control"),
+     ("dmc:cartpole_swingup", "image", "dm_control"), ("crafter", "auto", "crafter")],
+)
+def test_suites_pass_gymnasiums_env_checker(env_id, obs, module):
+    # spaces hold what reset/step return, and a seeded reset repeats itself
+    pytest.importorskip(module)
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(make_suite_env(env_id, seed=0, obs=obs), skip_render_check=True)
