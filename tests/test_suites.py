@@ -1,0 +1,378 @@
+"""The suite adapters against their suites' raw output (ALE, dm_control, crafter).
+
+Each reference below drives the suite's own package directly and applies the official
+DreamerV3 preprocessing written out plainly here. The suite tests are collected only where
+the suite's extra is installed (``pip install -e ".[all]"``); without it they are skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from torchdreamer.training import suites
+from torchdreamer.training.suites import SUITE_PRESETS, make_suite_env
+
+
+def test_plain_ids_are_not_suites():
+    assert make_suite_env("CartPole-v1", seed=0) is None
+    assert make_suite_env("Pendulum-v1", seed=0, image_size=64) is None
+
+
+@pytest.mark.parametrize(
+    "env_id, obs, message",
+    [
+        ("atari100k:", "auto", "names no task"),
+        ("dmc:", "auto", "names no task"),
+        ("crafter:other", "auto", "one task"),
+        ("atari:pong", "proprio", "only image"),
+        ("dmc:walker_walk", "vector", "obs must be"),
+    ],
+)
+def test_bad_ids_and_options_are_refused(env_id, obs, message):
+    with pytest.raises(ValueError, match=message):
+        make_suite_env(env_id, seed=0, obs=obs)
+
+
+@pytest.mark.parametrize(
+    "env_id, module, extra",
+    [("atari100k:pong", "ale_py", "atari"), ("dmc:walker_walk", "dm_control", "dmc"),
+     ("crafter", "crafter", "crafter")],
+)
+def test_a_missing_package_names_its_extra(env_id, module, extra, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(ImportError, match=rf"torchdreamer\[{extra}\]"):
+        make_suite_env(env_id, seed=0)
+
+
+def test_presets_are_the_official_configs():
+    # dreamerv3/configs.yaml: the atari100k, crafter, dmc_proprio and dmc_vision blocks.
+    expected = {
+        "atari100k": (110_000, 1, 256, "size200m", 4),
+        "crafter": (1_100_000, 1, 512, "size200m", 1),
+        "dmc_proprio": (1_100_000, 16, 1024, "size1m", 1),
+        "dmc_vision": (1_100_000, 16, 256, "size200m", 1),
+        "atari": (51_000_000, 16, 32, "size200m", 4),
+    }
+    for name, values in expected.items():
+        preset = SUITE_PRESETS[name]
+        keys = ("steps", "envs", "train_ratio", "model_size", "repeat")
+        assert tuple(preset[k] for k in keys) == values, name
+        assert preset["model_size"] in suites.MODEL_SIZES
+    assert suites.MODEL_SIZES["size1m"] == {
+        "deter": 512, "hidden": 64, "classes": 4, "depth": 4, "units": 64
+    }
+
+
+# --- Atari ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ale_py():
+    return pytest.importorskip("ale_py")
+
+
+def raw_ale(ale_py, game, sticky=0.0, seed=0):
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.setInt("random_seed", seed)
+    ale.setFloat("repeat_action_probability", sticky)
+    ale.loadROM(str(ale_py.roms.get_rom_path(game)))
+    return ale
+
+
+def pillow_resize(frame, size):
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def reference_atari_rollout(ale, action_set, actions, noops, repeat=4, size=(64, 64)):
+    """Plain DreamerV3 Atari preprocessing on the raw ALE: observations, rewards, and on how
+    many steps the max-pool of the last two screens differs from the last screen."""
+    import ale_py
+
+    ale.reset_game()
+    for _ in range(noops):
+        ale.act(ale_py.Action.NOOP)
+    frame = ale.getScreenRGB()
+    observations, rewards, pool_differs = [pillow_resize(frame, size)], [], 0
+    for a in actions:
+        total, screens = 0.0, []
+        for _ in range(repeat):
+            total += ale.act(action_set[a])
+            screens.append(ale.getScreenRGB())
+        pooled = np.maximum(screens[-2], screens[-1])
+        pool_differs += int((pooled != screens[-1]).any())
+        observations.append(pillow_resize(pooled, size))
+        rewards.append(total)
+    return observations, rewards, pool_differs
+
+
+def test_atari100k_matches_the_raw_ale(ale_py):
+    env = make_suite_env("atari100k:pong", seed=3)
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    ale = raw_ale(ale_py, "pong")
+    minimal = list(ale.getMinimalActionSet())
+    assert env.action_space == gym.spaces.Discrete(len(minimal)) and env.action_set == minimal
+    assert env.ale.getFloat("repeat_action_probability") == 0.0
+
+    obs, _ = env.reset()  # the constructor's seed: ALE loads the game once
+    noops = env.ale.getEpisodeFrameNumber()
+    ale.reset_game()
+    noops -= ale.getEpisodeFrameNumber()
+    assert 0 <= noops <= 30
+
+    actions = np.random.default_rng(0).integers(len(minimal), size=300)
+    expected_obs, expected_rewards, pool_differs = reference_atari_rollout(
+        ale, minimal, actions, noops
+    )
+    assert obs.dtype == np.uint8 and obs.shape == (64, 64, 3)
+    np.testing.assert_array_equal(obs, expected_obs[0])
+    rewards = []
+    for t, a in enumerate(actions):
+        obs, reward, terminated, truncated, _ = env.step(a)
+        assert not (terminated or truncated)
+        np.testing.assert_array_equal(obs, expected_obs[t + 1], err_msg=f"step {t}")
+        rewards.append(reward)
+    assert rewards == expected_rewards
+    assert any(r != 0 for r in rewards)  # the summed rewards were checked on real points
+    assert pool_differs > 0  # and the max-pool on frames where the last two differ
+
+
+def test_atari_noops_are_seeded_and_vary(ale_py):
+    env = suites.AtariEnv("breakout", seed=0)
+    base = raw_ale(ale_py, "breakout")
+    base.reset_game()
+    start = base.getEpisodeFrameNumber()
+
+    def noops(seed):
+        env.reset(seed=seed)
+        return env.ale.getEpisodeFrameNumber() - start
+
+    counts = [noops(seed) for seed in range(8)]
+    assert all(0 <= c <= 30 for c in counts)
+    assert len(set(counts)) > 1
+    assert [noops(seed) for seed in range(8)] == counts
+    env0 = suites.AtariEnv("breakout", noops=0)
+    env0.reset(seed=1)
+    assert env0.ale.getEpisodeFrameNumber() == start
+
+
+def test_full_atari_settings(ale_py):
+    env = make_suite_env("atari:breakout", seed=0)
+    assert env.observation_space == gym.spaces.Box(0, 255, (96, 96, 1), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(18)
+    assert env.action_set == list(env.ale.getLegalActionSet())
+    assert env.ale.getFloat("repeat_action_probability") == 0.25
+
+    # Grey conversion: 0.299 R + 0.587 G + 0.114 B of the resized pooled frame, truncated.
+    grey = suites.AtariEnv("breakout", size=96, gray=True, noops=0, seed=0)
+    ale = raw_ale(ale_py, "breakout")
+    actions = np.random.default_rng(1).integers(4, size=40)
+    expected, _, _ = reference_atari_rollout(
+        ale, list(ale.getMinimalActionSet()), actions, 0, size=(96, 96)
+    )
+    # (the blue weight as the official code writes it: truncation to uint8 sees its last bit)
+    weights = np.array([0.299, 0.587, 1 - (0.299 + 0.587)])
+    observations = [grey.reset(seed=0)[0]] + [grey.step(a)[0] for a in actions]
+    for obs, rgb in zip(observations, expected, strict=True):
+        assert obs.shape == (96, 96, 1) and obs.dtype == np.uint8
+        np.testing.assert_array_equal(obs[..., 0], (rgb * weights).sum(-1).astype(np.uint8))
+
+    # Sticky actions act: the same actions give other screens than without them.
+    sticky = suites.AtariEnv("breakout", noops=0, sticky=True, seed=0)
+    plain = suites.AtariEnv("breakout", noops=0, sticky=False, seed=0)
+    sticky.reset(seed=0)
+    plain.reset(seed=0)
+    actions = np.random.default_rng(2).integers(4, size=200)
+    differ = [not np.array_equal(sticky.step(a)[0], plain.step(a)[0]) for a in actions]
+    assert any(differ)
+
+
+def test_atari_time_limit_truncates(ale_py):
+    env = suites.AtariEnv("pong", length=40, seed=0)
+    env.reset()
+    ends = [env.step(0)[2:4] for _ in range(10)]
+    assert ends[:-1] == [(False, False)] * 9 and ends[-1] == (False, True)
+    with pytest.raises(ValueError, match="not in Discrete"):
+        env.step(6)
+    with pytest.raises(ValueError, match="unknown Atari game"):
+        suites.AtariEnv("not_a_game")
+
+
+# --- DMC --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dm_suite():
+    pytest.importorskip("dm_control")
+    return suites._import_dm_control_suite()
+
+
+@pytest.mark.parametrize("task", ["walker_walk", "cartpole_swingup", "cup_catch"])
+def test_dmc_proprio_flattens_the_raw_readings_in_sorted_order(dm_suite, task):
+    env = make_suite_env(f"dmc:{task}", seed=7)
+    domain, name = task.split("_", 1)
+    raw = dm_suite.load({"cup": "ball_in_cup"}.get(domain, domain), name,
+                        task_kwargs={"random": 7})
+    assert env.action_space == gym.spaces.Box(-1, 1, raw.action_spec().shape, np.float32)
+
+    def flat(time_step):
+        readings = time_step.observation
+        return np.concatenate(
+            [np.asarray(readings[k], np.float64).reshape(-1) for k in sorted(readings)]
+        )
+
+    obs, _ = env.reset(seed=7)
+    expected = flat(raw.reset())
+    assert obs.dtype == np.float32 and env.observation_space.shape == expected.shape
+    np.testing.assert_array_equal(obs, expected.astype(np.float32))
+    for action in np.random.default_rng(0).uniform(-1, 1, (20, *env.action_space.shape)):
+        obs, reward, terminated, truncated, _ = env.step(action)
+        step = raw.step(action)  # this suite's bounds are [-1, 1]
+        np.testing.assert_array_equal(obs, flat(step).astype(np.float32))
+        assert reward == step.reward and not (terminated or truncated)
+
+
+def test_dmc_action_repeat_sums_rewards_and_time_limit_truncates(dm_suite):
+    env = suites.DMCEnv("cartpole_balance", repeat=2, seed=1)
+    raw = dm_suite.load("cartpole", "balance", task_kwargs={"random": 1})
+    env.reset(seed=1)
+    raw.reset()
+    actions = np.random.default_rng(0).uniform(-1, 1, (500, 1))
+    for t, action in enumerate(actions):
+        obs, reward, terminated, truncated, _ = env.step(action)
+        first, second = raw.step(action), raw.step(action)
+        assert reward == first.reward + second.reward
+        assert reward > 0
+        np.testing.assert_array_equal(obs, np.concatenate(
+            [second.observation["position"], second.observation["velocity"]]
+        ).astype(np.float32))
+        # the suite's limit is 1000 simulator steps, 500 agent steps here
+        assert (terminated, truncated) == (False, t == 499)
+
+
+def test_dmc_maps_actions_onto_the_task_bounds(dm_suite):
+    env = suites.DMCEnv("cartpole_balance", seed=0)
+    env._low, env._high = np.array([-0.5]), np.array([0.5])  # a task with narrower bounds
+    sent, step = [], env._env.step
+    env._env.step = lambda action: (sent.append(action), step(action))[1]
+    env.reset(seed=None)
+    env.step(np.array([1.0]))
+    env.step(np.array([-3.0]))  # outside [-1, 1]: clipped first
+    env.step(np.array([0.0]))
+    np.testing.assert_allclose(np.concatenate(sent), [0.5, -0.5, 0.0])
+    with pytest.raises(ValueError, match="finite array of shape"):
+        env.step(np.array([np.nan]))
+
+
+def test_dmc_image_is_the_official_camera_render(dm_suite):
+    env = make_suite_env("dmc:walker_walk", seed=2, obs="image")
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert env.camera == 0
+    raw = dm_suite.load("walker", "walk", task_kwargs={"random": 2})
+    obs, _ = env.reset(seed=2)
+    raw.reset()
+    np.testing.assert_array_equal(obs, raw.physics.render(64, 64, camera_id=0))
+    action = np.full(env.action_space.shape, 0.3)
+    obs, *_ = env.step(action)
+    raw.step(action)
+    assert obs.dtype == np.uint8 and obs.shape == (64, 64, 3) and obs.std() > 0
+    np.testing.assert_array_equal(obs, raw.physics.render(64, 64, camera_id=0))
+    assert suites.DMCEnv("quadruped_walk", obs="image", size=32).camera == 2
+
+
+def test_dmc_refuses_both_and_bad_backends(dm_suite, monkeypatch):
+    with pytest.raises(ValueError, match="dict observations"):
+        make_suite_env("dmc:walker_walk", seed=0, obs="both")
+    with pytest.raises(ValueError, match="unknown DMC task"):
+        make_suite_env("dmc:walker_fly", seed=0)
+    monkeypatch.setenv("MUJOCO_GL", "vulkan")
+    with pytest.raises(ValueError, match="MUJOCO_GL='vulkan'.*egl.*osmesa"):
+        make_suite_env("dmc:walker_walk", seed=0)
+    message = suites._render_help("osmesa", AttributeError("no glGetError"))
+    assert "libosmesa6" in message and "MUJOCO_GL=egl" in message
+
+
+# --- Crafter ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crafter():
+    return pytest.importorskip("crafter")
+
+
+def test_crafter_matches_the_raw_game(crafter):
+    env = make_suite_env("crafter", seed=4)
+    assert env.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert env.action_space == gym.spaces.Discrete(17)
+    raw = crafter.Env(size=(64, 64), reward=True, seed=4)
+    obs, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(obs, raw.reset())  # the seeded first world
+    # Crafter's later steps are not reproducible between two games of one seed (creatures
+    # move differently), so each step is compared with what the wrapped game returned.
+    returned, step = [], env._env.step
+    env._env.step = lambda action: returned.append(step(action)) or returned[-1]
+    rewards = []
+    for action in np.random.default_rng(0).integers(17, size=400):
+        obs, reward, terminated, truncated, _ = env.step(action)
+        image, expected, done, info = returned[-1]
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+        np.testing.assert_array_equal(obs, image)
+        assert reward == expected and terminated == (done and info["discount"] == 0)
+        assert truncated == (done and info["discount"] != 0)
+        rewards.append(reward)
+        if done:
+            break
+    assert any(r != 0 for r in rewards)
+
+
+def test_crafter_episode_length_truncates(crafter):
+    env = suites.CrafterEnv(length=25, seed=0)
+    env.reset()
+    ends = [env.step(0)[2:4] for _ in range(25)]  # noop: no death within 25 steps
+    assert ends[:-1] == [(False, False)] * 24 and ends[-1] == (False, True)
+    assert suites.CrafterEnv(seed=0)._env._length == 10_000
+
+
+# --- TorchRL ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env_id, module", [("atari100k:pong", "ale_py"), ("dmc:cartpole_swingup", "dm_control"),
+                       ("crafter", "crafter")],
+)
+def test_suites_roll_out_through_torchrl(env_id, module):
+    pytest.importorskip(module)
+    from torchrl.envs import GymWrapper
+
+    vector = gym.vector.SyncVectorEnv(
+        [lambda i=i: make_suite_env(env_id, seed=i) for i in range(2)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    env = GymWrapper(vector, device="cpu")
+    try:
+        env.set_seed(0)
+        rollout = env.rollout(5)
+        shape = vector.single_observation_space.shape
+        assert rollout["observation"].shape == (2, 5, *shape)
+        assert rollout["next", "reward"].shape == (2, 5, 1)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "env_id, obs, module",
+    [("atari100k:pong", "auto", "ale_py"), ("dmc:cartpole_swingup", "proprio", "dm_control"),
+     ("dmc:cartpole_swingup", "image", "dm_control"), ("crafter", "auto", "crafter")],
+)
+def test_suites_pass_gymnasiums_env_checker(env_id, obs, module):
+    # spaces hold what reset/step return, and a seeded reset repeats itself
+    pytest.importorskip(module)
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(make_suite_env(env_id, seed=0, obs=obs), skip_render_check=True)
