@@ -342,27 +342,42 @@ def test_crafter_episode_length_truncates(crafter):
 # --- TorchRL ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "env_id, module", [("atari100k:pong", "ale_py"), ("dmc:cartpole_swingup", "dm_control"),
-                       ("crafter", "crafter")],
-)
-def test_suites_roll_out_through_torchrl(env_id, module):
-    pytest.importorskip(module)
-    from torchrl.envs import GymWrapper
+_SUITES = [
+    ("atari100k:pong", "auto", "ale_py"),
+    ("dmc:cartpole_swingup", "proprio", "dm_control"),
+    ("dmc:cartpole_swingup", "image", "dm_control"),
+    ("crafter", "auto", "crafter"),
+]
 
-    vector = gym.vector.SyncVectorEnv(
-        [lambda i=i: make_suite_env(env_id, seed=i) for i in range(2)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    env = GymWrapper(vector, device="cpu")
+
+@pytest.mark.parametrize("env_id, obs, module", _SUITES)
+def test_make_env_batches_suites_for_torchrl(env_id, obs, module):
+    pytest.importorskip(module)
+    from torchdreamer.training.envs import make_env
+
+    env, spec = make_env(env_id, num_envs=2, seed=0, obs=obs)
     try:
-        env.set_seed(0)
         rollout = env.rollout(5)
-        shape = vector.single_observation_space.shape
-        assert rollout["observation"].shape == (2, 5, *shape)
+        assert rollout["observation"].shape == (2, 5, *spec.observation_shape)
         assert rollout["next", "reward"].shape == (2, 5, 1)
+        assert spec.discrete == (not env_id.startswith("dmc:"))
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("env_id, obs, module", [s for s in _SUITES if s[1] != "image"])
+def test_a_short_training_run_on_each_suite(env_id, obs, module, tmp_path):
+    pytest.importorskip(module)
+    from torchdreamer.training import Config
+    from torchdreamer.training.loop import train
+
+    config = Config(
+        env=env_id, steps=32, num_envs=2, batch_size=2, batch_length=8, train_ratio=4,
+        imagination_horizon=3, replay_capacity=1024,
+    )
+    summary = train(config, tmp_path / "run", progress=False)
+    assert (summary.env_step, summary.updates) == (32, 4)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec as EnvSpecOfGym
 from torchrl.envs import GymWrapper
+
+from torchdreamer.training.suites import is_suite_id, make_suite_env
 
 __all__ = ["EnvSpec", "ResizeImage", "make_env"]
 
@@ -208,13 +212,52 @@ def _missing_dependency(env_id: str, spec: EnvSpecOfGym, error: BaseException) -
     return ValueError(f"environment {env_id!r} could not be imported ({_one_line(error)}).")
 
 
+def _fit(image_size: int) -> Callable[[gym.Env], gym.Env]:
+    """A wrapper that resizes image observations of another size to ``image_size``."""
+
+    def fit(env: gym.Env) -> gym.Env:
+        space = env.observation_space
+        if _is_image(space) and tuple(space.shape[:2]) != (image_size, image_size):
+            return ResizeImage(env, image_size)
+        return env
+
+    return fit
+
+
+def _gym_vector(env_id: str, num_envs: int, image_size: int) -> gym.vector.VectorEnv:
+    gym_spec = _registered(env_id)
+    try:
+        return gym.make_vec(
+            gym_spec,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            wrappers=[_fit(image_size)],
+        )
+    except (gym.error.DependencyNotInstalled, ImportError) as error:
+        raise _missing_dependency(env_id, gym_spec, error) from error
+
+
+def _suite_vector(
+    env_id: str, num_envs: int, seed: int, image_size: int, obs: str
+) -> gym.vector.VectorEnv:
+    makers = [partial(make_suite_env, env_id, seed + i, image_size, obs) for i in range(num_envs)]
+    try:
+        return gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    except ImportError as error:  # the suite's package: the message names its extra
+        raise ValueError(str(error)) from error
+
+
 def make_env(
-    env_id: str, num_envs: int, seed: int, image_size: int = 64
+    env_id: str, num_envs: int, seed: int, image_size: int = 64, obs: str = "auto"
 ) -> tuple[GymWrapper, EnvSpec]:
     """``num_envs`` copies of ``env_id`` stepped together, and their :class:`EnvSpec`.
 
     ``env_id`` is a registered gymnasium id (``CartPole-v1``, ``ALE/Pong-v5``
-    once ale-py is installed), or ``module:EnvId``: ``module`` is imported
+    once ale-py is installed), a benchmark-suite id with the official
+    preprocessing (``atari100k:pong``, ``atari:pong``, ``dmc:walker_walk``,
+    ``crafter``: :mod:`torchdreamer.training.suites`; ``obs`` picks DMC's
+    ``"proprio"`` or ``"image"`` observations), or ``module:EnvId``: ``module`` is imported
     first, so that it registers ``EnvId`` (an environment of your own). An id
     that is unknown, or whose simulator package is not installed, raises a
     one-line :class:`ValueError` that says which and what to install.
@@ -237,24 +280,10 @@ def make_env(
         ValueError: unknown environment id 'CartPol-v1': ... Did you mean: `CartPole`? (pass ...
 
     """
-    gym_spec = _registered(env_id)
-
-    def fit(env: gym.Env) -> gym.Env:
-        space = env.observation_space
-        if _is_image(space) and tuple(space.shape[:2]) != (image_size, image_size):
-            return ResizeImage(env, image_size)
-        return env
-
-    try:
-        vector = gym.make_vec(
-            gym_spec,
-            num_envs=num_envs,
-            vectorization_mode="sync",
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-            wrappers=[fit],
-        )
-    except (gym.error.DependencyNotInstalled, ImportError) as error:
-        raise _missing_dependency(env_id, gym_spec, error) from error
+    if is_suite_id(env_id):
+        vector = _suite_vector(env_id, num_envs, seed, image_size, obs)
+    else:
+        vector = _gym_vector(env_id, num_envs, image_size)
     spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
     env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)
