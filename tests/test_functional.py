@@ -57,13 +57,12 @@ def random_targets(n: int, generator: torch.Generator) -> torch.Tensor:
 def forward_form(request, monkeypatch):
     """Runs a test with each form of the cross-entropy, whatever the input size.
 
-    The plain form of ``two_hot.py`` (what ``torch.compile`` traces) and the two
-    forward forms of the fused node eager mode uses: small inputs keep the
-    log-softmax, large ones the softmax (``_fused.SAVED_SOFTMAX_MIN_ELEMENTS``).
-    All must give the same numbers.
+    The plain form of ``two_hot.py`` and the two forward forms of the fused node
+    the losses run: small inputs keep the log-softmax, large ones the softmax
+    (``_fused.SAVED_SOFTMAX_MIN_ELEMENTS``). All must give the same numbers.
     """
     if request.param == "plain":
-        monkeypatch.setattr(fused_module, "applies", lambda: False)
+        monkeypatch.setattr(fused_module, "ENABLED", False)
     else:
         threshold = 0 if request.param == "fused_softmax" else 1 << 62
         monkeypatch.setattr(fused_module, "SAVED_SOFTMAX_MIN_ELEMENTS", threshold)

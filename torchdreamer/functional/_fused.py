@@ -1,4 +1,4 @@
-"""The two-hot cross-entropy as one custom autograd node, for eager mode.
+"""The two-hot cross-entropy as one custom autograd node.
 
 It computes the numbers of the plain form in :mod:`torchdreamer.functional.two_hot`
 (the same neighbour rule and rounding per element) with fewer operator calls
@@ -22,9 +22,9 @@ from torch.utils.weak import WeakTensorKeyDictionary
 SAVED_SOFTMAX_MIN_ELEMENTS = 1 << 16
 
 
-def applies() -> bool:
-    """Whether the fused node is used: in eager mode. A compiler traces the plain form."""
-    return not torch.compiler.is_compiling()
+#: Whether ``two_hot``'s cross-entropies run this node (eager and compiled);
+#: False runs their plain form, which the tests also check.
+ENABLED = True
 
 
 class _GridParts(NamedTuple):
@@ -46,8 +46,9 @@ _GRID_PARTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
 def _grid_parts(bins: torch.Tensor) -> _GridParts:
-    # Inference tensors keep no version counter to tell an in-place change.
-    cached = not bins.is_inference()
+    # Not cached under torch.compile (it traces the parts), nor for inference
+    # tensors, which keep no version counter to tell an in-place change.
+    cached = not torch.compiler.is_compiling() and not bins.is_inference()
     stamp = (bins.data_ptr(), bins._version) if cached else (0, 0)
     parts = _GRID_PARTS.get(bins) if cached else None
     if parts is None or parts.stamp != stamp:
@@ -112,6 +113,9 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
       log-probabilities come from the logits: ``(x - max) - log(sum)``, the
       official formula, with ``log(sum) = -log(max softmax)`` since the largest
       entry is ``exp(0) / sum``.
+
+    Under ``torch.compile`` the small-input form is traced and the buffers are
+    the compiler's.
     """
 
     @staticmethod
@@ -124,7 +128,8 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
         shape: torch.Size | None,
     ) -> torch.Tensor:
         rows = logits.reshape(-1, logits.shape[-1])
-        ctx.holds_softmax = rows.numel() >= SAVED_SOFTMAX_MIN_ELEMENTS
+        compiling = torch.compiler.is_compiling()
+        ctx.holds_softmax = not compiling and rows.numel() >= SAVED_SOFTMAX_MIN_ELEMENTS
         if ctx.holds_softmax:
             buffer = torch.softmax(rows, dim=-1)
             picked = rows.gather(-1, index).sub_(rows.amax(-1, keepdim=True))
@@ -132,7 +137,7 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
         else:
             buffer = torch.log_softmax(rows, dim=-1)
             picked = buffer.gather(-1, index)
-        ctx.buffer = buffer
+        ctx.buffer = None if compiling else buffer
         ctx.reduced = shape is None
         if torch.is_tensor(row_factor):
             ctx.save_for_backward(logits, index, coefficient, row_factor)

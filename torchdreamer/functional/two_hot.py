@@ -5,10 +5,10 @@ fixed, exponentially spaced grid of raw values. A scalar target is spread over
 its two neighbouring bins by linear interpolation in *raw* space, so the
 expectation of the target distribution equals the target exactly.
 
-The functions here state that math as the official code does. In eager mode the
-cross-entropy runs as one fused autograd node (``_fused``) that computes the same
-per-element numbers with fewer operator calls and one ``[N, K]`` buffer; under
-``torch.compile`` the compiler traces the plain form below.
+The functions here state that math as the official code does. The cross-entropy
+runs as one fused autograd node (``_fused``) that computes the same per-element
+numbers with fewer operator calls and one ``[N, K]`` buffer; the plain form below
+is what it is tested against (``_fused.ENABLED = False`` runs it instead).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _cross_entropies(
         if weight.dtype != logits.dtype:
             weight = weight.to(logits.dtype)
     targets = targets.detach().reshape(-1, num_targets)
-    if _fused.applies():
+    if _fused.ENABLED:
         return _fused.cross_entropies(logits, targets, bins, shape, weight, reduction)
 
     index, two_hot = _neighbours(targets, bins)  # [M, J, 2] each
@@ -251,8 +251,8 @@ def two_hot_cross_entropies(
 ) -> torch.Tensor:
     """:func:`two_hot_cross_entropy` of the same logits against several targets at once.
 
-    In eager mode one softmax pass forward (and one backward for small inputs)
-    serves all targets, instead of one set each: DreamerV3 trains its critic
+    One softmax pass forward (and one backward for small inputs) serves all
+    targets, instead of one set each: DreamerV3 trains its critic
     toward the λ-return and toward the slow critic's prediction from the same
     logits.
 
@@ -305,10 +305,10 @@ def two_hot_cross_entropy(
     squashed. For several targets of the same logits use
     :func:`two_hot_cross_entropies`.
 
-    ``weight`` and ``reduction`` give ``(loss * weight).mean()`` (or ``.sum()``);
-    in eager mode they are applied inside the loss's one autograd node, which
-    sums the weighted terms in another order than the composed form: the
-    result equals it up to float rounding.
+    ``weight`` and ``reduction`` give ``(loss * weight).mean()`` (or ``.sum()``)
+    inside the loss's one autograd node, which sums the weighted terms in
+    another order than the composed form: the result equals it up to float
+    rounding.
 
     Args:
         logits: Shape ``[..., K]``; float16/bfloat16 are evaluated in float32.
