@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from reference import (
     assert_close_to_reference,
+    official_reference_path,
     ref_bins,
     ref_cross_entropy,
     ref_decode,
@@ -28,15 +28,7 @@ from torchdreamer.functional import (
     two_hot_encode,
 )
 
-
-def _reference_path() -> Path:
-    """The official outputs in the nearest ``shared/`` above the tests (a clone or a worktree)."""
-    name = "shared/reference/official_dreamerv3_twohot.json"
-    folders = Path(__file__).resolve().parents
-    return next((f / name for f in folders if (f / name).exists()), folders[2] / name)
-
-
-REFERENCE = _reference_path()
+REFERENCE = official_reference_path()
 
 
 @pytest.fixture(scope="module")
