@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -45,6 +47,23 @@ def ref_bins(num_bins: int) -> torch.Tensor:
     ]
     mirror = [-v for v in reversed(half[:-1] if num_bins % 2 else half)]
     return torch.tensor(half + mirror, dtype=torch.float64)
+
+
+def official_reference_path() -> Path:
+    """The official outputs in the nearest ``shared/`` above the tests (a clone or a worktree)."""
+    name = "shared/reference/official_dreamerv3_twohot.json"
+    folders = Path(__file__).resolve().parents
+    return next((f / name for f in folders if (f / name).exists()), folders[2] / name)
+
+
+def official_bins(num_bins: int = 255) -> torch.Tensor:
+    """The grid the official code computes (float32, here widened to float64), from its outputs.
+
+    The official float32 ``linspace`` and ``expm1`` round it: it differs from :func:`ref_bins`
+    by up to 1.3e-6 relative at 255 bins. Recorded for 255 and 5 bins.
+    """
+    table = json.loads(official_reference_path().read_text())["bins"]
+    return torch.tensor(table[str(num_bins)]["bins"], dtype=torch.float32).double()
 
 
 def ref_two_hot(x: float, bins: list[float]) -> list[float]:

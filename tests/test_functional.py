@@ -5,13 +5,19 @@ from __future__ import annotations
 import gc
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from reference import ref_bins, ref_cross_entropy, ref_decode, ref_encode
+from reference import (
+    assert_close_to_reference,
+    official_reference_path,
+    ref_bins,
+    ref_cross_entropy,
+    ref_decode,
+    ref_encode,
+)
 
-import torchdreamer.functional.two_hot as two_hot_module
+import torchdreamer.functional._fused as fused_module
 from torchdreamer.functional import (
     symexp,
     symlog,
@@ -22,7 +28,7 @@ from torchdreamer.functional import (
     two_hot_encode,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/official_dreamerv3_twohot.json"
+REFERENCE = official_reference_path()
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +45,19 @@ def random_targets(n: int, generator: torch.Generator) -> torch.Tensor:
     return magnitude * sign
 
 
-@pytest.fixture(params=["log_softmax", "softmax"])
+@pytest.fixture(params=["plain", "fused_log_softmax", "fused_softmax"])
 def forward_form(request, monkeypatch):
-    """Runs a test with each forward form of the cross-entropy, whatever the input size.
+    """Runs a test with each form of the cross-entropy, whatever the input size.
 
-    Small inputs keep the log-softmax, large ones the softmax (see
-    ``two_hot.SAVED_SOFTMAX_MIN_ELEMENTS``); both must give the same numbers.
+    The plain form of ``two_hot.py`` and the two forward forms of the fused node
+    the losses run: small inputs keep the log-softmax, large ones the softmax
+    (``_fused.SAVED_SOFTMAX_MIN_ELEMENTS``). All must give the same numbers.
     """
-    threshold = 0 if request.param == "softmax" else 1 << 62
-    monkeypatch.setattr(two_hot_module, "SAVED_SOFTMAX_MIN_ELEMENTS", threshold)
+    if request.param == "plain":
+        monkeypatch.setattr(fused_module, "ENABLED", False)
+    else:
+        threshold = 0 if request.param == "fused_softmax" else 1 << 62
+        monkeypatch.setattr(fused_module, "SAVED_SOFTMAX_MIN_ELEMENTS", threshold)
     return request.param
 
 
@@ -79,15 +89,22 @@ def test_symlog_symexp_gradients_are_exact_including_zero():
 
 # ---------------------------------------------------------------------- bins
 @pytest.mark.parametrize("num_bins", ["255", "5"])
-def test_bins_match_official(official, num_bins):
+def test_bins_are_the_official_float32_grid_bit_for_bit(official, num_bins):
     expected = torch.tensor(official["bins"][num_bins]["bins"], dtype=torch.float32)
-    torch.testing.assert_close(two_hot_bins(int(num_bins)), expected, rtol=3e-6, atol=0.0)
+    bins = two_hot_bins(int(num_bins))
+    assert bins.dtype == torch.float32
+    assert torch.equal(bins.view(torch.int32), expected.view(torch.int32))  # signed zeros too
+    wide = two_hot_bins(int(num_bins), dtype=torch.float64)
+    assert torch.equal(wide, expected.double())  # every dtype holds the official values
 
 
 @pytest.mark.parametrize("num_bins", [2, 3, 4, 5, 64, 254, 255, 256])
 def test_bins_follow_official_construction_and_are_antisymmetric(num_bins):
-    bins = two_hot_bins(num_bins, dtype=torch.float64)
-    torch.testing.assert_close(bins, ref_bins(num_bins), rtol=1e-14, atol=0.0)
+    bins = two_hot_bins(num_bins)
+    # symexp of a linspace over [-20, 20]: compared in symlog space, at float32's
+    # rounding of numbers of that size (the official linspace rounds 1 - i / (n - 1)).
+    expected = ref_bins(num_bins).double()
+    assert_close_to_reference(symlog(bins), expected.sign() * expected.abs().log1p(), scale=20.0)
     assert torch.equal(bins, -bins.flip(0))
     assert bool((bins[1:] >= bins[:-1]).all())
     zeros = int((bins == 0).sum())
@@ -125,7 +142,7 @@ def test_encode_matches_official(official):
     bins = torch.tensor(official["bins"]["255"]["bins"])
     targets = torch.tensor(table["targets"])
     expected = torch.tensor(table["encoding_dense"])
-    torch.testing.assert_close(two_hot_encode(targets, bins), expected, rtol=0, atol=1e-6)
+    assert torch.equal(two_hot_encode(targets, bins), expected)
     for row, sparse in zip(two_hot_encode(targets, bins), table["encoding_sparse"], strict=True):
         assert sorted(row.nonzero().flatten().tolist()) == sorted(
             i for i, w in zip(sparse["index"], sparse["weight"], strict=True) if w > 0
@@ -185,9 +202,8 @@ def test_encode_matches_plain_reference(grid_and_data):
 def test_cross_entropy_matches_plain_reference(grid_and_data, forward_form):
     bins, logits, targets = grid_and_data
     loss = two_hot_cross_entropy(logits, targets, bins)
-    torch.testing.assert_close(
-        loss.double(), ref_cross_entropy(logits, targets, bins), rtol=1e-5, atol=1e-5
-    )
+    expected = ref_cross_entropy(logits, targets, bins)
+    assert_close_to_reference(loss, expected, scale=float(logits.abs().max()))
 
 
 def test_cross_entropy_gradient_is_softmax_minus_two_hot(grid_and_data, forward_form):
@@ -208,9 +224,8 @@ def test_cross_entropy_batched_shapes_and_trailing_singleton(grid_and_data):
     flat = two_hot_cross_entropy(logits, targets, bins)
     assert flat.shape == (4, 12)
     torch.testing.assert_close(two_hot_cross_entropy(logits, targets[..., None], bins), flat)
-    torch.testing.assert_close(
-        flat.double(), ref_cross_entropy(logits, targets, bins), rtol=1e-5, atol=1e-5
-    )
+    expected = ref_cross_entropy(logits, targets, bins)
+    assert_close_to_reference(flat, expected, scale=float(logits.abs().max()))
 
 
 def test_cross_entropy_is_minimised_at_the_targets_two_hot(grid_and_data):
@@ -239,9 +254,11 @@ def test_decode_inverts_encode_inside_the_grid(grid_and_data):
 
 def test_decode_matches_plain_expectation(grid_and_data):
     bins, logits, _ = grid_and_data
-    torch.testing.assert_close(
-        two_hot_decode(logits, bins).double(), ref_decode(logits, bins), rtol=1e-5, atol=1e-3
-    )
+    decoded, expected = two_hot_decode(logits, bins), ref_decode(logits, bins)
+    # Each value is a sum of terms up to sum_i |p_i b_i|: that is its scale.
+    magnitudes = (torch.softmax(logits.double(), -1) * bins.double().abs()).sum(-1)
+    for value, reference, scale in zip(decoded, expected, magnitudes.tolist(), strict=True):
+        assert_close_to_reference(value, reference, scale=scale)
 
 
 def test_half_precision_logits_are_evaluated_in_float32(grid_and_data, forward_form):
@@ -252,7 +269,7 @@ def test_half_precision_logits_are_evaluated_in_float32(grid_and_data, forward_f
     loss.sum().backward()
     assert low.grad.dtype == torch.bfloat16
     expected = ref_cross_entropy(low.detach().float(), targets, bins)
-    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    assert_close_to_reference(loss, expected, scale=float(logits.abs().max()))
 
 
 def test_cross_entropy_compiles_fullgraph_and_matches_eager(grid_and_data):
@@ -374,7 +391,7 @@ def test_a_second_backward_through_a_retained_graph_gets_the_same_gradient(
         (second,) = torch.autograd.grad(loss, leaf)
         assert second.data_ptr() != first.data_ptr(), reduction
         for grad in (first, second):  # both read after the second backward
-            torch.testing.assert_close(grad.double(), factor * dense, rtol=1e-5, atol=1e-7)
+            assert_close_to_reference(grad, factor * dense, scale=factor)  # |dense| <= 1
 
 
 def test_a_grid_changed_in_place_is_read_afresh(forward_form):
@@ -383,24 +400,23 @@ def test_a_grid_changed_in_place_is_read_afresh(forward_form):
     targets = torch.tensor([-50.0, -1.0, 0.0, 0.5, 7.0, 3e3])
     two_hot_cross_entropy(logits, targets, bins)  # caches the grid's parts
     bins.mul_(0.5)
-    torch.testing.assert_close(
-        two_hot_cross_entropy(logits, targets, bins).double(),
+    assert_close_to_reference(
+        two_hot_cross_entropy(logits, targets, bins),
         ref_cross_entropy(logits, targets, bins),
-        rtol=1e-5,
-        atol=1e-5,
+        scale=float(logits.abs().max()),
     )
 
 
 def test_temporary_grids_leave_nothing_behind():
     # The per-grid cache is keyed weakly: a grid made per call (or converted to
     # the logits' dtype per call) must not pile up.
-    before = len(two_hot_module._GRID_PARTS)
+    before = len(fused_module._GRID_PARTS)
     logits = torch.randn(4, 255, dtype=torch.float64)
     for _ in range(20):
         two_hot_cross_entropy(logits.float(), torch.randn(4), two_hot_bins(255))
         two_hot_cross_entropy(logits, torch.randn(4), two_hot_bins(255))  # float32 grid
     gc.collect()
-    assert len(two_hot_module._GRID_PARTS) <= before + 1
+    assert len(fused_module._GRID_PARTS) <= before + 1
 
 
 def test_a_grid_made_in_inference_mode_works_in_and_out_of_it():
@@ -412,9 +428,8 @@ def test_a_grid_made_in_inference_mode_works_in_and_out_of_it():
     logits = torch.randn(3, 255, requires_grad=True)
     loss = two_hot_cross_entropy(logits, targets, bins, reduction="sum")
     loss.backward()
-    torch.testing.assert_close(
-        loss.double(), ref_cross_entropy(logits.detach(), targets, bins).sum(), rtol=1e-6, atol=1e-6
-    )
+    expected = ref_cross_entropy(logits.detach(), targets, bins).sum()
+    assert_close_to_reference(loss, expected, scale=float(logits.detach().abs().max()))
 
 
 def test_a_critic_sized_batch_takes_the_softmax_form_and_matches_the_reference():
@@ -422,12 +437,12 @@ def test_a_critic_sized_batch_takes_the_softmax_form_and_matches_the_reference()
     bins = two_hot_bins(255)
     targets = random_targets(300, generator)
     logits = (torch.randn(300, 255, generator=generator) * 6).requires_grad_()
-    assert logits.numel() >= two_hot_module.SAVED_SOFTMAX_MIN_ELEMENTS
+    assert logits.numel() >= fused_module.SAVED_SOFTMAX_MIN_ELEMENTS
     upstream = torch.rand(300, generator=generator)
     loss = two_hot_cross_entropy(logits, targets, bins)
     (loss * upstream).sum().backward()
     reference = logits.detach().double().requires_grad_()
     expected = ref_cross_entropy(reference, targets, bins)
     (expected * upstream.double()).sum().backward()
-    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=2e-6)
-    torch.testing.assert_close(logits.grad.double(), reference.grad, rtol=1e-5, atol=1e-7)
+    assert_close_to_reference(loss, expected, scale=float(logits.detach().abs().max()))
+    assert_close_to_reference(logits.grad, reference.grad, scale=1.0)  # |softmax - two_hot| <= 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from reference import ref_kl, ref_probs
 
-from torchdreamer.functional import categorical_kl, kl_balance, unimix_logits
+from torchdreamer.functional import categorical_kl, clip_free_nats, kl_balance, unimix_logits
 
 
 @pytest.fixture
@@ -66,3 +66,27 @@ def test_free_nats_stop_the_gradient_below_the_clip(latents):
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="share one shape"):
         kl_balance(torch.zeros(2, 4, 5), torch.zeros(2, 4, 6))
+
+
+def test_clip_free_nats_is_the_clip_kl_balance_applies(latents):
+    post, prior = latents
+    free = 10.0  # the fixture's summed KLs lie between 6 and 17
+    raw_dyn, raw_rep = kl_balance(post, prior, free_nats=0.0)
+    assert bool((raw_dyn < free).any()) and bool((raw_dyn > free).any())  # both sides occur
+    dyn, rep = kl_balance(post, prior, free_nats=free)
+    assert torch.equal(dyn, clip_free_nats(raw_dyn, free))
+    assert torch.equal(rep, clip_free_nats(raw_rep, free))
+    assert torch.equal(clip_free_nats(raw_dyn, free), torch.maximum(raw_dyn, torch.tensor(free)))
+    assert clip_free_nats(raw_dyn, 0.0) is raw_dyn
+
+
+def test_clip_free_nats_passes_gradient_only_above_the_clip():
+    kl = torch.tensor([0.5, 2.0, 3.0], requires_grad=True)
+    clip_free_nats(kl, 1.0).sum().backward()
+    assert kl.grad.tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_clip_free_nats_refuses_a_negative_clip(bad):
+    with pytest.raises(ValueError, match="free_nats must be >= 0"):
+        clip_free_nats(torch.zeros(3), bad)

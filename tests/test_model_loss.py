@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from reference import ref_bins, ref_cross_entropy, ref_kl, ref_symlog
+from reference import official_bins, ref_cross_entropy, ref_kl, ref_symlog
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
@@ -80,7 +80,7 @@ def test_every_term_matches_a_plain_reference():
         for b in range(2)
         for t in range(6)
     ]
-    reward = ref_cross_entropy(reward_logits, data["reward"], ref_bins(255))
+    reward = ref_cross_entropy(reward_logits, data["reward"], official_bins(255))
     bce = []
     for b in range(2):
         for t in range(6):

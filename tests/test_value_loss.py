@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from reference import ref_bins, ref_cross_entropy, ref_decode, ref_symlog
+from reference import official_bins, ref_cross_entropy, ref_decode, ref_symlog
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.objectives import SoftUpdate
@@ -18,7 +18,7 @@ K = 255
 
 
 # ---------------------------------------------------------------- references
-BINS = ref_bins(K)
+BINS = official_bins(K)
 
 
 def ref_symlog_tensor(x: torch.Tensor) -> torch.Tensor:

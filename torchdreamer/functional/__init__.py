@@ -9,7 +9,7 @@ Examples:
     torch.Size([3])
 """
 
-from torchdreamer.functional.kl import categorical_kl, kl_balance, unimix_logits
+from torchdreamer.functional.kl import categorical_kl, clip_free_nats, kl_balance, unimix_logits
 from torchdreamer.functional.returns import discount_weights, lambda_return, return_percentiles
 from torchdreamer.functional.symlog import symexp, symlog
 from torchdreamer.functional.two_hot import (
@@ -22,6 +22,7 @@ from torchdreamer.functional.two_hot import (
 
 __all__ = [
     "categorical_kl",
+    "clip_free_nats",
     "discount_weights",
     "kl_balance",
     "lambda_return",

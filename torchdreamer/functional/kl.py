@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["categorical_kl", "kl_balance", "unimix_logits"]
+__all__ = ["categorical_kl", "clip_free_nats", "kl_balance", "unimix_logits"]
 
 
 def unimix_logits(logits: torch.Tensor, mix: float = 0.01) -> torch.Tensor:
@@ -29,8 +29,8 @@ def unimix_logits(logits: torch.Tensor, mix: float = 0.01) -> torch.Tensor:
     if not 0 <= mix < 1:
         raise ValueError(f"mix must lie in [0, 1), got {mix}.")
     if logits.shape[-1] <= 16:
-        # The same max-shifted softmax in pointwise operators: ATen's softmax
-        # kernel is about 3x slower for many tiny categoricals (e.g. 32 x 4).
+        # The same max-shifted softmax in pointwise operators, which suit many
+        # tiny rows better than ATen's per-row softmax kernel.
         exp = (logits - logits.amax(-1, keepdim=True)).exp()
         probs = exp / exp.sum(-1, keepdim=True)
     else:
@@ -63,6 +63,30 @@ def categorical_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tens
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def clip_free_nats(kl: torch.Tensor, free_nats: float) -> torch.Tensor:
+    """DreamerV3's free-nats clip of a KL term: ``max(free_nats, kl)``.
+
+    Below the clip the term is constant, so it passes no gradient: the
+    latents are not pushed below ``free_nats`` of divergence.
+
+    Args:
+        kl: KL values of any shape.
+        free_nats: The clip, ``>= 0``; 0 returns ``kl`` itself.
+
+    Returns:
+        The clipped values, same shape.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.functional import clip_free_nats
+        >>> clip_free_nats(torch.tensor([0.25, 3.0]), 1.0)
+        tensor([1., 3.])
+    """
+    if not free_nats >= 0:
+        raise ValueError(f"free_nats must be >= 0, got {free_nats}.")
+    return kl.clamp(min=free_nats) if free_nats else kl
+
+
 def kl_balance(
     posterior_logits: torch.Tensor, prior_logits: torch.Tensor, free_nats: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +102,8 @@ def kl_balance(
     Args:
         posterior_logits: ``[..., num_categoricals, num_classes]``.
         prior_logits: Same shape.
-        free_nats: Lower clip of each term (official 1.0); 0 disables it.
+        free_nats: Lower clip of each term (official 1.0, see
+            :func:`clip_free_nats`); 0 disables it.
 
     Returns:
         ``(dyn, rep)``, each ``[...]``.
@@ -105,7 +130,4 @@ def kl_balance(
     post = log_post.exp()
     dyn = (post.detach() * (log_post.detach() - log_prior)).sum((-2, -1))
     rep = (post * (log_post - log_prior.detach())).sum((-2, -1))
-    if free_nats:
-        dyn = dyn.clamp(min=free_nats)
-        rep = rep.clamp(min=free_nats)
-    return dyn, rep
+    return clip_free_nats(dyn, free_nats), clip_free_nats(rep, free_nats)

@@ -4,16 +4,20 @@ DreamerV3 predicts rewards and values as a categorical distribution over a
 fixed, exponentially spaced grid of raw values. A scalar target is spread over
 its two neighbouring bins by linear interpolation in *raw* space, so the
 expectation of the target distribution equals the target exactly.
+
+The functions here state that math as the official code does. The cross-entropy
+runs as one fused autograd node (``_fused``) that computes the same per-element
+numbers with fewer operator calls and one ``[N, K]`` buffer; the plain form below
+is what it is tested against (``_fused.ENABLED = False`` runs it instead).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Literal, get_args
 
 import torch
-from torch.autograd.function import once_differentiable
-from torch.utils.weak import WeakTensorKeyDictionary
+
+from torchdreamer.functional import _fused, _jax_float32
 
 __all__ = [
     "two_hot_bins",
@@ -46,7 +50,9 @@ def two_hot_bins(
       so 0 appears twice (as ``+0`` and ``-0``). This is the official grid and
       differs from a plain ``symexp(linspace(-limit, limit, num_bins))``.
 
-    The grid is computed in float64 and rounded once to ``dtype``.
+    The half is computed in float32 as JAX computes it on CPU, so the 255-bin
+    grid equals the official one bit for bit; every ``dtype`` gets those
+    float32 values (float64 holds them exactly).
 
     Args:
         num_bins: Number of bins, at least 2. DreamerV3 uses 255.
@@ -69,8 +75,8 @@ def two_hot_bins(
     if not limit > 0:
         raise ValueError(f"limit must be positive, got {limit!r}.")
     half_len = (num_bins + 1) // 2 if num_bins % 2 else num_bins // 2
-    half = torch.linspace(-limit, 0.0, half_len, dtype=torch.float64)
-    half = torch.sign(half) * torch.expm1(half.abs())
+    half = _jax_float32.linspace(-limit, 0.0, half_len)
+    half = half.sign() * _jax_float32.expm1(half.abs())  # symexp
     mirror = -half[:-1].flip(0) if num_bins % 2 else -half.flip(0)
     return torch.cat([half, mirror]).to(dtype=dtype, device=device)
 
@@ -93,87 +99,24 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _pair_sum(pairs: torch.Tensor) -> torch.Tensor:
-    """``pairs.sum(-1)`` for a last dimension of 2, as one addition.
-
-    The same single rounding, but a pointwise add instead of a reduction
-    over a tiny dimension: eight times faster on 15k pairs.
-    """
-    return torch.add(*pairs.unbind(-1))
-
-
-class _GridParts(NamedTuple):
-    """What the neighbour search reads off a grid, made once per grid tensor."""
-
-    low: torch.Tensor  # bins[0]
-    high: torch.Tensor  # bins[-1]
-    inner: torch.Tensor  # bins[1:-1]
-    signed_pairs: torch.Tensor  # [K - 1, 2]: (-bins[i], bins[i + 1])
-    signs: torch.Tensor  # (1, -1)
-    offsets: torch.Tensor  # (1, 0): a pair listed as (above, below)
-    stamp: tuple[int, int]  # (data_ptr, version) of the grid they were made from
-
-
-# Per grid tensor, its parts: several dispatcher calls a loss call does not
-# repeat. On a small batch each costs as much as the arithmetic. Keyed weakly
-# by the tensor itself, and rebuilt if the grid's storage or version changed.
-# The parts are copies, not views: a view keeps its base alive, so the entry
-# of a temporary grid would never be dropped.
-_GRID_PARTS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
-
-
-def _grid_parts(bins: torch.Tensor) -> _GridParts:
-    # Not cached under torch.compile (it traces the parts), nor for inference
-    # tensors, which keep no version counter to tell an in-place change.
-    cached = not torch.compiler.is_compiling() and not bins.is_inference()
-    stamp = (bins.data_ptr(), bins._version) if cached else (0, 0)
-    parts = _GRID_PARTS.get(bins) if cached else None
-    if parts is None or parts.stamp != stamp:
-        last = bins.numel() - 1
-        parts = _GridParts(
-            low=bins[0].clone(),
-            high=bins[last].clone(),
-            inner=bins[1:last].clone(),
-            signed_pairs=torch.stack((-bins[:last], bins[1:]), dim=-1),
-            signs=torch.tensor([1, -1], dtype=bins.dtype, device=bins.device),
-            offsets=torch.arange(1, -1, -1, device=bins.device),
-            stamp=stamp,
-        )
-        if cached:
-            _GRID_PARTS[bins] = parts
-    return parts
-
-
 def _neighbours(target: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices and weights, each ``[..., 2]``, of the two bins that share ``target``.
+    """Indices and weights, each ``[..., 2]``, of the bins below and above ``target``.
 
     The official rule: ``below`` is the last bin ``<= target`` and ``above``
-    the next one, the weight of each being the distance to the *other* bin
-    over their sum, ``|other bin - target| / total`` (that form, not
-    ``1 - w``, matters for float32 rounding at the huge outer bins).
-
-    Targets beyond the grid are first clamped onto its end bins. Officially
-    both neighbours of such a target collapse onto the end bin with weight
-    1/2 each; after clamping they are the end bin with weight exactly 1 and
-    its inner neighbour with weight exactly 0: the same two-hot vector, with
-    no "equal neighbours" case left to mask out. For the same reason a target
-    exactly on a bin gets weight 1 there and 0 on the next. Callers pass a
-    detached target, so nothing here is recorded by autograd.
+    the next one; each weighs the distance to the *other* one over their sum
+    (that form, not ``1 - w``, decides the float32 rounding at the huge outer
+    bins). Targets beyond the grid are first clamped onto its end bins:
+    officially both neighbours of such a target are the end bin with weight
+    1/2 each; here they are the end bin with weight 1 and its inner neighbour
+    with weight 0, the same two-hot vector. Callers pass a detached target.
     """
-    grid = _grid_parts(bins)
-    if target.dtype != bins.dtype:
-        target = target.to(bins.dtype)
-    target = target.clamp(grid.low, grid.high).contiguous()
-    # Counting the inner bins <= target gives `below` directly in [0, K - 2].
-    below = torch.searchsorted(grid.inner, target, right=True)
-    # The pair is listed as (above, below) and the distances as
-    # (target - below bin, above bin - target): a bin's weight is the distance
-    # to the *other* bin, so each distance sits in its weight's slot. Written
-    # as -bin + target * sign, one rounding each, as |bin - target| officially.
-    index = below.unsqueeze(-1) + grid.offsets
-    pairs = torch.nn.functional.embedding(below, grid.signed_pairs)
-    distance = torch.addcmul(pairs, target.unsqueeze(-1), grid.signs)
-    return index, distance.div_(_pair_sum(distance).unsqueeze(-1))
+    target = target.to(bins.dtype).clamp(bins[0], bins[-1]).contiguous()
+    below = torch.searchsorted(bins[1:-1], target, right=True)  # in [0, K - 2]
+    to_below = target - bins[below]
+    to_above = bins[below + 1] - target
+    total = to_below + to_above
+    index = torch.stack([below, below + 1], dim=-1)
+    return index, torch.stack([to_above / total, to_below / total], dim=-1)
 
 
 def two_hot_encode(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -247,106 +190,20 @@ def two_hot_decode(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return value
 
 
-#: From this many logits on, the forward keeps the softmax instead of the
-#: log-softmax (see _TwoHotCrossEntropy). Below it, the extra small operations
-#: that form needs cost more than the softmax pass it saves (measured: equal at
-#: 240 x 255 logits, 6 % faster at 960 x 255, 12 % at 15360 x 255).
-SAVED_SOFTMAX_MIN_ELEMENTS = 1 << 16
-
-
-class _TwoHotCrossEntropy(torch.autograd.Function):
-    """Two-hot cross-entropies of one set of logits, as one autograd node.
-
-    Inputs, for ``M`` rows of logits and ``J`` targets per row:
-
-    * ``logits`` in their own shape ``[..., K]``;
-    * ``index`` ``[M, 2 J]``, the two bins of each target;
-    * ``coefficient`` ``[M, J, 2]``, the two-hot weights negated and times each
-      loss element's factor (its weight, ``1 / count`` for a mean);
-    * ``shape``, the shape of the per-element losses, or ``None`` for their
-      (weighted) sum, in which case ``row_factor`` (``[M, 1]`` or a number) is
-      the sum of each row's factors.
-
-    The node has no reshape, product or mean around it: on small batches
-    every extra node costs more than the arithmetic. The gradient is
-    ``sum_j g_j (softmax - two_hot_j)``, formed in place in the one ``[M, K]``
-    buffer the forward made (a fresh buffer of that size is often fresh pages
-    from the OS, whose faults cost more than the arithmetic), so extra
-    targets (e.g. a slow critic's) cost no extra pass over ``[M, K]``:
-
-    * small inputs: the forward's buffer holds ``log_softmax`` (whose two
-      picked entries are the loss); backward recomputes the softmax into it;
-    * large inputs: the forward's buffer holds the softmax itself and the two
-      log-probabilities come from the logits: ``(x - max) - log(sum)``, the
-      official formula, with ``log(sum) = -log(max softmax)`` since the
-      largest entry is ``exp(0) / sum``. Two read-only row maxima cost less
-      than a second softmax pass.
-
-    The fused (log-)softmax kernels are used on purpose: on CPU they are about
-    twice as fast as ``logsumexp`` or a pointwise ``exp``. Under
-    ``torch.compile`` the small-input form is traced and buffers are the
-    compiler's.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        logits: torch.Tensor,
-        index: torch.Tensor,
-        coefficient: torch.Tensor,
-        row_factor: torch.Tensor | float,
-        shape: torch.Size | None,
-    ) -> torch.Tensor:
-        rows = logits.reshape(-1, logits.shape[-1])
-        compiling = torch.compiler.is_compiling()
-        ctx.holds_softmax = not compiling and rows.numel() >= SAVED_SOFTMAX_MIN_ELEMENTS
-        if ctx.holds_softmax:
-            buffer = torch.softmax(rows, dim=-1)
-            picked = rows.gather(-1, index).sub_(rows.amax(-1, keepdim=True))
-            picked.add_(buffer.amax(-1, keepdim=True).log_())
-        else:
-            buffer = torch.log_softmax(rows, dim=-1)
-            picked = buffer.gather(-1, index)
-        ctx.buffer = None if compiling else buffer
-        ctx.reduced = shape is None
-        if torch.is_tensor(row_factor):
-            ctx.save_for_backward(logits, index, coefficient, row_factor)
-        else:
-            ctx.save_for_backward(logits, index, coefficient)
-            ctx.row_factor = row_factor
-        if shape is None:
-            return torch.dot(coefficient.view(-1), picked.view(-1))
-        # Per element, the official -sum(two_hot * log_softmax) adds exact zeros
-        # to the two nonzero products; a sum of those two is the same rounding.
-        return _pair_sum(coefficient.mul(picked.view_as(coefficient))).view(shape)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        logits, index, coefficient, *saved_factor = ctx.saved_tensors
-        if ctx.reduced:
-            scale = grad_out * (saved_factor[0] if saved_factor else ctx.row_factor)
-            two_hot = coefficient * grad_out
-        else:
-            grad_out = grad_out.reshape(coefficient.shape[:-1])
-            # One target (the common case) needs no sum of its gradient columns.
-            scale = grad_out if grad_out.shape[-1] == 1 else grad_out.sum(-1, keepdim=True)
-            two_hot = coefficient * grad_out.unsqueeze(-1)
-        rows = logits.reshape(-1, logits.shape[-1])
-        buffer, ctx.buffer = ctx.buffer, None  # a second backward (retain_graph) makes its own
-        if buffer is None:
-            grad = torch.softmax(rows, dim=-1)
-        elif ctx.holds_softmax:
-            grad = buffer
-        else:
-            grad = torch.ops.aten._softmax.out(rows, -1, False, out=buffer)
-        grad = grad.mul_(scale)
-        grad = grad.scatter_add_(-1, index, two_hot.flatten(1)).view(logits.shape)
-        return grad, None, None, None, None
-
-
 #: How a loss's per-element values are reduced, as in ``torch.nn.functional``.
 Reduction = Literal["mean", "sum", "none"]
+
+
+def _check_weight(weight: torch.Tensor, shape: torch.Size) -> None:
+    trailing = shape[len(shape) - weight.ndim :]
+    if weight.ndim > len(shape) or any(
+        w not in (1, n) for w, n in zip(weight.shape, trailing, strict=True)
+    ):
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)}, which does not broadcast to "
+            f"the loss's shape {tuple(shape)}; give one weight per loss element "
+            "(or a shape that broadcasts to it, e.g. one per time step)."
+        )
 
 
 def _cross_entropies(
@@ -367,38 +224,21 @@ def _cross_entropies(
     if bins.dtype != logits.dtype or bins.device != logits.device:
         bins = bins.to(device=logits.device, dtype=logits.dtype)
     if weight is not None:
-        trailing = shape[len(shape) - weight.ndim :]
-        if weight.ndim > len(shape) or any(
-            w not in (1, n) for w, n in zip(weight.shape, trailing, strict=True)
-        ):
-            raise ValueError(
-                f"weight has shape {tuple(weight.shape)}, which does not broadcast to "
-                f"the loss's shape {tuple(shape)}; give one weight per loss element "
-                "(or a shape that broadcasts to it, e.g. one per time step)."
-            )
+        _check_weight(weight, shape)
         if weight.dtype != logits.dtype:
             weight = weight.to(logits.dtype)
-    if targets.requires_grad:
-        targets = targets.detach()
-    index, two_hot_weight = _neighbours(targets.reshape(-1, num_targets), bins)
-    index = index.flatten(1)
-    count = math.prod(shape)
-    if reduction == "none" or count == 0 or (weight is not None and weight.requires_grad):
-        # Per-element losses; a weight that wants its gradient (or the mean of
-        # nothing, NaN as in torch) is left to autograd.
-        loss = _TwoHotCrossEntropy.apply(logits, index, two_hot_weight.neg(), 1.0, shape)
-        if weight is not None:
-            loss = loss * weight
-        return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
-    scale = 1.0 / count if reduction == "mean" else 1.0
-    if weight is None:
-        coefficient, row_factor = two_hot_weight.mul(-scale), num_targets * scale
-    else:
-        factor = weight if scale == 1.0 else weight.mul(scale)
-        factor = factor.expand(shape).reshape(-1, num_targets)
-        coefficient = two_hot_weight.mul(factor.unsqueeze(-1)).neg_()
-        row_factor = factor if num_targets == 1 else factor.sum(-1, keepdim=True)
-    return _TwoHotCrossEntropy.apply(logits, index, coefficient, row_factor, None)
+    targets = targets.detach().reshape(-1, num_targets)
+    if _fused.ENABLED:
+        return _fused.cross_entropies(logits, targets, bins, shape, weight, reduction)
+
+    index, two_hot = _neighbours(targets, bins)  # [M, J, 2] each
+    log_probs = torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
+    picked = log_probs.gather(-1, index.flatten(1)).view_as(two_hot)
+    # The other K - 2 terms of the official sum over all bins are exact zeros.
+    loss = -(two_hot * picked).sum(-1).view(shape)
+    if weight is not None:
+        loss = loss * weight
+    return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
 
 
 def two_hot_cross_entropies(
@@ -411,9 +251,10 @@ def two_hot_cross_entropies(
 ) -> torch.Tensor:
     """:func:`two_hot_cross_entropy` of the same logits against several targets at once.
 
-    The softmax passes (one forward, and one backward for small inputs) serve
-    all targets, instead of one set each: DreamerV3 trains its critic toward
-    the λ-return and toward the slow critic's prediction from the same logits.
+    One softmax pass forward (and one backward for small inputs) serves all
+    targets, instead of one set each: DreamerV3 trains its critic
+    toward the λ-return and toward the slow critic's prediction from the same
+    logits.
 
     Args:
         logits: Shape ``[..., K]``.
@@ -465,10 +306,9 @@ def two_hot_cross_entropy(
     :func:`two_hot_cross_entropies`.
 
     ``weight`` and ``reduction`` give ``(loss * weight).mean()`` (or ``.sum()``)
-    as one autograd node instead of three: on small batches, where
-    per-operation overhead dominates, that saves about a tenth of the loss's
-    time. The result equals the composed form up to float rounding (the
-    weighted terms are summed in another order).
+    inside the loss's one autograd node, which sums the weighted terms in
+    another order than the composed form: the result equals it up to float
+    rounding.
 
     Args:
         logits: Shape ``[..., K]``; float16/bfloat16 are evaluated in float32.
