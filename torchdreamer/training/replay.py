@@ -165,7 +165,7 @@ class SequenceReplay:
         if self.directory is not None:
             rows = rows.cpu()
         if self.storage is None:
-            self._create(rows, self.first_allocation)
+            self._create(rows, self._growth(1))
         envs = mask.nonzero().squeeze(-1).cpu()
         if not len(envs):
             return
@@ -387,8 +387,8 @@ class SequenceReplay:
             expected = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
             if not path.exists() or path.stat().st_size != expected:
                 raise ValueError(
-                    f"the replay file {path} is missing or not {expected} bytes "
-                    f"({entry['key']}, {shape}, {entry['dtype']}); start the run over."
+                    f"the replay file {path} of entry {entry['key']} ({shape}, {entry['dtype']}) "
+                    f"is missing or not {expected} bytes; start the run over."
                 )
             mapped = MemoryMappedTensor.from_filename(path, dtype, torch.Size(shape))
             storage.set(tuple(entry["key"]), mapped.as_subclass(torch.Tensor))
