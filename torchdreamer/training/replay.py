@@ -170,14 +170,16 @@ class SequenceReplay:
         if not len(envs):
             return
         written = self.written[envs]
-        needed = min(int(written.max()) + 1, self.per_env)
-        if needed > self.allocated:
-            self._grow(needed)
+        if self.allocated < self.per_env:
+            needed = min(int(written.max()) + 1, self.per_env)
+            if needed > self.allocated:
+                self._grow(needed)
         if self._high_water is not None:  # raised before the rows land, for resuming
             self._high_water[envs] = torch.maximum(self._high_water[envs], written + 1)
         self.storage[envs, written % self.per_env] = rows[envs.to(rows.device)]
         self.written[envs] = written + 1
-        self.oldest[envs] = torch.maximum(self.oldest[envs], written + 1 - self.per_env)
+        if self.allocated == self.per_env:  # a ring drops its oldest row once full
+            self.oldest[envs] = torch.maximum(self.oldest[envs], written + 1 - self.per_env)
 
     def _growth(self, needed: int) -> int:
         return min(self.per_env, max(needed, 2 * self.allocated, self.first_allocation))
