@@ -147,7 +147,8 @@ class RSSM(nn.Module):
         if not (torch.is_grad_enabled() and logits.requires_grad):
             return one_hot.flatten(-2)
         probs = logits.exp()
-        return (one_hot + probs - probs.detach()).flatten(-2)
+        # (probs - probs.detach()) is exactly 0: the values stay exact one-hots.
+        return (one_hot + (probs - probs.detach())).flatten(-2)
 
     def img_step(
         self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor

@@ -71,9 +71,7 @@ class ModelSize:
         if self.dyn_layers < 1:
             raise ValueError(f"dyn_layers must be >= 1, got {self.dyn_layers}.")
         if self.deter % self.blocks:
-            raise ValueError(
-                f"deter ({self.deter}) must be a multiple of blocks ({self.blocks})."
-            )
+            raise ValueError(f"deter ({self.deter}) must be a multiple of blocks ({self.blocks}).")
         if not self.cnn_mults:
             raise ValueError("cnn_mults needs at least one stage.")
         top = self.cnn_depth * self.cnn_mults[-1]
