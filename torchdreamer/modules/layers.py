@@ -70,7 +70,10 @@ def sample_one_hot(logits: torch.Tensor) -> torch.Tensor:
 
     """
     logits = logits.detach()
-    gumbel = -torch.empty_like(logits).exponential_().log()
+    # Gumbel noise -log(-log(u)), u in [tiny, 1): from uniforms, which torch draws on CPU
+    # at a fraction of exponential_()'s cost; in place, as it is made at every step.
+    uniform = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
+    gumbel = uniform.log_().neg_().log_().neg_()
     index = (logits + gumbel).argmax(-1)
     return nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
 
