@@ -16,8 +16,10 @@ __all__ = ["PRESETS", "Config", "ModelSize"]
 #: The official sizes (``dreamerv3/configs.yaml``: ``size1m`` ... ``size400m``), named as
 #: there; on the same observation and action spaces each has exactly the official
 #: number of trainable parameters (e.g. CartPole-v1: size1m 637,381, size12m 9,724,165).
-#: ``small`` (ours, the default) is ``size1m`` with a GRU state of 256 instead of 512:
-#: the same architecture and depths, 0.41 M parameters on CartPole.
+#: ``small`` (ours, the default) is ``size1m`` with a GRU state of 256 instead of 512: the
+#: same architecture and depths, 357,573 parameters on CartPole-v1. The first paper's
+#: ``XS`` ... ``L`` are gone: they sized a dense GRU and one depth for every MLP, which
+#: the official networks no longer have.
 PRESETS: dict[str, ModelSize] = {
     "small": ModelSize(deter=256, hidden=64, classes=4, units=64, cnn_depth=4),
     "size1m": ModelSize(deter=512, hidden=64, classes=4, units=64, cnn_depth=4),
