@@ -249,3 +249,10 @@ def test_model_size_refuses_blocks_that_do_not_divide():
         ModelSize(deter=100)
     with pytest.raises(ValueError, match="decoder_blocks"):
         ModelSize(cnn_depth=3)
+
+
+def test_small_is_the_official_architecture_with_a_narrower_gru():
+    small = dict(deter=256, hidden=64, classes=4, units=64)
+    agent = cartpole_agent("small")
+    assert breakdown(agent) == official_counts(small, obs=4, actions=2)
+    assert sum(p.numel() for p in agent.trainable_parameters()) == 357_573
