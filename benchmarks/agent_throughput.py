@@ -15,7 +15,7 @@ The official DreamerV3 took 452 ms per update at its size1m on a 2-core CPU
 (``shared/anchors/agent_cartpole_cpu.md``). Side by side with TorchRL's losses on the
 same networks, for the actor + critic part: ``benchmarks/actor_value_update.py``.
 
-Run: ``python benchmarks/agent_throughput.py`` (``--presets small XS S``).
+Run: ``python benchmarks/agent_throughput.py`` (``--presets small size1m size12m``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def measure(preset: str, min_run_time: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["small", "XS", "S"])
+    parser.add_argument("--presets", nargs="+", default=["small", "size1m", "size12m"])
     parser.add_argument("--min-run-time", type=float, default=5.0)
     args = parser.parse_args()
     logging.getLogger("torchrl").setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ Printed: the loss terms of both sides, the median time of one forward+backward
 (the two sides measured in alternating rounds), the ratio ours / TorchRL, and
 the operators each dispatches.
 
-Run: ``python benchmarks/model_loss.py`` (``--presets small XS``).
+Run: ``python benchmarks/model_loss.py`` (``--presets small size1m``).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def check_terms(ours, theirs, batch, torchrl_batch) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["small", "XS"])
+    parser.add_argument("--presets", nargs="+", default=["small", "size1m"])
     parser.add_argument("--min-run-time", type=float, default=10.0, help="seconds per side")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -13,7 +13,7 @@ from processes import Finished, Processes, free_port
 from test_agent import SMALL, batch_for
 from test_training import read_csv
 
-from torchdreamer.training import PRESETS, Config, DreamerAgent, ModelSize, distributed
+from torchdreamer.training import PRESETS, Config, DreamerAgent, distributed
 
 UPDATES = 3
 AGENTS = {  # observation shape, action size, discrete, image
@@ -80,7 +80,7 @@ def _rank_main(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     ranks = distributed.init_from_env()
     assert ranks == distributed.Ranks(rank, world, rank)
-    PRESETS["test"] = ModelSize(**SMALL)
+    PRESETS["test"] = SMALL
     try:
         for name in AGENTS:
             _check_agent(name, ranks)  # its DistributedDataParallel dies with it

@@ -1,4 +1,5 @@
-"""Networks: initialisation, GRU, RSSM sampling and resets, and one full agent update."""
+"""Networks: initialisation, the block-diagonal GRU, RSSM sampling and resets, and one full
+agent update."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 import torch
+from reference import assert_close_to_reference
 from tensordict import TensorDict
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
 from tensordict.nn import ProbabilisticTensorDictSequential as Seq
@@ -19,13 +21,16 @@ from torchdreamer.modules import (
     MLP,
     RSSM,
     WORLD_MODEL_OUTPUTS,
+    BlockGRU,
+    BlockLinear,
     CategoricalActorHead,
     ContinuationHead,
     ImaginationEnv,
-    NormGRUCell,
+    ModelSize,
     TwoHotHead,
     WorldModel,
     dreamer_init_,
+    sample_one_hot,
 )
 
 
@@ -35,6 +40,8 @@ from torchdreamer.modules import (
         (nn.Linear(400, 300), 400),
         (nn.Conv2d(16, 8, 4), 16 * 16),
         (nn.ConvTranspose2d(16, 8, 4), 16 * 16),
+        # The official initialiser counts a block layer's whole input, all blocks.
+        (BlockLinear(800, 400, blocks=8), 800),
     ],
 )
 def test_init_is_truncated_normal_with_unit_fan_in_variance(layer, fan_in):
@@ -65,22 +72,83 @@ def test_heads_start_at_zero_and_learn():
     assert bool((actor_logits.exp() >= 0.01 / 4 - 1e-7).all())
 
 
-def test_norm_gru_cell_matches_its_formula():
-    torch.manual_seed(0)
-    cell = NormGRUCell(3, 4)
-    x, h = torch.randn(2, 3), torch.randn(2, 4)
-    z = torch.cat([x, h], -1) @ cell.linear.weight.T
-    z = z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-4) * cell.norm.weight
-    reset, cand, update = z[:, :4], z[:, 4:8], z[:, 8:]
+def _official_core64(core, deter, stoch, action):
+    """The official RSSM core written out literally in float64: the three embeddings,
+    repeated for every block and concatenated with the block's slice of deter, then
+    block matmuls (``[blocks, in, out]`` kernels) and the per-block gate split."""
+
+    def dense(mlp, x):
+        linear, norm = mlp[0], mlp[1]
+        z = x @ linear.weight.double().T + linear.bias.double()
+        z = z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-4) * norm.weight.double()
+        return z * torch.sigmoid(z)
+
+    def block(layer, x):
+        g = layer.blocks
+        parts = x.reshape(x.shape[0], g, -1)
+        w = layer.weight.double()
+        out = torch.stack([parts[:, k] @ w[k] for k in range(g)], 1)
+        return out.reshape(x.shape[0], -1) + layer.bias.double()
+
+    g = core.blocks
+    action = action / torch.clamp(action.abs(), min=1.0)
+    x = torch.cat([dense(core.deter_in, deter), dense(core.stoch_in, stoch)], -1)
+    x = torch.cat([x, dense(core.action_in, action)], -1)
+    x = x[:, None, :].repeat(1, g, 1)
+    x = torch.cat([deter.reshape(deter.shape[0], g, -1), x], -1).reshape(deter.shape[0], -1)
+    layer, norm = core.hidden_layers[0], core.hidden_layers[1]
+    z = block(layer, x)
+    z = z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-4) * norm.weight.double()
+    x = z * torch.sigmoid(z)
+    gates = block(core.gates, x).reshape(x.shape[0], g, -1)
+    reset, cand, update = (part.reshape(x.shape[0], -1) for part in gates.chunk(3, -1))
     cand = torch.tanh(torch.sigmoid(reset) * cand)
     update = torch.sigmoid(update - 1)
-    torch.testing.assert_close(cell(x, h), update * cand + (1 - update) * h)
+    return update * cand + (1 - update) * deter
+
+
+def test_block_gru_matches_the_official_core_in_float64():
+    torch.manual_seed(0)
+    core = BlockGRU(stoch_size=12, action_dim=3, size=ModelSize(deter=32, hidden=8, blocks=4))
+    with torch.no_grad():  # non-zero biases and scales, so every term is checked
+        for param in core.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    deter, stoch = torch.randn(5, 32), torch.randn(5, 12)
+    action = torch.randn(5, 3) * 2  # some beyond [-1, 1]: divided by |a|
+    with torch.no_grad():
+        expected = _official_core64(core, deter.double(), stoch.double(), action.double())
+    assert_close_to_reference(core(deter, stoch, action), expected)
+
+
+def test_block_linear_maps_each_slice_to_its_own_block():
+    torch.manual_seed(0)
+    layer = BlockLinear(16, 8, blocks=4)
+    with torch.no_grad():
+        layer.bias.normal_()
+    for k in range(4):
+        x = torch.zeros(1, 16)
+        x[0, 4 * k : 4 * (k + 1)] = torch.randn(4)
+        out, bias = layer(x)[0].detach(), layer.bias.detach()
+        expected = bias.clone()
+        expected[2 * k : 2 * (k + 1)] += x[0, 4 * k : 4 * (k + 1)] @ layer.weight[k].detach()
+        torch.testing.assert_close(out, expected)
+
+
+def test_sample_one_hot_follows_the_probabilities_without_gradient():
+    torch.manual_seed(3)
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    logits = probs.log().expand(40000, 3).requires_grad_()
+    samples = sample_one_hot(logits)
+    assert not samples.requires_grad and samples.dtype == logits.dtype
+    assert torch.equal(samples.sum(-1), torch.ones(40000))
+    torch.testing.assert_close(samples.mean(0), probs, atol=0.01, rtol=0)
 
 
 @pytest.fixture
 def rssm():
     torch.manual_seed(0)
-    return RSSM(action_dim=2, embed_dim=6, deter=12, hidden=12, categoricals=3, classes=5)
+    size = ModelSize(deter=12, hidden=12, categoricals=3, classes=5, blocks=4, decoder_blocks=4)
+    return RSSM(action_dim=2, embed_dim=6, size=size)
 
 
 def test_latents_are_mixed_one_hot_with_straight_through_gradients(rssm):
@@ -126,9 +194,8 @@ def test_is_first_resets_state_and_action(rssm):
 def test_one_full_agent_update_trains_every_network():
     torch.manual_seed(0)
     obs_dim, actions, batch, steps = 4, 2, 3, 8
-    model = WorldModel(
-        (obs_dim,), actions, deter=16, hidden=16, categoricals=4, classes=4, units=16, layers=1
-    )
+    size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4, units=16, encoder_layers=1)
+    model = WorldModel((obs_dim,), actions, size)
     world = TensorDictModule(
         model, in_keys=["observation", "prev_action", "is_first"], out_keys=WORLD_MODEL_OUTPUTS
     )

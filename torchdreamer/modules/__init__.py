@@ -1,7 +1,10 @@
-"""DreamerV3's networks: MLP blocks, prediction heads and the RSSM world model.
+"""DreamerV3's networks, as the official implementation builds them.
 
-Initialisation and structure follow DreamerV3 (truncated-normal fan-in weights, RMSNorm
-and SiLU, zero-initialised reward and critic outputs, 1% unimix on categoricals).
+MLP blocks, a block-diagonal GRU RSSM, the official CNN encoder and decoder, the
+prediction heads and the world model, sized by one :class:`ModelSize`.
+Initialisation follows DreamerV3 (truncated-normal fan-in weights, RMSNorm and SiLU,
+zero-initialised reward and critic outputs, policy outputs at 1% scale, 1% unimix on
+the latents).
 """
 
 from torchdreamer.modules.conv import ConvDecoder, ConvEncoder
@@ -12,23 +15,28 @@ from torchdreamer.modules.heads import (
     OneHotCategorical,
     TwoHotHead,
 )
-from torchdreamer.modules.layers import MLP, dreamer_init_
-from torchdreamer.modules.rssm import RSSM, ImaginationEnv, NormGRUCell
+from torchdreamer.modules.imagination import ImaginationEnv
+from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_, sample_one_hot
+from torchdreamer.modules.rssm import RSSM, BlockGRU
+from torchdreamer.modules.size import ModelSize
 from torchdreamer.modules.world_model import WORLD_MODEL_OUTPUTS, WorldModel
 
 __all__ = [
     "MLP",
     "RSSM",
     "WORLD_MODEL_OUTPUTS",
+    "BlockGRU",
+    "BlockLinear",
     "BoundedNormalActorHead",
     "CategoricalActorHead",
     "ContinuationHead",
     "ConvDecoder",
     "ConvEncoder",
     "ImaginationEnv",
-    "NormGRUCell",
+    "ModelSize",
     "OneHotCategorical",
     "TwoHotHead",
     "WorldModel",
     "dreamer_init_",
+    "sample_one_hot",
 ]

@@ -7,7 +7,7 @@ from torch import nn
 from torchrl.modules import OneHotCategorical as _TorchRLOneHotCategorical
 
 from torchdreamer.functional import two_hot_bins, two_hot_decode, unimix_logits
-from torchdreamer.modules.layers import MLP
+from torchdreamer.modules.layers import MLP, sample_one_hot
 
 __all__ = [
     "BoundedNormalActorHead",
@@ -76,7 +76,9 @@ class CategoricalActorHead(nn.Module):
 
     Returns normalised log-probabilities ``[..., num_actions]`` of
     ``(1 - unimix) softmax + unimix / num_actions``, for a one-hot categorical
-    (e.g. ``torchrl.modules.OneHotCategorical``).
+    (e.g. ``torchrl.modules.OneHotCategorical``). The output layer starts at 1% of
+    the usual scale (official policy ``outscale`` 0.01), so the first policy is close
+    to uniform.
 
     Examples:
         >>> import torch
@@ -91,11 +93,12 @@ class CategoricalActorHead(nn.Module):
         in_features: int,
         num_actions: int,
         hidden: int = 512,
-        layers: int = 2,
+        layers: int = 3,
         unimix: float = 0.01,
+        outscale: float = 0.01,
     ) -> None:
         super().__init__()
-        self.mlp = MLP(in_features, num_actions, hidden, layers)
+        self.mlp = MLP(in_features, num_actions, hidden, layers, outscale=outscale)
         self.unimix = unimix
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
@@ -109,7 +112,8 @@ class BoundedNormalActorHead(nn.Module):
     ``scale = (max_std - min_std) * sigmoid(s + 2) + min_std`` (DreamerV3's
     ``bounded_normal``, official ``min_std = 0.1``, ``max_std = 1``), for
     ``torch.distributions.Normal``. Actions are clipped to ``[-1, 1]`` before
-    they are scaled to the environment's bounds.
+    they are scaled to the environment's bounds. The output layer starts at
+    1% of the usual scale (official policy ``outscale`` 0.01).
 
     Examples:
         >>> import torch
@@ -124,14 +128,15 @@ class BoundedNormalActorHead(nn.Module):
         in_features: int,
         action_dim: int,
         hidden: int = 512,
-        layers: int = 2,
+        layers: int = 3,
         min_std: float = 0.1,
         max_std: float = 1.0,
+        outscale: float = 0.01,
     ) -> None:
         super().__init__()
         if not 0 < min_std <= max_std:
             raise ValueError(f"need 0 < min_std <= max_std, got {min_std} and {max_std}.")
-        self.mlp = MLP(in_features, 2 * action_dim, hidden, layers)
+        self.mlp = MLP(in_features, 2 * action_dim, hidden, layers, outscale=outscale)
         self.min_std, self.max_std = min_std, max_std
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,8 +149,9 @@ class OneHotCategorical(_TorchRLOneHotCategorical):
     """TorchRL's one-hot categorical, sampled with the Gumbel-max trick.
 
     ``torch.multinomial`` is slow for many small categoricals (it dominated
-    other DreamerV3 ports' imagination profiles); ``argmax(logits + Gumbel
-    noise)`` draws from the same distribution with two pointwise operators.
+    other DreamerV3 ports' imagination profiles); :func:`~torchdreamer.modules.sample_one_hot`
+    (``argmax(logits + Gumbel noise)``) draws from the same distribution with
+    pointwise operators.
 
     Examples:
         >>> import torch
@@ -157,7 +163,4 @@ class OneHotCategorical(_TorchRLOneHotCategorical):
     """
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
-        logits = self.logits.expand(*sample_shape, *self.logits.shape)
-        gumbel = -torch.empty_like(logits).exponential_().log()
-        index = (logits + gumbel).argmax(-1)
-        return nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
+        return sample_one_hot(self.logits.expand(*sample_shape, *self.logits.shape))

@@ -1,4 +1,5 @@
-"""DreamerV3's building blocks: its initialisation and RMS-normalised MLPs."""
+"""DreamerV3's building blocks: its initialisation, RMS-normalised MLPs, block-diagonal
+linear layers and the Gumbel-max one-hot sampler."""
 
 from __future__ import annotations
 
@@ -7,10 +8,74 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLP", "dreamer_init_"]
+__all__ = ["MLP", "BlockLinear", "dreamer_init_", "sample_one_hot"]
 
 #: 1 / std of a standard normal truncated at ±2: keeps the intended variance.
 TRUNCATION_CORRECTION = 1.1368
+
+
+class BlockLinear(nn.Module):
+    """A block-diagonal linear layer: ``blocks`` independent maps of equal slices.
+
+    The input ``[..., in_features]`` is cut into ``blocks`` consecutive slices; slice
+    ``k`` is mapped by its own ``[in / blocks, out / blocks]`` matrix to output slice
+    ``k``; a bias over the whole output is added. The weight is stored as
+    ``[blocks, in / blocks, out / blocks]`` (the official ``BlockLinear`` kernel).
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import BlockLinear
+        >>> layer = BlockLinear(8, 6, blocks=2)
+        >>> layer.weight.shape, layer(torch.randn(3, 8)).shape
+        (torch.Size([2, 4, 3]), torch.Size([3, 6]))
+        >>> x = torch.zeros(1, 8); x[0, :4] = 1.0  # only the first block's input
+        >>> bool((layer(x)[0, 3:] == 0).all())  # leaves the second block's output at the bias
+        True
+
+    """
+
+    def __init__(self, in_features: int, out_features: int, blocks: int, bias: bool = True):
+        super().__init__()
+        if in_features % blocks or out_features % blocks:
+            raise ValueError(
+                f"in_features ({in_features}) and out_features ({out_features}) must be "
+                f"multiples of blocks ({blocks})."
+            )
+        self.in_features, self.out_features, self.blocks = in_features, out_features, blocks
+        shape = (blocks, in_features // blocks, out_features // blocks)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        dreamer_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.einsum("...gi,gio->...go", x.unflatten(-1, (self.blocks, -1)), self.weight)
+        x = x.flatten(-2)
+        return x if self.bias is None else x + self.bias
+
+
+def sample_one_hot(logits: torch.Tensor) -> torch.Tensor:
+    """One-hot samples of categoricals over the last dimension, by the Gumbel-max trick.
+
+    ``argmax(logits + Gumbel noise)`` draws from ``softmax(logits)`` with pointwise
+    operators only (``torch.multinomial`` is slow for many small categoricals). The
+    result has ``logits``' shape and dtype and carries no gradient.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import sample_one_hot
+        >>> _ = torch.manual_seed(0)
+        >>> samples = sample_one_hot(torch.tensor([0.0, 2.0]).expand(20000, 2))
+        >>> samples.sum(-1).unique().tolist(), samples.mean(0).round(decimals=2)
+        ([1.0], tensor([0.1200, 0.8800]))
+
+    """
+    logits = logits.detach()
+    # Gumbel noise -log(-log(u)), u in [tiny, 1): from uniforms, which torch draws on CPU
+    # at a fraction of exponential_()'s cost; in place, as it is made at every step.
+    uniform = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
+    gumbel = uniform.log_().neg_().log_().neg_()
+    index = (logits + gumbel).argmax(-1)
+    return nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
 
 
 @torch.no_grad()
@@ -18,8 +83,10 @@ def dreamer_init_(module: nn.Module, scale: float = 1.0) -> nn.Module:
     """Initialise ``Linear`` and ``Conv`` weights as DreamerV3 does; zero the biases.
 
     Weights follow a normal distribution truncated at ±2 standard deviations,
-    with standard deviation ``1.1368 * scale / sqrt(fan_in)``. ``scale=0`` gives
-    the zero-initialised output layers of the reward and critic heads.
+    with standard deviation ``1.1368 * scale / sqrt(fan_in)`` (official ``trunc_normal_in``
+    times ``outscale``). ``scale=0`` gives the zero-initialised output layers of the reward
+    and critic heads. A :class:`BlockLinear`'s fan-in is its whole input width, all blocks
+    together, as the official initialiser counts it.
 
     Args:
         module: A module; every ``Linear``/``Conv*`` inside it is initialised.
@@ -36,10 +103,13 @@ def dreamer_init_(module: nn.Module, scale: float = 1.0) -> nn.Module:
         (1.0, 0.0)
     """
     for layer in module.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, BlockLinear)):
             # Input units feeding one output: in_features, or in_channels * kernel area
-            # (a transposed conv stores its weight as [in, out, *kernel]).
-            if isinstance(layer, nn.ConvTranspose2d):
+            # (a transposed conv stores its weight as [in, out, *kernel]); a block layer
+            # ([blocks, in / blocks, out / blocks]) counts all its inputs.
+            if isinstance(layer, BlockLinear):
+                fan_in = layer.in_features
+            elif isinstance(layer, nn.ConvTranspose2d):
                 fan_in = layer.weight.shape[0] * layer.weight[0, 0].numel()
             else:
                 fan_in = layer.weight[0].numel()

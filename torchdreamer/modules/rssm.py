@@ -1,41 +1,84 @@
-"""The recurrent state-space model of DreamerV3, and imagination inside it."""
+"""The recurrent state-space model of DreamerV3 and its block-diagonal GRU core."""
 
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from torchdreamer.functional import unimix_logits
-from torchdreamer.modules.layers import MLP, dreamer_init_
+from torchdreamer.modules.layers import MLP, BlockLinear, sample_one_hot
+from torchdreamer.modules.size import ModelSize
 
-__all__ = ["RSSM", "ImaginationEnv", "NormGRUCell"]
+__all__ = ["RSSM", "BlockGRU"]
 
 
-class NormGRUCell(nn.Module):
-    """GRU cell with RMS-normalised gates, as in DreamerV2/V3.
+class BlockGRU(nn.Module):
+    """DreamerV3's recurrent core: ``(deter, stoch, action) -> deter'``.
 
-    ``reset, cand, update = split(norm(W [x, h]))``;
-    ``h' = σ(update - 1) tanh(σ(reset) cand) + (1 - σ(update - 1)) h``. The -1
-    makes a new cell keep most of its state at first.
+    The deterministic state, the flat stochastic sample and the action are each embedded
+    by their own ``Linear -> RMSNorm -> SiLU`` of width ``hidden``. ``deter`` is cut into
+    ``blocks`` slices; every block sees its own slice of ``deter`` and all three
+    embeddings, through ``dyn_layers`` block-diagonal ``Linear -> RMSNorm -> SiLU``
+    layers and a block-diagonal gate layer. Block ``k``'s gate outputs are its
+    ``(reset, candidate, update)`` slices, and
+
+    ``deter' = σ(u - 1) tanh(σ(r) c) + (1 - σ(u - 1)) deter``
+
+    (the -1 makes a new cell keep most of its state at first). Continuous actions are
+    divided by ``max(1, |a|)`` first, as in the official core.
+
+    Args:
+        stoch_size: Size of the flat stochastic sample.
+        action_dim: Size of the action vector.
+        size: ``deter``, ``hidden``, ``blocks`` and ``dyn_layers``.
 
     Examples:
         >>> import torch
-        >>> from torchdreamer.modules import NormGRUCell
-        >>> NormGRUCell(4, 8)(torch.randn(2, 4), torch.zeros(2, 8)).shape
-        torch.Size([2, 8])
+        >>> from torchdreamer.modules import BlockGRU, ModelSize
+        >>> core = BlockGRU(stoch_size=8, action_dim=2, size=ModelSize(deter=16, hidden=4))
+        >>> core(torch.zeros(3, 16), torch.zeros(3, 8), torch.ones(3, 2)).shape
+        torch.Size([3, 16])
+
     """
 
-    def __init__(self, in_features: int, hidden: int, eps: float = 1e-4) -> None:
+    def __init__(self, stoch_size: int, action_dim: int, size: ModelSize) -> None:
         super().__init__()
-        self.linear = dreamer_init_(nn.Linear(in_features + hidden, 3 * hidden, bias=False))
-        self.norm = nn.RMSNorm(3 * hidden, eps=eps)
+        deter, hidden, blocks = size.deter, size.hidden, size.blocks
+        self.deter_size, self.blocks = deter, blocks
+        self.deter_in = MLP(deter, None, hidden, layers=1)
+        self.stoch_in = MLP(stoch_size, None, hidden, layers=1)
+        self.action_in = MLP(action_dim, None, hidden, layers=1)
+        # Block k of the first layer reads [deter slice k, the three embeddings].
+        width = deter + blocks * 3 * hidden
+        self.hidden_layers = nn.ModuleList()
+        for _ in range(size.dyn_layers):
+            self.hidden_layers.append(BlockLinear(width, deter, blocks))
+            self.hidden_layers.append(nn.RMSNorm(deter, eps=1e-4))
+            width = deter
+        self.gates = BlockLinear(width, 3 * deter, blocks)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        reset, cand, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
+    def forward(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor):
+        action = action / action.abs().clamp(min=1.0).detach()
+        embeds = [self.deter_in(deter), self.stoch_in(stoch), self.action_in(action)]
+        embeds = torch.cat(embeds, -1)
+        blocks = self.blocks
+        x = deter.unflatten(-1, (blocks, -1))
+        first, norm = self.hidden_layers[0], self.hidden_layers[1]
+        # The embeddings are the same for every block: their part of each block's
+        # matrix is applied once, as one dense map to all blocks' outputs, instead of
+        # repeating them ``blocks`` times.
+        own, shared = first.weight.split([x.shape[-1], embeds.shape[-1]], dim=1)
+        x = torch.einsum("...gi,gio->...go", x, own)
+        x = x + torch.einsum("...e,geo->...go", embeds, shared)
+        x = nn.functional.silu(norm(x.flatten(-2) + first.bias))
+        for index in range(2, len(self.hidden_layers), 2):
+            layer, norm = self.hidden_layers[index], self.hidden_layers[index + 1]
+            x = nn.functional.silu(norm(layer(x)))
+        gates = self.gates(x).unflatten(-1, (blocks, -1))
+        reset, cand, update = (part.flatten(-2) for part in gates.chunk(3, -1))
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1)
-        return update * cand + (1 - update) * h
+        return update * cand + (1 - update) * deter
 
 
 class RSSM(nn.Module):
@@ -43,46 +86,44 @@ class RSSM(nn.Module):
 
     ``stoch`` is a flat ``[..., categoricals * classes]`` vector of one-hot
     samples with straight-through gradients; every categorical mixes in 1% of
-    a uniform distribution. Samples are drawn with the Gumbel-max trick, with
-    no ``multinomial`` in the loop.
+    a uniform distribution. The core is :class:`BlockGRU`; the prior reads
+    ``deter`` through ``img_layers`` hidden layers, the posterior reads
+    ``[deter, embed]`` through ``obs_layers``. Samples are drawn with
+    :func:`~torchdreamer.modules.sample_one_hot` (no ``multinomial`` in the loop).
 
     Args:
         action_dim: Size of the (one-hot or continuous) action vector.
         embed_dim: Size of the observation embedding.
-        deter: GRU state size.
-        hidden: Hidden size of the input and output layers.
-        categoricals: Number of categorical latents.
-        classes: Classes per categorical.
+        size: The :class:`~torchdreamer.modules.ModelSize` (``deter``, ``hidden``,
+            ``categoricals``, ``classes``, ``blocks`` and the layer counts).
         unimix: Uniform mixing of the latents.
 
     Examples:
         >>> import torch
-        >>> from torchdreamer.modules import RSSM
-        >>> rssm = RSSM(action_dim=2, embed_dim=8, deter=16, hidden=16, categoricals=4, classes=4)
+        >>> from torchdreamer.modules import RSSM, ModelSize
+        >>> size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4)
+        >>> rssm = RSSM(action_dim=2, embed_dim=8, size=size)
         >>> starts = torch.zeros(3, 5, dtype=torch.bool)
         >>> out = rssm.observe(torch.randn(3, 5, 8), torch.randn(3, 5, 2), starts)
         >>> out["stoch"].shape, out["deter"].shape, out["posterior_logits"].shape
         (torch.Size([3, 5, 16]), torch.Size([3, 5, 16]), torch.Size([3, 5, 4, 4]))
+
     """
 
     def __init__(
-        self,
-        action_dim: int,
-        embed_dim: int,
-        deter: int = 512,
-        hidden: int = 512,
-        categoricals: int = 32,
-        classes: int = 32,
-        unimix: float = 0.01,
+        self, action_dim: int, embed_dim: int, size: ModelSize | None = None, unimix: float = 0.01
     ) -> None:
         super().__init__()
-        self.deter_size, self.categoricals, self.classes = deter, categoricals, classes
-        self.stoch_size = categoricals * classes
+        size = ModelSize() if size is None else size
+        self.deter_size, self.classes = size.deter, size.classes
+        self.categoricals = size.categoricals
+        self.stoch_size = size.stoch_size
         self.unimix = unimix
-        self.img_in = MLP(self.stoch_size + action_dim, None, hidden, layers=1)
-        self.gru = NormGRUCell(hidden, deter)
-        self.prior_net = MLP(deter, self.stoch_size, hidden, layers=1)
-        self.posterior_net = MLP(deter + embed_dim, self.stoch_size, hidden, layers=1)
+        self.core = BlockGRU(self.stoch_size, action_dim, size)
+        self.prior_net = MLP(size.deter, self.stoch_size, size.hidden, size.img_layers)
+        self.posterior_net = MLP(
+            size.deter + embed_dim, self.stoch_size, size.hidden, size.obs_layers
+        )
 
     @property
     def feature_size(self) -> int:
@@ -102,19 +143,18 @@ class RSSM(nn.Module):
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """One-hot samples, flattened, with straight-through gradients to ``logits``."""
-        uniform = torch.rand_like(logits).clamp_(min=1e-20)
-        index = (logits - (-uniform.log()).log()).argmax(-1)
-        one_hot = nn.functional.one_hot(index, self.classes).to(logits.dtype)
+        one_hot = sample_one_hot(logits)
         if not (torch.is_grad_enabled() and logits.requires_grad):
             return one_hot.flatten(-2)
         probs = logits.exp()
-        return (one_hot + probs - probs.detach()).flatten(-2)
+        # (probs - probs.detach()) is exactly 0: the values stay exact one-hots.
+        return (one_hot + (probs - probs.detach())).flatten(-2)
 
     def img_step(
         self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of the prior: ``(stoch', deter', prior_logits)``."""
-        deter = self.gru(self.img_in(torch.cat([stoch, action.to(stoch.dtype)], -1)), deter)
+        deter = self.core(deter, stoch, action.to(stoch.dtype))
         prior_logits = self._logits(self.prior_net(deter))
         return self.sample(prior_logits), deter, prior_logits
 
@@ -166,50 +206,3 @@ class RSSM(nn.Module):
         names = ("stoch", "deter", "posterior_logits", "prior_logits")
         columns = zip(*steps, strict=True)
         return {name: torch.stack(parts, 1) for name, parts in zip(names, columns, strict=True)}
-
-
-class ImaginationEnv(nn.Module):
-    """The world model as an imagination environment for :class:`DreamerV3ActorLoss`.
-
-    ``reset(td)`` keeps the given ``state`` (flat stoch) and ``belief``
-    (deter); ``step(td)`` applies ``td["action"]`` through the prior and
-    writes ``("next", "state")``, ``("next", "belief")`` and the decoded
-    ``("next", "reward")`` of the reward head at the new state.
-
-    Args:
-        rssm: The :class:`RSSM`.
-        reward_head: A module of ``(stoch, deter)`` returning ``(logits, value)``,
-            e.g. :class:`~torchdreamer.modules.TwoHotHead`.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from torchdreamer.modules import RSSM, ImaginationEnv, TwoHotHead
-        >>> rssm = RSSM(action_dim=2, embed_dim=8, deter=16, hidden=16, categoricals=4, classes=4)
-        >>> env = ImaginationEnv(rssm, TwoHotHead(rssm.feature_size, hidden=16))
-        >>> td = TensorDict(
-        ...     state=torch.zeros(3, 16), belief=torch.zeros(3, 16), action=torch.ones(3, 2),
-        ...     batch_size=[3],
-        ... )
-        >>> env.step(env.reset(td))["next", "reward"].shape
-        torch.Size([3, 1])
-    """
-
-    def __init__(self, rssm: RSSM, reward_head: nn.Module) -> None:
-        super().__init__()
-        self.rssm = rssm
-        self.reward_head = reward_head
-
-    def reset(self, tensordict: TensorDictBase) -> TensorDictBase:
-        return tensordict.clone(recurse=False)
-
-    def step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        stoch, deter, _ = self.rssm.img_step(
-            tensordict.get("state"), tensordict.get("belief"), tensordict.get("action")
-        )
-        _, reward = self.reward_head(stoch, deter)
-        tensordict.set(
-            "next",
-            TensorDict(state=stoch, belief=deter, reward=reward, batch_size=tensordict.batch_size),
-        )
-        return tensordict

@@ -68,26 +68,16 @@ class DreamerAgent(nn.Module):
         super().__init__()
         size = config.size
         self.discrete, self.action_dim = discrete, action_dim
-        self.world_model = WorldModel(
-            observation_shape,
-            action_dim,
-            deter=size.deter,
-            hidden=size.hidden,
-            categoricals=size.categoricals,
-            classes=size.classes,
-            units=size.units,
-            layers=size.layers,
-            cnn_depth=size.cnn_depth,
-        )
+        self.world_model = WorldModel(observation_shape, action_dim, size)
         features = self.world_model.rssm.feature_size
         if discrete:
-            head = CategoricalActorHead(features, action_dim, size.units, size.layers)
+            head = CategoricalActorHead(features, action_dim, size.units, size.actor_layers)
             self.actor = ProbSeq(
                 TensorDictModule(head, _STATE, ["logits"]),
                 Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
             )
         else:
-            head = BoundedNormalActorHead(features, action_dim, size.units, size.layers)
+            head = BoundedNormalActorHead(features, action_dim, size.units, size.actor_layers)
             self.actor = ProbSeq(
                 TensorDictModule(head, _STATE, ["loc", "scale"]),
                 Prob(
@@ -98,7 +88,7 @@ class DreamerAgent(nn.Module):
                 ),
             )
         self.critic = TensorDictModule(
-            TwoHotHead(features, size.units, size.layers),
+            TwoHotHead(features, size.units, size.critic_layers),
             _STATE,
             ["state_value_logits", "state_value"],
         )

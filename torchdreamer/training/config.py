@@ -8,49 +8,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchdreamer.modules.size import ModelSize
+
 __all__ = ["PRESETS", "Config", "ModelSize"]
 
 
-@dataclass(frozen=True)
-class ModelSize:
-    """Network sizes of one preset."""
-
-    deter: int
-    """GRU (deterministic) state size."""
-    hidden: int
-    """Hidden size of the RSSM's input and output layers."""
-    categoricals: int
-    """Number of categorical latents."""
-    classes: int
-    """Classes per categorical latent."""
-    units: int
-    """Width of the encoder, decoder, head, actor and critic MLPs."""
-    layers: int
-    """Depth of those MLPs."""
-    cnn_depth: int
-    """Channels of the first convolution stage (images only)."""
-
-
-#: ``small`` is ours: quick on a laptop CPU, in the official ``size1m`` class
-#: (0.49 M parameters on CartPole; official size1m: 0.64 M). ``XS`` … ``L`` are the sizes of the
-#: DreamerV3 paper's model-size table (GRU units, MLP units x layers, CNN
-#: multiplier; 32 x 32 latents).
+#: The official sizes (``dreamerv3/configs.yaml``: ``size1m`` ... ``size400m``), named as
+#: there; on the same observation and action spaces each has exactly the official
+#: number of trainable parameters (e.g. CartPole-v1: size1m 637,381, size12m 9,724,165).
+#: ``small`` (ours, the default) is ``size1m`` with a GRU state of 256 instead of 512: the
+#: same architecture and depths, 357,573 parameters on CartPole-v1. The first paper's
+#: ``XS`` ... ``L`` are gone: they sized a dense GRU and one depth for every MLP, which
+#: the official networks no longer have.
 PRESETS: dict[str, ModelSize] = {
-    "small": ModelSize(
-        deter=256, hidden=64, categoricals=32, classes=4, units=64, layers=2, cnn_depth=16
-    ),
-    "XS": ModelSize(
-        deter=256, hidden=256, categoricals=32, classes=32, units=256, layers=1, cnn_depth=24
-    ),
-    "S": ModelSize(
-        deter=512, hidden=512, categoricals=32, classes=32, units=512, layers=2, cnn_depth=32
-    ),
-    "M": ModelSize(
-        deter=1024, hidden=640, categoricals=32, classes=32, units=640, layers=3, cnn_depth=48
-    ),
-    "L": ModelSize(
-        deter=2048, hidden=768, categoricals=32, classes=32, units=768, layers=4, cnn_depth=64
-    ),
+    "small": ModelSize(deter=256, hidden=64, classes=4, units=64, cnn_depth=4),
+    "size1m": ModelSize(deter=512, hidden=64, classes=4, units=64, cnn_depth=4),
+    "size12m": ModelSize(deter=2048, hidden=256, classes=16, units=256, cnn_depth=16),
+    "size25m": ModelSize(deter=3072, hidden=384, classes=24, units=384, cnn_depth=24),
+    "size50m": ModelSize(deter=4096, hidden=512, classes=32, units=512, cnn_depth=32),
+    "size100m": ModelSize(deter=6144, hidden=768, classes=48, units=768, cnn_depth=48),
+    "size200m": ModelSize(deter=8192, hidden=1024, classes=64, units=1024, cnn_depth=64),
+    "size400m": ModelSize(deter=12288, hidden=1536, classes=96, units=1536, cnn_depth=96),
 }
 
 
@@ -60,13 +38,13 @@ class Config:
 
     Examples:
         >>> from torchdreamer.training import Config
-        >>> config = Config(env="Pendulum-v1", preset="XS")
+        >>> config = Config(env="Pendulum-v1", preset="size12m")
         >>> config.size.deter, round(1 - 1 / config.horizon, 4)
-        (256, 0.997)
-        >>> Config(preset="XXL")
+        (2048, 0.997)
+        >>> Config(preset="XXL")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: unknown preset 'XXL'; choose one of ['L', 'M', 'S', 'XS', 'small'].
+        ValueError: unknown preset 'XXL'; choose one of ['size100m', 'size12m', ..., 'small'].
     """
 
     env: str = "CartPole-v1"
