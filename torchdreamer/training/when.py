@@ -67,6 +67,22 @@ class Ratio:
         """Forget what is owed: count from ``step`` on (the next call owes only later steps)."""
         self.previous = float(step)
 
+    def defer(self, updates: int) -> None:
+        """Owe again ``updates`` that a call returned but were not done (a stop cut them).
+
+        Examples:
+            >>> from torchdreamer.training.when import Ratio
+            >>> ratio = Ratio(0.5)
+            >>> ratio(0), ratio(8)
+            (1, 4)
+            >>> ratio.defer(3)
+            >>> ratio(8)
+            3
+
+        """
+        if self.previous is not None and self.ratio > 0:
+            self.previous -= updates / self.ratio
+
     def state_dict(self) -> dict[str, Any]:
         """The ratio and the step the count has reached (fractional remainder included)."""
         return {"ratio": self.ratio, "previous": self.previous}
