@@ -536,6 +536,7 @@ class _Training:
         agent: DreamerAgent,
         runner: EnvRunner,
         log: RunLog | None,
+        resume_point: bool,
     ) -> None:
         self.config, self.logdir, self.ranks, self.device = config, logdir, ranks, device
         self.state, self.agent, self.runner, self.log = state, agent, runner, log
@@ -543,6 +544,7 @@ class _Training:
         self.pending: list[Episode] = []  # ended on this rank since the last gathering
         self.last: dict[str, float] = {}  # the latest update's loss terms
         self.logged_step = state.env_step
+        self.saved_step = state.env_step if resume_point else None
         self._window = (time.perf_counter(), state.env_step, state.updates)
 
     def collect(self) -> None:
@@ -612,6 +614,7 @@ class _Training:
     def snapshot(self) -> None:
         """The checkpoint: rank 0's counters and networks, every rank's replay."""
         self.gather_episodes()
+        self.saved_step = self.state.env_step
         if self.log is not None:
             self.log.flush()  # what the checkpoint counts is on disk before it
         parts = distributed.gather_objects(self.state.rank_state_dict())
@@ -755,7 +758,8 @@ def _loop(
 ) -> int | None:
     """Collect, update, log, checkpoint until ``config.steps`` or a stop; the final
     checkpoint is written however the loop ends, except after another rank's failure."""
-    training = _Training(config, logdir, ranks, device, state, agent, runner, log)
+    resumed = state.env_step > 0  # a checkpoint holds this very state
+    training = _Training(config, logdir, ranks, device, state, agent, runner, log, resumed)
     bar = _Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
     log_now = Every(config.log_every, initial=False)
     checkpoint_now = Every(config.checkpoint_every, initial=False)
@@ -789,7 +793,8 @@ def _loop(
         if not failed:
             if training.logged_step != state.env_step:
                 training.record()  # the run's last step, when it fell between two rows
-            training.snapshot()
+            if training.saved_step != state.env_step:
+                training.snapshot()
         if log is not None:
             log.close()
     return stopped_by
