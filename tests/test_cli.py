@@ -474,7 +474,11 @@ def test_kills_and_resumes_keep_one_row_per_step_in_csv_and_tensorboard(tmp_path
         run.wait(timeout=60)
     killed_at = counters(logdir)["env_step"]
     with Run(logdir, "--resume", str(logdir), "--no-progress") as run:
-        wait_for(lambda: max(metric_steps(logdir)) >= killed_at + 120, run, "rows after resume")
+        wait_for(
+            lambda: max(metric_steps(logdir), default=0) >= killed_at + 120,
+            run,
+            "rows after resume",
+        )
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=300)
     assert run.returncode == 143, err.decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 from torchdreamer.training.runner import Episode
@@ -28,11 +29,17 @@ def _truncate(path: Path, env_step: int, columns: tuple[str, ...] = ()) -> None:
         return
     fields += [column for column in columns if column not in fields]
     rows = read_rows(path)
-    kept = [row for row in rows if int(row["env_step"]) <= env_step]
-    with open(path, "w", newline="") as file:
+    _rewrite(path, fields, [row for row in rows if int(row["env_step"]) <= env_step])
+
+
+def _rewrite(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
+    """Replace the CSV at ``path`` atomically: a kill meanwhile leaves the old file."""
+    partial = path.with_suffix(".csv.partial")
+    with open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows(rows)
+    os.replace(partial, path)
 
 
 class RunLog:
@@ -96,11 +103,7 @@ class RunLog:
             # New columns (the loss terms appear with the first update): rewrite
             # the file once with the wider header; earlier rows leave them empty.
             fields = fields + [key for key in row if key not in fields]
-            old = read_rows(path)
-            with open(path, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(old)
+            _rewrite(path, fields, read_rows(path))
             self._metric_fields = fields
         with open(path, "a", newline="") as file:
             csv.DictWriter(file, fieldnames=fields, restval="").writerow(row)
