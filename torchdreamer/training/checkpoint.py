@@ -26,8 +26,10 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
-#: First line of a checkpoint file: the format, then the payload's size and sha256.
-_MAGIC = b"torchdreamer-checkpoint 1"
+#: The zip comment of a checkpoint file starts so; the payload's sha256 follows.
+_MARK = b"torchdreamer-sha256 "
+#: A zip file's end record: its signature, 16 bytes, then the comment's 2-byte length.
+_END, _END_SIZE = b"PK\x05\x06", 22
 
 
 class CheckpointError(ValueError):
@@ -63,8 +65,9 @@ def _fsync_directory(directory: Path) -> None:
 def save_checkpoint(logdir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``logdir/checkpoint.pt`` atomically, with its checksum.
 
-    The file starts with a header line holding the payload's size and
-    sha256, which :func:`load_checkpoint` verifies. It is written beside the
+    The file is what ``torch.save`` writes (``torch.load`` reads it), with
+    the sha256 of those bytes as its zip comment, which :func:`load_checkpoint`
+    verifies. It is written beside the
     old one and flushed to disk; the old one is then linked to
     ``checkpoint.prev.pt`` and the new one renamed over it: a run killed at
     any moment leaves a whole ``checkpoint.pt``, and the one before it.
@@ -87,11 +90,14 @@ def save_checkpoint(logdir: Path, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getbuffer()
-    header = b"%s %d %s\n" % (_MAGIC, len(payload), hashlib.sha256(payload).hexdigest().encode())
+    # torch.save writes a zip without a comment: the sha256 goes into the comment, so
+    # torch.load still reads the file as it is.
+    comment = _MARK + hashlib.sha256(payload).hexdigest().encode()
     partial = path.with_suffix(".pt.partial")
     with open(partial, "wb") as file:
-        file.write(header)
-        file.write(payload)
+        file.write(payload[:-2])
+        file.write(len(comment).to_bytes(2, "little"))
+        file.write(comment)
         file.flush()
         os.fsync(file.fileno())
     if path.exists():
@@ -130,25 +136,27 @@ def load_checkpoint(
 
     A damaged file raises :class:`CheckpointError` naming it and, when it is
     whole, ``checkpoint.prev.pt``. Checkpoints written before checksums
-    existed (a bare ``torch.save`` file) load unverified.
+    existed (no zip comment) load unverified; ``torch.load`` reads either.
     """
     path = Path(logdir) / name
     if not path.exists():
         raise FileNotFoundError(f"{logdir} holds no {name}; nothing to resume or evaluate.")
     data = path.read_bytes()
-    if data.startswith(b"PK"):  # an unchecksummed zip written by torch.save
-        payload = memoryview(data)
-    else:
-        end = data.find(b"\n", 0, 200)
-        fields = data[:end].split(b" ") if end > 0 else []
-        if len(fields) != 4 or b" ".join(fields[:2]) != _MAGIC or not fields[2].isdigit():
-            raise _damage(path, "not a torchdreamer checkpoint: its header is missing")
-        payload = memoryview(data)[end + 1 :]
-        if len(payload) != int(fields[2]):
-            raise _damage(path, f"truncated: {len(payload)} of {int(fields[2])} bytes")
-        if hashlib.sha256(payload).hexdigest().encode() != fields[3]:
+    size = len(_MARK) + 64
+    end = len(data) - size - _END_SIZE
+    if data.endswith(b"\x00\x00") and data[-_END_SIZE : -_END_SIZE + 4] == _END:
+        pass  # no comment: written by torch.save before checksums existed
+    elif end >= 0 and data[end : end + 4] == _END and data[-size:].startswith(_MARK):
+        digest = hashlib.sha256()
+        digest.update(memoryview(data)[: len(data) - size - 2])
+        digest.update(b"\x00\x00")
+        if digest.hexdigest().encode() != data[-64:]:
             raise _damage(path, "its checksum does not match its contents")
+    elif data.startswith(b"PK\x03\x04"):
+        raise _damage(path, f"truncated: its end is missing after {len(data)} bytes")
+    else:
+        raise _damage(path, "not a torchdreamer checkpoint")
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises several types for unreadable files
         raise _damage(path, f"unreadable: {type(error).__name__}") from None

@@ -286,12 +286,12 @@ def check_replay_memory(
         >>> from torchdreamer.training.loop import check_replay_memory
         >>> config = Config(steps=1000, replay_capacity=10**12)
         >>> check_replay_memory(config, (64, 64, 3), 6, available=2**30)  # 1000 rows
-        12322000
+        12319000
         >>> check_replay_memory(Config(steps=10**6), (64, 64, 3), 6, available=2**30)
         Traceback (most recent call last):
         ...
         ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 11.5 GiB, \
-more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43571).
+more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580).
 
     """
     image = len(observation_shape) == 3
