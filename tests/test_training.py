@@ -158,7 +158,7 @@ def test_train_smoke_run_then_eval(tmp_path):
     assert math.isfinite(float(rows[-1]["loss"]))
     evaluation = run_cli("eval", str(logdir), "--episodes", "2")
     assert evaluation.returncode == 0, evaluation.stderr
-    assert "mean score over 2 episodes:" in evaluation.stdout
+    assert "score over 2 episodes:" in evaluation.stdout
 
 
 def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
@@ -213,7 +213,7 @@ def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
     [
         (["--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
         (["--env", "Blackjack-v1"], "Blackjack-v1: the observation space is Tuple"),
-        (["--preset", "XXL"], "invalid choice: 'XXL'"),
+        (["--preset", "XXL"], "unknown preset 'XXL'"),
         (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
         (["--image-size", "48"], "image_size must be 4 * 2**k pixels"),
     ],

@@ -1,16 +1,23 @@
 """torchdreamer: DreamerV3's learning objectives for TorchRL and tensordict.
 
 ``torchdreamer.functional`` holds the math as pure tensor functions;
-``torchdreamer.objectives`` the TorchRL loss modules built on it.
+``torchdreamer.objectives`` the TorchRL loss modules built on it. Both are
+imported when first used, so ``torchdreamer --help`` starts without torch.
 """
 
-from torchdreamer import functional
-from torchdreamer.objectives import (
-    DreamerV3ActorLoss,
-    DreamerV3ModelLoss,
-    DreamerV3ValueLoss,
-    ReturnScale,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torchdreamer import functional
+    from torchdreamer.objectives import (
+        DreamerV3ActorLoss,
+        DreamerV3ModelLoss,
+        DreamerV3ValueLoss,
+        ReturnScale,
+    )
 
 __all__ = [
     "DreamerV3ActorLoss",
@@ -20,3 +27,20 @@ __all__ = [
     "functional",
 ]
 __version__ = "0.1.0"
+
+_FROM_OBJECTIVES = {"DreamerV3ActorLoss", "DreamerV3ModelLoss", "DreamerV3ValueLoss", "ReturnScale"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "functional":
+        value = importlib.import_module("torchdreamer.functional")
+    elif name in _FROM_OBJECTIVES:
+        value = getattr(importlib.import_module("torchdreamer.objectives"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

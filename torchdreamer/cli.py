@@ -1,83 +1,160 @@
-"""``torchdreamer train`` and ``torchdreamer eval``."""
+"""``torchdreamer train`` and ``torchdreamer eval``.
+
+The options of ``train`` are the fields of :class:`~torchdreamer.training.Config`:
+names, types, help text and defaults all come from the dataclass. Nothing
+imports torch until a command runs, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
+import math
+import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
-from torchdreamer.training.config import PRESETS, Config
+from torchdreamer.training.config import PRESETS, Config, field_docs
 
 __all__ = ["main"]
 
-_HELP = {field.name: field for field in dataclasses.fields(Config)}
+#: Config fields with no command-line option.
+_NOT_OPTIONS = {"extra"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        _say(f"{self.prog}: error: {message} (see {self.prog} --help)", sys.stderr)
+        raise SystemExit(2)
+
+
+def _whole(text: str) -> int:
+    """An integer option: ``100000``, ``100_000`` or an integral float literal (``1e5``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
+def _number(text: str) -> float:
+    """A float option; NaN and infinities are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _preset(text: str) -> str:
+    canonical = {name.lower(): name for name in PRESETS}
+    if text.lower() not in canonical:
+        raise argparse.ArgumentTypeError(
+            f"unknown preset {text!r}; choose one of {sorted(PRESETS)} (any case)"
+        )
+    return canonical[text.lower()]
+
+
+_TYPES = {"int": _whole, "float": _number, "str": str}
+_METAVARS = {"int": "N", "float": "X"}
+
+
+def _help(text: str) -> str:
+    """A docstring as help text: ``field`` becomes --field, ``%`` is escaped for argparse."""
+    names = {item.name for item in dataclasses.fields(Config)}
+
+    def option(match: re.Match) -> str:
+        word = match.group(1)
+        return f"--{word.replace('_', '-')}" if word in names else word
+
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)  # Sphinx roles
+    return re.sub(r"``([^`]+)``", option, text).replace("%", "%%")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`Config` field, with its docstring and default as help."""
+    docs = field_docs()
+    defaults = Config()
+    for item in dataclasses.fields(Config):
+        if item.name in _NOT_OPTIONS:
+            continue
+        kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
+        default = getattr(defaults, item.name)
+        parser.add_argument(
+            f"--{item.name.replace('_', '-')}",
+            type=kind,
+            default=None,  # None: not given (a resumed run keeps its saved value)
+            metavar=_METAVARS.get(str(item.type), item.name.upper())
+            if item.name != "preset"
+            else "{" + ",".join(PRESETS) + "}",
+            help=f"{_help(docs.get(item.name, ''))} (default: {default})",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="torchdreamer", description="Train and evaluate DreamerV3 agents."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="torchdreamer", description="Train and evaluate DreamerV3 agents.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser(
         "train",
         help="train an agent (default: CartPole-v1, small preset)",
         description="Train a DreamerV3 agent; any option left out keeps its default "
-        "(or, with --resume, the saved run's value).",
+        "(or, with --resume, the saved run's value). Ctrl-C or SIGTERM stops it with a "
+        "final checkpoint; --resume continues it.",
     )
-    train.add_argument("--env", help="gymnasium id (default CartPole-v1)")
-    train.add_argument("--preset", choices=sorted(PRESETS), help="model size (default small)")
-    train.add_argument("--steps", type=int, help="environment steps in all (default 100000)")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--device", help="cpu or cuda (default cpu)")
-    train.add_argument("--logdir", type=Path, help="run directory (default runs/ENV-sSEED)")
+    train.add_argument("--logdir", type=Path, help="run directory (default: runs/ENV-sSEED)")
     train.add_argument("--resume", type=Path, metavar="LOGDIR", help="continue the run in LOGDIR")
-    train.add_argument("--image-size", type=int, help="side images are resized to (64)")
-    train.add_argument("--num-envs", type=int, help="parallel environments (default 16)")
-    train.add_argument("--train-ratio", type=float, help="replayed steps per env step (32)")
-    train.add_argument("--replay-capacity", type=int, help="replay rows kept (1000000)")
-    train.add_argument("--lr", type=float, help="learning rate (1e-4; official 4e-5)")
-    train.add_argument("--warmup", type=int, help="learning-rate warm-up updates (200)")
-    train.add_argument("--batch-size", type=int, help="replay sequences per update (16)")
-    train.add_argument("--batch-length", type=int, help="steps per replay sequence (64)")
-    train.add_argument("--log-every", type=int, help="env steps between metric rows (1000)")
-    train.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (10000)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    evaluate = commands.add_parser("eval", help="run a trained policy and print its mean score")
-    evaluate.add_argument("logdir", type=Path)
-    evaluate.add_argument("--episodes", type=int, default=10)
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--sample", action="store_true", help="sample actions, not the mode")
+    _add_config_options(train)
+    evaluate = commands.add_parser(
+        "eval",
+        help="run a trained policy and print its scores",
+        description="Run the policy of a run's checkpoint.pt and print the mean ± std, "
+        "min and max of its episode scores.",
+    )
+    evaluate.add_argument("logdir", type=Path, help="the run directory (holds checkpoint.pt)")
+    evaluate.add_argument(
+        "--episodes", type=_whole, default=10, help="episodes to run (default: 10)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    evaluate.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample actions from the policy (default: its most likely action)",
+    )
+    evaluate.add_argument(
+        "--threads",
+        type=_whole,
+        default=None,
+        help="CPU threads torch computes with, 0 = automatic (default: the run's)",
+    )
     return parser
 
 
 def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     given = {
-        name: getattr(args, name)
-        for name in (
-            "env",
-            "preset",
-            "steps",
-            "seed",
-            "device",
-            "image_size",
-            "num_envs",
-            "train_ratio",
-            "batch_size",
-            "batch_length",
-            "lr",
-            "warmup",
-            "replay_capacity",
-            "log_every",
-            "checkpoint_every",
-        )
-        if getattr(args, name) is not None
+        item.name: getattr(args, item.name)
+        for item in dataclasses.fields(Config)
+        if item.name not in _NOT_OPTIONS and getattr(args, item.name) is not None
     }
     if args.resume is not None:
         if args.logdir is not None and args.logdir != args.resume:
             raise ValueError("give the run directory once: --resume LOGDIR, without --logdir.")
+        if args.resume.exists() and not args.resume.is_dir():
+            raise ValueError(f"{args.resume} is a file, not a run directory.")
         saved = args.resume / "config.json"
         if not saved.exists():
             raise FileNotFoundError(f"{args.resume} holds no config.json: no run to resume.")
@@ -88,34 +165,81 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     return config, logdir, False
 
 
+def _say(text: str, file: Any = None) -> None:
+    """Print ``text``; a closed pipe or terminal is not an error (the run's files are
+    what matters), and later writes to that stream go nowhere."""
+    file = sys.stdout if file is None else file
+    try:
+        print(text, file=file, flush=True)
+    except (OSError, ValueError):
+        try:  # no "Exception ignored" from the interpreter flushing it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and not isinstance(error, FileNotFoundError):
+        return f"{error.strerror or error}: {error.filename}"
+    return str(error)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from torchdreamer.training import distributed
+    from torchdreamer.training.loop import train
+
+    # Under torchrun: join the job; rank 0 reads the run directory.
+    ranks = distributed.init_from_env()
+    try:
+        try:
+            config, logdir, resume = distributed.run_on_main(lambda: _config(args))
+            summary = train(config, logdir, resume=resume, progress=not args.no_progress)
+        finally:
+            distributed.shutdown()
+    except (ValueError, OSError) as error:
+        if ranks.is_main:
+            _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
+        return 2
+    if ranks.is_main:
+        _say(summary.line(config))
+        written = "logs and checkpoint" + (f", {summary.curve.name}" if summary.curve else "")
+        _say(f"{written} in {logdir}")
+        if summary.stopped_by is not None:
+            name = signal.Signals(summary.stopped_by).name
+            _say(
+                f"stopped at step {summary.env_step} by {name}; checkpoint saved; resume with "
+                f"`torchdreamer train --resume {logdir}`"
+            )
+    return 0 if summary.stopped_by is None else 128 + summary.stopped_by
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from torchdreamer.training.loop import evaluate
+
+    try:
+        scores = evaluate(args.logdir, args.episodes, args.device, args.sample, args.threads)
+    except (ValueError, OSError) as error:
+        _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
+        return 2
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    _say(
+        f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
+        f"min {min(scores):.1f}, max {max(scores):.1f}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
-    from torchdreamer.training import distributed
-    from torchdreamer.training.loop import evaluate, train
+    import logging
 
-    ranks = distributed.Ranks()
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
     try:
-        if args.command == "train":
-            # Under torchrun: join the job; rank 0 reads the run directory.
-            ranks = distributed.init_from_env()
-            try:
-                config, logdir, resume = distributed.run_on_main(lambda: _config(args))
-                summary = train(config, logdir, resume=resume, progress=not args.no_progress)
-            finally:
-                distributed.shutdown()
-            if ranks.is_main:
-                print(summary.line(config))
-                print(f"logs, checkpoint and learning_curve.png in {logdir}")
-        else:
-            scores = evaluate(args.logdir, args.episodes, args.device, args.sample)
-            mean = sum(scores) / len(scores)
-            print(f"mean score over {len(scores)} episodes: {mean:.1f}")
-    except (ValueError, FileNotFoundError) as error:
-        if ranks.is_main:
-            print(f"torchdreamer: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return _train(args) if args.command == "train" else _evaluate(args)
+    except KeyboardInterrupt:  # before training started or after it ended: nothing to save
+        _say("torchdreamer: interrupted", sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

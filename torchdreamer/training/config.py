@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
+import math
+import textwrap
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from torchdreamer.modules.size import ModelSize
 
-__all__ = ["PRESETS", "Config", "ModelSize"]
+__all__ = ["MAX_TRAIN_RATIO", "PRESETS", "Config", "ModelSize", "field_docs"]
+
+#: Largest ``train_ratio`` accepted: 64 times the official maximum (1024).
+MAX_TRAIN_RATIO = 65536.0
 
 
 #: The official sizes (``dreamerv3/configs.yaml``: ``size1m`` ... ``size400m``), named as
@@ -50,9 +58,11 @@ class Config:
     env: str = "CartPole-v1"
     """Gymnasium id: vector or image observations, discrete or continuous actions."""
     preset: str = "small"
-    """Network sizes, one of :data:`PRESETS`."""
+    """Network sizes: a name in :data:`PRESETS`, in any case."""
     steps: int = 100_000
-    """Environment steps to train for (summed over the parallel environments)."""
+    """Environment steps to train for, summed over the parallel environments (and
+    processes): the run stops at ``steps`` or at the next multiple of the environment
+    count above it."""
     seed: int = 0
     """Seeds torch, the environments and the replay sampling."""
     device: str = "cpu"
@@ -67,7 +77,8 @@ class Config:
     batch_length: int = 64
     """Steps per replay sequence (official 64)."""
     train_ratio: float = 32.0
-    """Replayed steps per environment step (official 32 for CartPole-class tasks)."""
+    """Replayed steps per environment step (official 32 for CartPole-class tasks; at
+    most 65536)."""
     replay_capacity: int = 1_000_000
     """Replay rows kept, over all environments; the oldest are dropped first."""
     imagination_horizon: int = 15
@@ -102,41 +113,75 @@ class Config:
     """Environment steps between metric rows."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (one is also written at exit)."""
+    threads: int = 0
+    """CPU threads torch computes with (0 = automatic)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run."""
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
+        self._check_types()
+        canonical = {name.lower(): name for name in PRESETS}
+        if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
-        for name in ("steps", "num_envs", "batch_size", "batch_length", "imagination_horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self.preset = canonical[self.preset.lower()]
+        for name, low, high in _RANGES:
+            value = getattr(self, name)
+            if not low(value) or not high(value):
+                raise ValueError(f"{name} must be {_describe(name)}, got {value}.")
         side = self.image_size
         if side < 4 or side % 4 or (side // 4) & (side // 4 - 1):
             raise ValueError(f"image_size must be 4 * 2**k pixels (32, 64, 128...), got {side}.")
-        if self.batch_length < 2:
-            raise ValueError(f"batch_length must be >= 2, got {self.batch_length}.")
-        if self.train_ratio <= 0:
-            raise ValueError(f"train_ratio must be > 0, got {self.train_ratio}.")
         if self.replay_capacity < self.num_envs * self.batch_length:
             raise ValueError(
                 f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
                 f"{self.batch_length} steps per environment ({self.num_envs} envs)."
             )
 
+    def _check_types(self) -> None:
+        """Integral floats (``1e5``) become ints; other types and non-finite numbers are refused."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.type == "int":
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ValueError(f"{item.name} must be a whole number, got {value!r}.")
+            elif item.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{item.name} must be a number, got {value!r}.")
+                if not math.isfinite(value):
+                    raise ValueError(f"{item.name} must be a finite number, got {value!r}.")
+                value = float(value)
+            elif item.type == "str" and not isinstance(value, str):
+                raise ValueError(f"{item.name} must be a string, got {value!r}.")
+            setattr(self, item.name, value)
+
     @property
     def size(self) -> ModelSize:
         return PRESETS[self.preset]
 
     #: Fields that may differ when a run is resumed (they do not change what is learnt).
-    RESUMABLE = ("steps", "device", "log_every", "checkpoint_every")
+    RESUMABLE = ("steps", "device", "log_every", "checkpoint_every", "threads")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: Path) -> Config:
-        return cls(**json.loads(Path(path).read_text()))
+        """The config saved at ``path``; a file that is not one is refused, naming it."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a valid config ({error}).") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} is not a valid config (a JSON object is expected).")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{path} has unknown fields {unknown}.")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def differences(self, other: Config) -> dict[str, tuple[Any, Any]]:
         """Fields, other than :attr:`RESUMABLE` ones, where ``other`` differs."""
@@ -146,3 +191,90 @@ class Config:
             for key in mine
             if key not in self.RESUMABLE and mine[key] != theirs[key]
         }
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _any(value: float) -> bool:
+    return True
+
+
+def _at_least(bound: float):
+    return lambda value: value >= bound
+
+
+def _at_most(bound: float):
+    return lambda value: value <= bound
+
+
+def _below(bound: float):
+    return lambda value: value < bound
+
+
+#: (field, lower test, upper test): the values each numeric field accepts.
+_RANGES = (
+    *((name, _at_least(1), _any) for name in ("steps", "num_envs", "batch_size")),
+    ("batch_length", _at_least(2), _any),
+    ("imagination_horizon", _at_least(1), _any),
+    ("log_every", _at_least(1), _any),
+    ("checkpoint_every", _at_least(1), _any),
+    ("seed", _at_least(0), _any),
+    ("warmup", _at_least(0), _any),
+    ("threads", _at_least(0), _any),
+    ("train_ratio", _positive, _at_most(MAX_TRAIN_RATIO)),
+    ("lr", _positive, _any),
+    ("horizon", _at_least(1), _any),
+    ("lmbda", _at_least(0), _at_most(1)),
+    ("entropy_bonus", _at_least(0), _any),
+    ("slow_critic_tau", _positive, _at_most(1)),
+    ("slow_critic_weight", _at_least(0), _any),
+    ("replay_value_scale", _at_least(0), _any),
+    ("agc", _positive, _any),
+    ("eps", _positive, _any),
+    ("beta1", _at_least(0), _below(1)),
+    ("beta2", _at_least(0), _below(1)),
+)
+
+_RANGE_TEXT = {
+    "batch_length": ">= 2",
+    "train_ratio": f"in (0, {MAX_TRAIN_RATIO:g}] (replayed steps per env step)",
+    "lmbda": "in [0, 1]",
+    "slow_critic_tau": "in (0, 1]",
+    "beta1": "in [0, 1)",
+    "beta2": "in [0, 1)",
+    "horizon": ">= 1",
+}
+
+
+def _describe(name: str) -> str:
+    if name in _RANGE_TEXT:
+        return _RANGE_TEXT[name]
+    low = next(test for key, test, _ in _RANGES if key == name)
+    return "> 0" if low is _positive else (">= 1" if not low(0) else ">= 0")
+
+
+@cache
+def field_docs(cls: type = Config) -> dict[str, str]:
+    """The docstring under each field of the dataclass ``cls``, by field name.
+
+    Examples:
+        >>> from torchdreamer.training.config import field_docs
+        >>> field_docs()["num_envs"]
+        'Environments stepped together (official 16).'
+
+    """
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 from torchdreamer.training.runner import Episode
@@ -14,20 +15,31 @@ EPISODES = "episodes.csv"
 METRICS = "metrics.csv"
 
 
-def _truncate(path: Path, env_step: int) -> None:
-    """Drop rows logged after ``env_step``: a resumed run re-does those steps."""
+def _truncate(path: Path, env_step: int, columns: tuple[str, ...] = ()) -> None:
+    """Drop rows logged after ``env_step``: a resumed run re-does those steps.
+
+    ``columns`` missing from the header (a log written by an older version) are
+    added, empty in the old rows.
+    """
     if not path.exists():
         return
     with open(path, newline="") as file:
         fields = next(csv.reader(file), None)
     if not fields:
         return
+    fields += [column for column in columns if column not in fields]
     rows = read_rows(path)
-    kept = [row for row in rows if int(row["env_step"]) <= env_step]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
+    _rewrite(path, fields, [row for row in rows if int(row["env_step"]) <= env_step])
+
+
+def _rewrite(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
+    """Replace the CSV at ``path`` atomically: a kill meanwhile leaves the old file."""
+    partial = path.with_suffix(".csv.partial")
+    with open(partial, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows(rows)
+    os.replace(partial, path)
 
 
 class RunLog:
@@ -37,7 +49,8 @@ class RunLog:
         logdir: The run's directory.
         resume_step: When resuming, the checkpoint's env step: rows after it
             (written by the interrupted run after its last checkpoint) are
-            removed, from the CSVs and from TensorBoard, so no step appears twice.
+            removed, from the CSVs and from TensorBoard, so no step appears twice;
+            the rows at ``resume_step`` itself stay in both.
 
     Examples:
         >>> import tempfile
@@ -45,11 +58,11 @@ class RunLog:
         >>> from torchdreamer.training.runner import Episode
         >>> logdir = tempfile.mkdtemp()
         >>> log = RunLog(logdir)
-        >>> log.episode(Episode(env_step=16, score=21.0, length=21))
+        >>> log.episode(Episode(env_step=16, score=21.0, length=21, env=3))
         >>> log.metrics(16, {"updates": 2, "loss": 3.5})
         >>> log.close()
         >>> read_episodes(logdir)
-        [Episode(env_step=16, score=21.0, length=21)]
+        [Episode(env_step=16, score=21.0, length=21, env=3)]
         >>> read_rows(f"{logdir}/metrics.csv")
         [{'env_step': '16', 'updates': '2', 'loss': '3.5'}]
     """
@@ -60,10 +73,11 @@ class RunLog:
         self.logdir = Path(logdir)
         if resume_step is not None:
             _truncate(self.logdir / METRICS, resume_step)
-            _truncate(self.logdir / EPISODES, resume_step)
+            _truncate(self.logdir / EPISODES, resume_step, columns=("env",))
+        # TensorBoard drops the events at or after purge_step: those after resume_step.
         self.writer = SummaryWriter(
             str(self.logdir / "tensorboard"),
-            purge_step=resume_step if resume_step is not None else None,
+            purge_step=resume_step + 1 if resume_step is not None else None,
         )
         self._metric_fields: list[str] | None = None
 
@@ -73,8 +87,8 @@ class RunLog:
         with open(path, "a", newline="") as file:
             writer = csv.writer(file)
             if new:
-                writer.writerow(["env_step", "score", "length"])
-            writer.writerow([episode.env_step, f"{episode.score:.6g}", episode.length])
+                writer.writerow(["env_step", "score", "length", "env"])
+            writer.writerow([episode.env_step, f"{episode.score:.6g}", episode.length, episode.env])
         self.writer.add_scalar("episode/score", episode.score, episode.env_step)
         self.writer.add_scalar("episode/length", episode.length, episode.env_step)
 
@@ -89,17 +103,17 @@ class RunLog:
             # New columns (the loss terms appear with the first update): rewrite
             # the file once with the wider header; earlier rows leave them empty.
             fields = fields + [key for key in row if key not in fields]
-            old = read_rows(path)
-            with open(path, "w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(old)
+            _rewrite(path, fields, read_rows(path))
             self._metric_fields = fields
         with open(path, "a", newline="") as file:
             csv.DictWriter(file, fieldnames=fields, restval="").writerow(row)
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, env_step)
+
+    def flush(self) -> None:
+        """Put every TensorBoard event on disk (before a checkpoint, so a kill loses none)."""
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()
@@ -120,7 +134,12 @@ def read_episodes(logdir: Path) -> list[Episode]:
         return []
     with open(path, newline="") as file:
         return [
-            Episode(int(row["env_step"]), float(row["score"]), int(row["length"]))
+            Episode(
+                int(row["env_step"]),
+                float(row["score"]),
+                int(row["length"]),
+                int(row.get("env") or 0),  # logs written before the column existed
+            )
             for row in csv.DictReader(file)
         ]
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +34,21 @@ from torchdreamer.training.envs import make_env
 from torchdreamer.training.logs import RunLog, plot_curve
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
+from torchdreamer.training.threads import configure_threads
+from torchdreamer.training.when import Every, Ratio
 
-__all__ = ["Summary", "evaluate", "prepare_logdir", "train"]
+__all__ = [
+    "RunDirectory",
+    "RunInUse",
+    "RunState",
+    "Summary",
+    "check_replay_memory",
+    "evaluate",
+    "train",
+]
 
 CONFIG = "config.json"
+LOCK = ".lock"
 
 
 @dataclass
@@ -44,6 +60,10 @@ class Summary:
     wall_time: float
     mean_score: float
     """Mean score of the last 10 training episodes (NaN before any ended)."""
+    stopped_by: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, or None."""
+    curve: Path | None = None
+    """The learning curve written at the end (None before any episode ended)."""
 
     def line(self, config: Config) -> str:
         speed = self.env_step / max(self.wall_time, 1e-9)
@@ -56,46 +76,242 @@ class Summary:
         )
 
 
-def prepare_logdir(config: Config, logdir: Path, resume: bool) -> Config:
-    """Check ``logdir`` against the run and return the config to use.
+# ------------------------------------------------------------------ run directory
+class RunInUse(ValueError):
+    """Another process holds the run directory's lock."""
 
-    A new run needs a directory that holds no run. A resumed run must have the
-    saved config, except for :attr:`Config.RESUMABLE` fields (``steps``,
-    ``device``, …).
+
+def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> str:
+    return "; ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in differences.items())
+
+
+class RunDirectory:
+    """The log directory of one run: checked before anything is written, then claimed.
+
+    :meth:`check` reads and refuses (a file in the way, another run's
+    directory, a resume whose config or checkpoint does not match);
+    :meth:`claim` creates the directory and writes ``config.json``. A
+    ``.lock`` file holds an exclusive ``flock`` from the claim (from the
+    check, for a resume) to :meth:`release`, so two processes never write
+    one run; the kernel drops the lock of a killed process.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torchdreamer.training import Config
+        >>> from torchdreamer.training.loop import RunDirectory
+        >>> path = Path(tempfile.mkdtemp()) / "run"
+        >>> first = RunDirectory(path)
+        >>> config, checkpoint = first.check(Config(), resume=False)
+        >>> path.exists()  # nothing written yet
+        False
+        >>> first.claim(config, resume=False)
+        >>> RunDirectory(path).check(config, resume=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        torchdreamer.training.loop.RunInUse: .../run is in use by process ... (its lock ...
+        >>> first.release()
+        >>> sorted(p.name for p in path.iterdir())
+        ['config.json']
+
     """
-    logdir = Path(logdir)
-    saved_path = logdir / CONFIG
-    if resume:
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rank_parts: list[dict] | None = None
+        self._lock: int | None = None
+
+    def check(
+        self, config: Config, resume: bool, world_size: int = 1
+    ) -> tuple[Config, dict[str, Any] | None]:
+        """The config to run and, when resuming, the checkpoint (every rank's part removed
+        to :attr:`rank_parts`); raises with the reason when the run cannot start here."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file, not a directory: pick another --logdir.")
+        if not resume:
+            self._check_new(config)
+            return config, None
+        saved_path = path / CONFIG
         if not saved_path.exists():
-            raise FileNotFoundError(f"{logdir} holds no {CONFIG}: there is no run to resume.")
+            raise FileNotFoundError(f"{path} holds no {CONFIG}: there is no run to resume.")
+        self._check_writable(path)
+        self.lock()
         differences = Config.load(saved_path).differences(config)
         if differences:
             raise ValueError(
-                f"cannot resume {logdir} with a different {', '.join(sorted(differences))}: "
+                f"cannot resume {path} with a different {', '.join(sorted(differences))}: "
                 f"only {', '.join(Config.RESUMABLE)} may change when a run is resumed."
             )
-        saved_path.write_text(config.to_json())
-        return config
-    if saved_path.exists():
-        saved = Config.load(saved_path)
-        differences = saved.differences(config)
+        if not (path / CHECKPOINT).exists():
+            return config, None  # killed before its first checkpoint: it starts over
+        checkpoint = load_checkpoint(path)
+        stored = _stored_config(checkpoint, path / CHECKPOINT)
+        differences = stored.differences(config)
         if differences:
-            listed = "; ".join(
-                f"{k}: {a!r} there, {b!r} here" for k, v in differences.items() for a, b in [v]
-            )
             raise ValueError(
-                f"{logdir} holds another run with an incompatible config ({listed}). "
-                "Pick a new --logdir, or continue that run with --resume."
+                f"{path / CHECKPOINT} was written with another config than {saved_path} "
+                f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore "
+                f"{CONFIG} or start a new run with another --logdir."
             )
+        step = checkpoint["counters"]["env_step"]
+        if config.steps < step:
+            raise ValueError(
+                f"--steps {config.steps} is below the step {step} the run in {path} has "
+                f"reached; pass --steps {step} or more to continue it."
+            )
+        self.rank_parts = checkpoint.pop("ranks")
+        if len(self.rank_parts) != world_size:
+            raise ValueError(
+                f"{path} was checkpointed by {len(self.rank_parts)} processes; resume it with "
+                f"as many (this run has {world_size})."
+            )
+        return config, checkpoint
+
+    def _check_new(self, config: Config) -> None:
+        saved_path = self.path / CONFIG
+        if saved_path.exists():
+            differences = Config.load(saved_path).differences(config)
+            if differences:
+                raise ValueError(
+                    f"{self.path} holds another run with an incompatible config "
+                    f"({_listed(differences, 'there', 'here')}). "
+                    "Pick a new --logdir, or continue that run with --resume."
+                )
+            raise ValueError(
+                f"{self.path} already holds this run; continue it with "
+                f"`torchdreamer train --resume {self.path}` or pick a new --logdir."
+            )
+        existing = self.path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{existing} is a file: cannot create the log directory {self.path}.")
+        self._check_writable(existing)
+
+    @staticmethod
+    def _check_writable(directory: Path) -> None:
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, "cannot write into the directory", str(directory))
+
+    def claim(self, config: Config, resume: bool) -> None:
+        """Create the directory (a new run), take its lock and write ``config.json``."""
+        saved_path = self.path / CONFIG
+        if not resume:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock()
+            if saved_path.exists():
+                raise ValueError(f"another run started in {self.path} meanwhile.")
+        elif saved_path.read_text() == config.to_json():
+            return
+        partial = saved_path.with_suffix(".json.partial")
+        partial.write_text(config.to_json())
+        os.replace(partial, saved_path)
+
+    def lock(self) -> None:
+        """Take the run's lock, or raise :class:`RunInUse` naming the holder's PID."""
+        if self._lock is not None:
+            return
+        path = self.path / LOCK
+        while True:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(handle)
+                raise RunInUse(
+                    f"{self.path} is in use by process {holder} (its lock {path}); wait for "
+                    "it to end or stop it, then run again."
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(handle), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(handle)  # the file was removed by a run ending meanwhile: lock the new one
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+        self._lock = handle
+
+    def release(self) -> None:
+        """Drop the lock (and its file); nothing to do if it was not taken."""
+        if self._lock is None:
+            return
+        (self.path / LOCK).unlink(missing_ok=True)
+        os.close(self._lock)
+        self._lock = None
+
+
+def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
+    """The config a checkpoint was written with."""
+    try:
+        return Config(**json.loads(checkpoint["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds no readable config ({error}).") from None
+
+
+# --------------------------------------------------------------------- memory
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_replay_memory(
+    config: Config,
+    observation_shape: tuple[int, ...],
+    action_dim: int,
+    available: int | None = None,
+    processes: int = 1,
+) -> int:
+    """The bytes the replay can reach in this run; raises if they exceed ``available``.
+
+    A run reaches ``min(replay_capacity, steps)`` rows (one observation, action,
+    reward and flags each), in each of ``processes`` processes on this machine.
+    ``available`` defaults to the memory the machine has free now.
+
+    Examples:
+        >>> from torchdreamer.training import Config
+        >>> from torchdreamer.training.loop import check_replay_memory
+        >>> config = Config(steps=1000, replay_capacity=10**12)
+        >>> check_replay_memory(config, (64, 64, 3), 6, available=2**30)  # 1000 rows
+        12319000
+        >>> check_replay_memory(Config(steps=10**6), (64, 64, 3), 6, available=2**30)
+        Traceback (most recent call last):
+        ...
+        ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 11.5 GiB, \
+more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580).
+
+    """
+    image = len(observation_shape) == 3
+    row = math.prod(observation_shape) * (1 if image else 4) + 4 * action_dim + 4 + 3
+    rows = min(config.replay_capacity, config.steps)
+    needed = rows * row * processes
+    if available is None:
+        available = _available_memory()
+    if available is not None and needed > available:
         raise ValueError(
-            f"{logdir} already holds this run; continue it with "
-            f"`torchdreamer train --resume {logdir}` or pick a new --logdir."
+            f"the replay would reach {rows} rows of {tuple(observation_shape)} observations"
+            f"{f' in each of {processes} processes' if processes > 1 else ''}: "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+            f"available; pass a smaller --replay-capacity "
+            f"(e.g. {available // 2 // row // processes:d})."
         )
-    logdir.mkdir(parents=True, exist_ok=True)
-    saved_path.write_text(config.to_json())
-    return config
+    return needed
 
 
+# ---------------------------------------------------------------- run state
 def _mean(scores: deque[float]) -> float:
     """Mean of the recent episode scores (NaN before any episode ended)."""
     return float(np.mean(scores)) if scores else float("nan")
@@ -107,24 +323,107 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Stop:
-    """Turns ``signals`` (SIGTERM) into a clean stop (checkpoint, logs, curve) like Ctrl-C."""
+class RunState:
+    """What a run carries from one loop to the next, and what its checkpoint restores.
 
-    def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
-        self.requested = False
-        self._signals = signals
-        self._previous = {s: signal.getsignal(s) for s in signals}
+    The counters, the recent scores and the train-ratio schedule are the same
+    on every rank (:meth:`state_dict`); the replay, its sampling generator and
+    the global generators are each rank's own (:meth:`rank_state_dict`).
+    :meth:`load_state_dict` takes back exactly what the two return.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training import Config, SequenceReplay
+        >>> from torchdreamer.training.loop import RunState
+        >>> config = Config(num_envs=2, batch_size=2, batch_length=8)
+        >>> def fresh():
+        ...     generator = torch.Generator().manual_seed(0)
+        ...     return RunState(config, SequenceReplay(2, 64, generator), generator)
+        >>> state = fresh()
+        >>> state.env_step, state.updates = 32, 5
+        >>> state.recent.append(21.0)
+        >>> restored = fresh()
+        >>> restored.load_state_dict(state.state_dict(), state.rank_state_dict())
+        >>> restored.env_step, restored.updates, list(restored.recent)
+        (32, 5, [21.0])
+
+    """
+
+    def __init__(self, config: Config, replay: SequenceReplay, generator: torch.Generator):
+        self.env_step = 0
+        self.updates = 0
+        self.wall_time = 0.0
+        self.recent: deque[float] = deque(maxlen=10)
+        batch_steps = config.batch_size * config.batch_length
+        self.train_ratio = Ratio(config.train_ratio / batch_steps)
+        """Updates due per env step of this rank."""
+        self.replay = replay
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "counters": {
+                "env_step": self.env_step,
+                "updates": self.updates,
+                "wall_time": self.wall_time,
+            },
+            "recent_scores": list(self.recent),
+            "train_ratio": self.train_ratio.state_dict(),
+        }
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        return {
+            "replay": self.replay.state_dict(),
+            "replay_generator": self.generator.get_state(),
+            "rng": rng_states(),
+        }
+
+    def load_state_dict(
+        self, state: dict[str, Any], rank_state: dict[str, Any], world_size: int = 1
+    ) -> None:
+        counters = state["counters"]
+        self.env_step = counters["env_step"]
+        self.updates = counters["updates"]
+        self.wall_time = counters["wall_time"]
+        self.recent.clear()
+        self.recent.extend(state["recent_scores"])
+        if "train_ratio" in state:
+            self.train_ratio.load_state_dict(state["train_ratio"])
+        elif counters.get("update_credit") or counters["updates"]:
+            # A checkpoint that stored the updates owed as a credit: the same count.
+            owed = counters["update_credit"] / self.train_ratio.ratio
+            self.train_ratio.reset(self.env_step // world_size - owed)
+        self.replay.load_state_dict(rank_state["replay"])
+        self.generator.set_state(rank_state["replay_generator"])
+        set_rng_states(rank_state["rng"])
+
+
+# -------------------------------------------------------------- stop, progress
+class _Stop:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a stop request the loop honours."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> _Stop:
         try:
-            for s in self._signals:
-                signal.signal(s, self._handle)
-        except ValueError:  # not the main thread
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: signals stay as they are
             pass
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
+        self.signal = signum
+
+    def agreed(self) -> int | None:
+        """The signal of the first rank that got one (every rank calls this together)."""
+        return next((s for s in distributed.all_gather_objects(self.signal) if s), None)
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -134,22 +433,86 @@ class _Stop:
             pass
 
 
-#: Largest replay observation storage allocated without being asked explicitly.
-REPLAY_MEMORY_LIMIT = 8 * 2**30
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
 
 
-def _check_replay_memory(config: Config, observation_shape: tuple[int, ...]) -> None:
-    image = len(observation_shape) == 3
-    row = math.prod(observation_shape) * (1 if image else 4)
-    needed = config.replay_capacity * row
-    if needed > REPLAY_MEMORY_LIMIT:
-        raise ValueError(
-            f"a replay of {config.replay_capacity} rows of {observation_shape} observations "
-            f"needs {needed / 2**30:.1f} GiB; pass a smaller --replay-capacity (e.g. "
-            f"{REPLAY_MEMORY_LIMIT // row // 2:d})."
+class _Progress:
+    """The progress bar: ``prefill`` until the first update, then ``train``.
+
+    Its fields come from the live counters (updates/s over the last few
+    seconds, the latest score, the mean of the last 10); the remaining time is
+    estimated from the update rate once updates run. It fits the terminal's
+    width, and an error writing it (a closed pipe) turns it off instead of
+    stopping the run.
+    """
+
+    def __init__(self, config: Config, initial: int, enabled: bool, world_size: int) -> None:
+        self._bar: tqdm | None = None
+        batch_steps = config.batch_size * config.batch_length
+        self._updates_per_step = config.train_ratio / batch_steps / world_size
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=16)
+        self._shown = 0.0
+        if enabled:
+            self._guard(self._open, config.steps, initial)
+
+    def _open(self, total: int, initial: int) -> None:
+        width = shutil.get_terminal_size((80, 24)).columns
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            desc="prefill",
+            unit="step",
+            unit_scale=True,
+            ncols=max(min(width, 120), 40),
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            mininterval=0.5,
         )
 
+    def _guard(self, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+        except (OSError, ValueError):  # the terminal or pipe is gone: no more bar
+            if self._bar is not None:
+                self._bar.disable = True
+            self._bar = None
 
+    def show(self, state: RunState, scores: list[float]) -> None:
+        """Advance to ``state.env_step``; ``scores``: the recent episodes' scores, last last."""
+        if self._bar is not None:
+            self._guard(self._show, state, scores)
+
+    def _show(self, state: RunState, scores: list[float]) -> None:
+        bar = self._bar
+        now = time.perf_counter()
+        self._samples.append((now, state.env_step, state.updates))
+        bar.update(state.env_step - bar.n)
+        if now - self._shown < 0.5:
+            return
+        self._shown = now
+        first, _, first_updates = self._samples[0]
+        rate = (state.updates - first_updates) / max(now - first, 1e-9)
+        fields = []
+        if state.updates:
+            bar.set_description_str("train", refresh=False)
+            if rate > 0:
+                left = (bar.total - state.env_step) * self._updates_per_step / rate
+                fields.append(f"left {_clock(left)}")
+            fields.append(f"{rate:.2f} upd/s")
+        recent = deque(scores, maxlen=10)
+        score = f"{recent[-1]:.4g}" if recent else "-"
+        fields.append(f"score {score} mean10 {_mean(recent):.4g}")
+        bar.set_postfix_str(", ".join(fields), refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._guard(self._bar.close)
+            self._bar = None
+
+
+# ------------------------------------------------------------------- the loop
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimiser's state tensors by name, to check that ranks agree on them."""
     return {
@@ -160,22 +523,139 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     }
 
 
+class _Training:
+    """The steps of the loop, each a method, sharing the run's objects."""
+
+    def __init__(
+        self,
+        config: Config,
+        logdir: Path,
+        ranks: distributed.Ranks,
+        device: torch.device,
+        state: RunState,
+        agent: DreamerAgent,
+        runner: EnvRunner,
+        log: RunLog | None,
+        resume_point: bool,
+    ) -> None:
+        self.config, self.logdir, self.ranks, self.device = config, logdir, ranks, device
+        self.state, self.agent, self.runner, self.log = state, agent, runner, log
+        self.parallel = distributed.wrap(agent, ranks)
+        self.pending: list[Episode] = []  # ended on this rank since the last gathering
+        self.last: dict[str, float] = {}  # the latest update's loss terms
+        self.logged_step = state.env_step
+        self.saved_step = state.env_step if resume_point else None
+        self._window = (time.perf_counter(), state.env_step, state.updates)
+
+    def collect(self) -> None:
+        """One step of every environment of every rank, into the replay."""
+        state = self.state
+        state.env_step += self.config.num_envs * self.ranks.world_size
+        additions, episodes = self.runner.step(state.env_step)
+        for rows, mask in additions:
+            state.replay.add(rows, mask)
+        self.pending.extend(episodes)
+
+    def can_update(self) -> bool:
+        """Whether this rank's replay holds a batch of this rank's steps."""
+        config, state = self.config, self.state
+        batch_steps = config.batch_size * config.batch_length
+        own_steps = state.env_step // self.ranks.world_size
+        return state.replay.can_sample(config.batch_length) and own_steps >= batch_steps
+
+    def update(self, stop: _Stop) -> None:
+        """The updates due at the train ratio; a stop request cuts them short (one
+        process; under torchrun updates are collective, so ranks finish them)."""
+        config, state = self.config, self.state
+        own_steps = state.env_step // self.ranks.world_size
+        if state.train_ratio.previous is None:
+            # The steps of the loop that filled the first batch earn updates, as later ones.
+            state.train_ratio.reset(own_steps - config.num_envs)
+        due = state.train_ratio(own_steps)
+        for done in range(due):
+            if stop.requested and not self.ranks.distributed:
+                state.train_ratio.defer(due - done)
+                break
+            batch = state.replay.sample(config.batch_size, config.batch_length)
+            self.last = self.agent.update(batch.to(self.device), self.parallel)
+            state.updates += 1
+
+    def scores(self) -> list[float]:
+        """The recent scores, with this rank's episodes not yet gathered."""
+        return [*self.state.recent, *(episode.score for episode in self.pending)]
+
+    def gather_episodes(self) -> None:
+        """Every rank's finished episodes: logged by rank 0, scored by all."""
+        gathered = distributed.all_gather_objects(list(self.pending))
+        self.pending.clear()
+        for episode in sorted(chain.from_iterable(gathered), key=lambda e: e.env_step):
+            if self.log is not None:
+                self.log.episode(episode)
+            self.state.recent.append(episode.score)
+
+    def record(self) -> None:
+        """One metrics row: speeds since the last row, score, the last update's terms."""
+        self.gather_episodes()
+        state = self.state
+        now = time.perf_counter()
+        then, step, updates = self._window
+        elapsed = max(now - then, 1e-9)
+        rates = {
+            "env_steps_per_s": (state.env_step - step) / elapsed,
+            "updates_per_s": (state.updates - updates) / elapsed,
+        }
+        self._window = (now, state.env_step, state.updates)
+        self.logged_step = state.env_step
+        if self.log is not None:
+            values = {"updates": state.updates, "wall_time": state.wall_time}
+            score = {"score_mean10": _mean(state.recent)}
+            self.log.metrics(state.env_step, {**values, **score, **rates, **self.last})
+
+    def snapshot(self) -> None:
+        """The checkpoint: rank 0's counters and networks, every rank's replay."""
+        self.gather_episodes()
+        self.saved_step = self.state.env_step
+        if self.log is not None:
+            self.log.flush()  # what the checkpoint counts is on disk before it
+        parts = distributed.gather_objects(self.state.rank_state_dict())
+        distributed.check_in_sync(self.agent, _optimizer_tensors(self.agent.optimizer))
+        if self.ranks.is_main:
+            save_checkpoint(
+                self.logdir,
+                {
+                    "agent": self.agent.state_dict(),
+                    "optimizer": self.agent.optimizer.state_dict(),
+                    "config": self.config.to_json(),
+                    **self.state.state_dict(),
+                    "ranks": parts,
+                },
+            )
+
+
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
     """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
 
     Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``episodes.csv``,
     TensorBoard events, ``checkpoint.pt`` (every ``checkpoint_every`` steps and
-    at exit) and ``learning_curve.png``. With ``resume=True`` the run continues
-    from its last checkpoint, with every counter, generator and the replay
-    buffer restored; what the interrupted run logged after that checkpoint is
-    discarded, so no step is counted twice or lost.
+    at exit; the one before it as ``checkpoint.prev.pt``) and
+    ``learning_curve.png``. Everything is checked before the first write (the
+    config, the environments and their spaces, the replay's memory): a run
+    that cannot start leaves ``logdir`` as it was.
+
+    With ``resume=True`` the run continues from its last checkpoint, with
+    every counter, generator and the replay buffer restored; what the
+    interrupted run logged after that checkpoint is discarded, so no step is
+    counted twice or lost. SIGINT (Ctrl-C) and SIGTERM stop the run between
+    two env steps or two updates with the same final checkpoint, logs and
+    curve; :attr:`Summary.stopped_by` tells which signal.
 
     Under ``torchrun`` (see :mod:`torchdreamer.training.distributed`) every
     rank runs ``config.num_envs`` environments and its own replay, the
     gradients of each update are averaged over ranks, and ``config.steps``
     counts the environment steps of all ranks together. Rank 0 alone writes
     to ``logdir``; its checkpoint holds every rank's replay and generators,
-    so the run resumes with the same number of processes.
+    so the run resumes with the same number of processes. A stop is agreed
+    by all ranks at the end of a loop.
 
     Examples:
         >>> import tempfile
@@ -184,10 +664,12 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         >>> from torchdreamer.training.loop import evaluate, train
         >>> logdir = Path(tempfile.mkdtemp()) / "run"
         >>> config = Config(steps=32, num_envs=2, batch_size=2, batch_length=8,
-        ...                 train_ratio=4, imagination_horizon=3)
+        ...                 train_ratio=4, imagination_horizon=3, threads=1)
         >>> summary = train(config, logdir, progress=False)
         >>> summary.env_step, summary.updates  # updates start once 2 x 8 steps are in
         (32, 4)
+        >>> summary.stopped_by, summary.curve.name
+        (None, 'learning_curve.png')
         >>> sorted(p.name for p in logdir.iterdir())
         ['checkpoint.pt', 'config.json', 'episodes.csv', 'learning_curve.png',
          'metrics.csv', 'tensorboard']
@@ -195,197 +677,173 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         2
     """
     logdir = Path(logdir)
+    configure_threads(config.threads)
     ranks = distributed.current()
     device = distributed.device_for(config.device, ranks)
-    config = distributed.run_on_main(lambda: prepare_logdir(config, logdir, resume))
-    _seed(config.seed)  # the same initial networks on every rank
-    own_parts: list[dict] = []
-
-    def load() -> dict | None:
-        if not (resume and (logdir / CHECKPOINT).exists()):
-            return None
-        checkpoint = load_checkpoint(logdir)
-        own_parts.extend(checkpoint.pop("ranks"))
-        if len(own_parts) != ranks.world_size:
-            raise ValueError(
-                f"{logdir} was checkpointed by {len(own_parts)} processes; resume it with "
-                f"as many (this run has {ranks.world_size})."
-            )
-        return checkpoint
-
-    shared = distributed.run_on_main(load)
-    mine = distributed.scatter_objects(own_parts) if shared is not None else None
-    counters = {"env_step": 0, "updates": 0, "update_credit": 0.0, "wall_time": 0.0}
-    if shared is not None:
-        counters = shared["counters"]
-    # Environments restart on resume; a seed per start and rank keeps episodes distinct.
-    env_seed = config.seed + counters["env_step"] + ranks.rank * config.num_envs
-    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size)
-    _check_replay_memory(config, spec.observation_shape)
-    agent = DreamerAgent(
-        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-    ).to(device)
-    rank_seed = config.seed + 1_000_003 * ranks.rank
-    if ranks.rank:
-        _seed(rank_seed)  # each rank explores and imagines with its own draws
-    generator = torch.Generator().manual_seed(rank_seed)
-    replay = SequenceReplay(config.num_envs, config.replay_capacity, generator)
-    recent: deque[float] = deque(maxlen=10)
-    if shared is not None and mine is not None:
-        agent.load_state_dict(shared["agent"])
-        agent.optimizer.load_state_dict(shared["optimizer"])
-        recent.extend(shared["recent_scores"])
-        replay.load_state_dict(mine["replay"])
-        generator.set_state(mine["replay_generator"])
-        set_rng_states(mine["rng"])
-    parallel = distributed.wrap(agent, ranks)
-    log = None
-    if ranks.is_main:
-        # A resumed run with no checkpoint yet starts over: its old rows go too.
-        log = RunLog(logdir, resume_step=counters["env_step"] if resume else None)
-    runner = EnvRunner(env, spec, agent)
-    pending: list[Episode] = []  # ended on this rank since the last collect()
-
-    def collect() -> None:
-        """Every rank's finished episodes: logged by rank 0, scored by all."""
-        gathered = distributed.all_gather_objects(list(pending))
-        pending.clear()
-        for episode in sorted(chain.from_iterable(gathered), key=lambda e: e.env_step):
-            if log is not None:
-                log.episode(episode)
-            recent.append(episode.score)
-
-    def snapshot() -> None:
-        collect()
-        parts = distributed.gather_objects(
-            {
-                "replay": replay.state_dict(),
-                "replay_generator": generator.get_state(),
-                "rng": rng_states(),
-            }
-        )
-        distributed.check_in_sync(agent, _optimizer_tensors(agent.optimizer))
-        if ranks.is_main:
-            state = {
-                "agent": agent.state_dict(),
-                "optimizer": agent.optimizer.state_dict(),
-                "counters": dict(counters),
-                "recent_scores": list(recent),
-                "config": config.to_json(),
-                "ranks": parts,
-            }
-            save_checkpoint(logdir, state)
-
-    step_size = config.num_envs * ranks.world_size  # env steps of all ranks per loop
-    batch_steps = config.batch_size * config.batch_length
-    last: dict[str, float] = {}
-    bar = tqdm(
-        total=config.steps,
-        initial=counters["env_step"],
-        unit="step",
-        disable=not (progress and ranks.is_main),
-        dynamic_ncols=True,
-    )
-    started = time.perf_counter() - counters["wall_time"]
-    window = [time.perf_counter(), counters["env_step"], counters["updates"]]
-    logged = [counters["env_step"]]
-
-    def record() -> None:
-        """One metrics row: speeds since the last row, score, the last update's terms."""
-        collect()
-        now, step = time.perf_counter(), counters["env_step"]
-        elapsed = max(now - window[0], 1e-9)
-        rates = {
-            "env_steps_per_s": (step - window[1]) / elapsed,
-            "updates_per_s": (counters["updates"] - window[2]) / elapsed,
-        }
-        window[:] = [now, step, counters["updates"]]
-        logged[0] = step
-        mean = _mean(recent)
-        if log is not None:
-            values = {"updates": counters["updates"], "wall_time": counters["wall_time"]}
-            log.metrics(step, {**values, "score_mean10": mean, **rates, **last})
-        bar.set_postfix(
-            updates_per_s=f"{rates['updates_per_s']:.2f}",
-            score=f"{recent[-1]:.1f}" if recent else "-",
-            mean10=f"{mean:.1f}",
-        )
-
-    # Under torchrun, Ctrl-C reaches every rank at a different point: it becomes
-    # a stop request too, agreed on by all ranks at the end of a loop.
-    signals = (signal.SIGTERM, signal.SIGINT) if ranks.distributed else (signal.SIGTERM,)
-    failed = False
-    with _Stop(signals) as stop:
+    directory = RunDirectory(logdir)
+    with _Stop() as stop:
         try:
-            while counters["env_step"] < config.steps:
-                before = counters["env_step"]
-                counters["env_step"] += step_size
-                additions, episodes = runner.step(counters["env_step"])
-                for rows, mask in additions:
-                    replay.add(rows, mask)
-                pending.extend(episodes)
-                # Updates and stops are collective: every rank must take them together.
-                stopping, unready = distributed.any_rank(
-                    stop.requested, not replay.can_sample(config.batch_length)
-                )
-                if not unready and counters["env_step"] // ranks.world_size >= batch_steps:
-                    counters["update_credit"] += config.num_envs * config.train_ratio / batch_steps
-                    while counters["update_credit"] >= 1:
-                        batch = replay.sample(config.batch_size, config.batch_length)
-                        last = agent.update(batch.to(device), parallel)
-                        counters["updates"] += 1
-                        counters["update_credit"] -= 1
-                step = counters["env_step"]
-                counters["wall_time"] = time.perf_counter() - started
-                bar.update(step_size)
-                if step // config.log_every > before // config.log_every:
-                    record()
-                if step // config.checkpoint_every > before // config.checkpoint_every:
-                    snapshot()
-                if stopping:
-                    break
-        except BaseException:
-            # Another rank may not reach the collectives of the final checkpoint.
-            failed = ranks.distributed
-            raise
+            return _train(config, directory, resume, progress, ranks, device, stop)
         finally:
-            bar.close()
-            counters["wall_time"] = time.perf_counter() - started
-            if not failed:
-                if logged[0] != counters["env_step"]:
-                    record()  # the run's last step, when it fell between two rows
-                snapshot()
-            if log is not None:
-                log.close()
-            env.close()
+            directory.release()
+
+
+def _train(
+    config: Config,
+    directory: RunDirectory,
+    resume: bool,
+    progress: bool,
+    ranks: distributed.Ranks,
+    device: torch.device,
+    stop: _Stop,
+) -> Summary:
+    logdir = directory.path
+    # 1. Check: the run directory and the checkpoint to resume (rank 0 reads them).
+    config, checkpoint = distributed.run_on_main(
+        lambda: directory.check(config, resume, ranks.world_size)
+    )
+    own = distributed.scatter_objects(directory.rank_parts) if checkpoint is not None else None
+    start = checkpoint["counters"]["env_step"] if checkpoint is not None else 0
+    _seed(config.seed)  # the same initial networks on every rank
+    # Environments restart on resume; a seed per start and rank keeps episodes distinct.
+    env_seed = config.seed + start + ranks.rank * config.num_envs
+    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size)
+    try:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        check_replay_memory(
+            config, spec.observation_shape, spec.action_dim, processes=local_processes
+        )
+        agent = DreamerAgent(
+            spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
+        ).to(device)
+        # 2. Claim the directory: the first write of the run.
+        distributed.run_on_main(lambda: directory.claim(config, resume))
+        rank_seed = config.seed + 1_000_003 * ranks.rank
+        if ranks.rank:
+            _seed(rank_seed)  # each rank explores and imagines with its own draws
+        generator = torch.Generator().manual_seed(rank_seed)
+        state = RunState(
+            config, SequenceReplay(config.num_envs, config.replay_capacity, generator), generator
+        )
+        if checkpoint is not None and own is not None:
+            agent.load_state_dict(checkpoint["agent"])
+            agent.optimizer.load_state_dict(checkpoint["optimizer"])
+            state.load_state_dict(checkpoint, own, ranks.world_size)
+        # A resumed run with no checkpoint yet starts over: its old rows go too.
+        resume_step = state.env_step if resume else None
+        log = RunLog(logdir, resume_step=resume_step) if ranks.is_main else None
+        runner = EnvRunner(env, spec, agent)
+        stopped_by = _loop(config, logdir, ranks, device, state, agent, runner, log, progress, stop)
+    finally:
+        env.close()
+    curve = None
     if ranks.is_main:
-        plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
-    mean = _mean(recent)
-    return Summary(counters["env_step"], counters["updates"], counters["wall_time"], mean)
+        curve = plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
+    return Summary(
+        state.env_step, state.updates, state.wall_time, _mean(state.recent), stopped_by, curve
+    )
 
 
+def _loop(
+    config: Config,
+    logdir: Path,
+    ranks: distributed.Ranks,
+    device: torch.device,
+    state: RunState,
+    agent: DreamerAgent,
+    runner: EnvRunner,
+    log: RunLog | None,
+    progress: bool,
+    stop: _Stop,
+) -> int | None:
+    """Collect, update, log, checkpoint until ``config.steps`` or a stop; the final
+    checkpoint is written however the loop ends, except after another rank's failure."""
+    resumed = state.env_step > 0  # a checkpoint holds this very state
+    training = _Training(config, logdir, ranks, device, state, agent, runner, log, resumed)
+    bar = _Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
+    log_now = Every(config.log_every, initial=False)
+    checkpoint_now = Every(config.checkpoint_every, initial=False)
+    log_now(state.env_step), checkpoint_now(state.env_step)  # count from the start step
+    started = time.perf_counter() - state.wall_time
+    stopped_by = None
+    failed = False
+    try:
+        while state.env_step < config.steps:
+            training.collect()
+            # Updates and stops are collective: every rank takes them together.
+            stopping, unready = distributed.any_rank(stop.requested, not training.can_update())
+            if not unready:
+                training.update(stop)
+            state.wall_time = time.perf_counter() - started
+            bar.show(state, training.scores())
+            if log_now(state.env_step):
+                training.record()
+            if checkpoint_now(state.env_step):
+                training.snapshot()
+            if stopping or (stop.requested and not ranks.distributed):
+                stopped_by = stop.agreed() if ranks.distributed else stop.signal
+                break
+    except BaseException:
+        # Another rank may not reach the collectives of the final checkpoint.
+        failed = ranks.distributed
+        raise
+    finally:
+        bar.close()
+        state.wall_time = time.perf_counter() - started
+        if not failed:
+            if training.logged_step != state.env_step:
+                training.record()  # the run's last step, when it fell between two rows
+            if training.saved_step != state.env_step:
+                training.snapshot()
+        if log is not None:
+            log.close()
+    return stopped_by
+
+
+# ----------------------------------------------------------------- evaluation
 def evaluate(
-    logdir: Path, episodes: int = 10, device: str = "cpu", sample: bool = False
+    logdir: Path,
+    episodes: int = 10,
+    device: str = "cpu",
+    sample: bool = False,
+    threads: int | None = None,
 ) -> list[float]:
-    """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores."""
+    """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores.
+
+    ``threads`` defaults to the run's ``config.threads``. The checkpoint's
+    checksum and its config are checked against ``config.json`` first.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
     logdir = Path(logdir)
+    if logdir.exists() and not logdir.is_dir():
+        raise ValueError(f"{logdir} is a file, not a run directory.")
     if not (logdir / CONFIG).exists():
         raise FileNotFoundError(f"{logdir} holds no {CONFIG}: it is not a torchdreamer run.")
     config = Config.load(logdir / CONFIG)
+    configure_threads(config.threads if threads is None else threads)
     config.device = str(distributed.device_for(device, distributed.Ranks()))
     checkpoint = load_checkpoint(logdir, map_location=config.device)
+    differences = _stored_config(checkpoint, logdir / CHECKPOINT).differences(config)
+    if differences:
+        raise ValueError(
+            f"{logdir / CHECKPOINT} was written with another config than {logdir / CONFIG} "
+            f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore {CONFIG}."
+        )
     env, spec = make_env(config.env, 1, config.seed + 10**9, config.image_size)
-    agent = DreamerAgent(
-        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-    ).to(config.device)
-    agent.load_state_dict(checkpoint["agent"])
-    agent.eval()
-    runner = EnvRunner(env, spec, agent)
-    scores: list[float] = []
-    step = 0
-    while len(scores) < episodes:
-        step += 1
-        _, ended = runner.step(step, explore=sample)
-        scores.extend(e.score for e in ended)
-    env.close()
+    try:
+        agent = DreamerAgent(
+            spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
+        ).to(config.device)
+        agent.load_state_dict(checkpoint["agent"])
+        agent.eval()
+        runner = EnvRunner(env, spec, agent)
+        scores: list[float] = []
+        step = 0
+        while len(scores) < episodes:
+            step += 1
+            _, ended = runner.step(step, explore=sample)
+            scores.extend(e.score for e in ended)
+    finally:
+        env.close()
     return scores[:episodes]

@@ -16,11 +16,13 @@ __all__ = ["EnvRunner", "Episode"]
 
 @dataclass
 class Episode:
-    """A finished episode: its return, length and the env step it ended at."""
+    """A finished episode: its return, length, the env step it ended at and its environment."""
 
     env_step: int
     score: float
     length: int
+    env: int = 0
+    """Index of the environment that ran it (episodes ending on one step differ by it)."""
 
 
 @dataclass
@@ -137,7 +139,9 @@ class EnvRunner:
             additions.append((final, done))
             for e in done.nonzero().squeeze(-1).tolist():
                 episodes.append(
-                    Episode(env_step, float(self.streams.returns[e]), int(self.streams.lengths[e]))
+                    Episode(
+                        env_step, float(self.streams.returns[e]), int(self.streams.lengths[e]), e
+                    )
                 )
             self.streams.returns[done] = 0
             self.streams.lengths[done] = 0
