@@ -203,6 +203,8 @@ def test_nested_keys_and_set_keys():
         "lambda_target",
         "discount_weight",
         "reward",
+        "done",
+        "terminated",
         "is_last",
         "is_terminal",
         "bootstrap",
@@ -272,7 +274,7 @@ def test_slow_critic_regularisation_and_soft_update(mode):
         reg = (ref_symlog_tensor(pred.squeeze(-1)) - ref_symlog_tensor(slow_pred.squeeze(-1))) ** 2
     scale = float((main + reg).max())  # the largest per-step term
     assert_close_to_reference(out["loss_value"], ((main + reg) * weights).mean(), scale=scale)
-    assert_close_to_reference(out["value_slow_reg"], (reg * weights).mean(), scale=scale)
+    assert_close_to_reference(out["value_slow_loss"], (reg * weights).mean(), scale=scale)
     assert not any(p.requires_grad for p in loss.target_value_model_params.values(True, True))
     assert {id(p) for p in loss.parameters()} == {id(p) for p in model.module.parameters()}
 

@@ -18,24 +18,33 @@ if TYPE_CHECKING:
         DreamerV3ValueLoss,
         ReturnScale,
     )
+    from torchdreamer.training.optim import DreamerV3Optimizer
 
 __all__ = [
     "DreamerV3ActorLoss",
     "DreamerV3ModelLoss",
+    "DreamerV3Optimizer",
     "DreamerV3ValueLoss",
     "ReturnScale",
     "functional",
 ]
 __version__ = "0.1.0"
 
-_FROM_OBJECTIVES = {"DreamerV3ActorLoss", "DreamerV3ModelLoss", "DreamerV3ValueLoss", "ReturnScale"}
+#: Where each public name lives; imported on first use.
+_HOMES = {
+    "DreamerV3ActorLoss": "torchdreamer.objectives",
+    "DreamerV3ModelLoss": "torchdreamer.objectives",
+    "DreamerV3Optimizer": "torchdreamer.training.optim",
+    "DreamerV3ValueLoss": "torchdreamer.objectives",
+    "ReturnScale": "torchdreamer.objectives",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name == "functional":
         value = importlib.import_module("torchdreamer.functional")
-    elif name in _FROM_OBJECTIVES:
-        value = getattr(importlib.import_module("torchdreamer.objectives"), name)
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
