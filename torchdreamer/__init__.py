@@ -7,6 +7,7 @@
 from torchdreamer import functional
 from torchdreamer.objectives import (
     DreamerV3ActorLoss,
+    DreamerV3Loss,
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
     ReturnScale,
@@ -14,6 +15,7 @@ from torchdreamer.objectives import (
 
 __all__ = [
     "DreamerV3ActorLoss",
+    "DreamerV3Loss",
     "DreamerV3ModelLoss",
     "DreamerV3ValueLoss",
     "ReturnScale",
