@@ -40,7 +40,8 @@ class DreamerV3ModelLoss(LossModule):
     TorchRL's; the defaults are the official DreamerV3 configuration (see
     "Differences from TorchRL" in the README for the arguments that restore
     TorchRL's defaults). ``world_model`` is any tensordict-in/tensordict-out
-    module: it reads a ``[B, T]`` replay batch and writes its outputs under
+    module (a ``TensorDictModule``, or a module whose ``forward(tensordict)``
+    returns the tensordict): it reads a ``[B, T]`` replay batch and writes its outputs under
     ``"next"``. Everything the loss reads sits under ``"next"``: the targets
     (``pixels``, ``reward``, ``terminated``/``done``) and the world model's
     outputs (``posterior_logits``, ``prior_logits``, ``reco_pixels``,
@@ -209,7 +210,8 @@ class DreamerV3ModelLoss(LossModule):
         symlog_predictions: bool = False,
     ) -> None:
         super().__init__()
-        require_tensordict_module(world_model, "world_model")
+        if not (hasattr(world_model, "in_keys") or isinstance(world_model, torch.nn.Module)):
+            require_tensordict_module(world_model, "world_model")
         if kl_mode not in ("balanced", "separate"):
             raise ValueError(f"kl_mode must be 'balanced' or 'separate', got {kl_mode!r}.")
         if reco_loss not in ("l1", "l2"):
@@ -247,6 +249,22 @@ class DreamerV3ModelLoss(LossModule):
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
+
+    def _run_world_model(self, tensordict: TensorDictBase) -> TensorDictBase:
+        hint = (
+            "world_model must read the replay tensordict and return it with its outputs, "
+            "e.g. TensorDictModule(net, in_keys=[...], out_keys=[...]) or a module whose "
+            f"forward(tensordict) returns a tensordict; got {type(self.world_model).__name__}"
+        )
+        try:
+            output = self.world_model(tensordict)
+        except TypeError as error:
+            if hasattr(self.world_model, "in_keys"):
+                raise
+            raise TypeError(f"{hint}, which failed on a tensordict: {error}") from error
+        if not isinstance(output, TensorDictBase):
+            raise TypeError(f"{hint}, which returned {type(output).__name__}.")
+        return output
 
     @staticmethod
     def _get(output: TensorDictBase, key: NestedKey, what: str) -> torch.Tensor:
@@ -395,7 +413,7 @@ class DreamerV3ModelLoss(LossModule):
                 "set_keys(reward=...) to the key used."
             )
         output.rename_key_(_next(keys.reward), _next(keys.true_reward))
-        output = self.world_model(output)
+        output = self._run_world_model(output)
 
         losses = {
             "loss_model_reco": self._reconstruction(output, batch),
