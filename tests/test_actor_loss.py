@@ -128,7 +128,7 @@ def test_reinforce_loss_matches_reference():
     weight = imagined["discount_weight"].squeeze(-1)
     expected = -(weight * (log_prob * advantage + 3e-4 * entropy)).mean()
     torch.testing.assert_close(loss_td["loss_actor"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss_td["actor_entropy"], entropy.mean())
+    torch.testing.assert_close(loss_td["actor_entropy"], (weight * entropy).mean())
     assert loss_td["return_scale"] == 1.0
 
 
@@ -137,7 +137,7 @@ def test_only_the_actor_is_owned_and_borrowed_modules_are_frozen_exactly():
     world.speed.requires_grad_(False)  # frozen by its owner: must stay frozen
     loss = DreamerV3ActorLoss(line_actor(), value_model, world)
     assert {id(p) for p in loss.parameters()} == {id(p) for p in loss.actor_model.parameters()}
-    owned = ("actor_model.", "return_scale.", "_value_estimator.")
+    owned = ("actor_model.", "retnorm.", "_value_estimator.")
     assert all(key.startswith(owned) for key in loss.state_dict())
     loss_td, _ = loss(TensorDict(state=torch.randn(16, 1), batch_size=[16]))
     loss_td["loss_actor"].backward()
@@ -158,17 +158,17 @@ def test_return_normalisation_moves_in_training_and_stays_in_eval():
     start = chain_starts(64)
     for _ in range(3):
         loss_td, imagined = loss(start)
-    low, high = loss.return_scale.low.clone(), loss.return_scale.high.clone()
+    low, high = loss.retnorm.low.clone(), loss.retnorm.high.clone()
     assert high > 0 and high != low  # moved from their initial 0
     torch.testing.assert_close(loss_td["return_high"], high)
 
     loss.eval()
     loss(start)
-    assert torch.equal(loss.return_scale.low, low) and torch.equal(loss.return_scale.high, high)
+    assert torch.equal(loss.retnorm.low, low) and torch.equal(loss.retnorm.high, high)
 
     restored = make()
     restored.load_state_dict(loss.state_dict())
-    assert torch.equal(restored.return_scale.high, high)
+    assert torch.equal(restored.retnorm.high, high)
 
     # The scale divides the actor's advantages only, never the critic's targets.
     torch.manual_seed(5)
@@ -184,8 +184,8 @@ def test_return_normalisation_updates_the_ema_of_the_percentiles():
     )
     _, imagined = loss(chain_starts(64))
     returns = imagined["lambda_target"].flatten().double()
-    torch.testing.assert_close(loss.return_scale.low.double(), 0.5 * returns.quantile(0.05))
-    torch.testing.assert_close(loss.return_scale.high.double(), 0.5 * returns.quantile(0.95))
+    torch.testing.assert_close(loss.retnorm.low.double(), 0.5 * returns.quantile(0.05))
+    torch.testing.assert_close(loss.retnorm.high.double(), 0.5 * returns.quantile(0.95))
 
 
 # ---------------------------------------------------------------- gamma link

@@ -53,7 +53,7 @@ def reference_laprop(weights, grads_per_step, lr, b1, b2, eps, agc, warmup):
             nu[i] = b2 * nu[i] + (1 - b2) * g * g
             u = g / ((nu[i] / (1 - b2**t)).sqrt() + eps)
             mu[i] = b1 * mu[i] + (1 - b1) * u
-            rate = lr * min(1.0, t / warmup)
+            rate = lr * min(1.0, (t - 1) / warmup)  # optax counts updates from 0
             weights[i] = w - rate * mu[i] / (1 - b1**t)
     return weights
 

@@ -187,6 +187,8 @@ def test_nested_keys_and_set_keys():
         "lambda_target",
         "discount_weight",
         "reward",
+        "done",
+        "terminated",
         "is_last",
         "is_terminal",
         "bootstrap",
@@ -258,7 +260,7 @@ def test_slow_critic_regularisation_and_soft_update(mode):
         out["loss_value"].double(), ((main + reg) * weights).mean(), rtol=1e-5, atol=1e-6
     )
     torch.testing.assert_close(
-        out["value_slow_reg"].double(), (reg * weights).mean(), rtol=1e-5, atol=1e-6
+        out["value_slow_loss"].double(), (reg * weights).mean(), rtol=1e-5, atol=1e-6
     )
     assert not any(p.requires_grad for p in loss.target_value_model_params.values(True, True))
     assert {id(p) for p in loss.parameters()} == {id(p) for p in model.module.parameters()}

@@ -12,11 +12,13 @@ from torchdreamer.objectives import (
     DreamerV3ValueLoss,
     ReturnScale,
 )
+from torchdreamer.training.optim import DreamerV3Optimizer
 
 __all__ = [
     "DreamerV3ActorLoss",
     "DreamerV3Loss",
     "DreamerV3ModelLoss",
+    "DreamerV3Optimizer",
     "DreamerV3ValueLoss",
     "ReturnScale",
     "functional",

@@ -12,9 +12,10 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators
-from torchrl.objectives.value import TDLambdaEstimator
+from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
 
-from torchdreamer.functional import discount_weights, lambda_return, two_hot_bins, two_hot_decode
+from torchdreamer.functional import discount_weights, lambda_return
+from torchdreamer.functional.outputs import TwoHot
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed, frozen
 from torchdreamer.objectives._shapes import per_step
@@ -26,6 +27,14 @@ __all__ = ["DREAMERV3_GAMMA", "DREAMERV3_LAMBDA", "DreamerV3ActorLoss"]
 DREAMERV3_GAMMA = 1 - 1 / 333
 #: The paper's λ.
 DREAMERV3_LAMBDA = 0.95
+
+#: The estimators this loss supports: each is a λ-return, with λ = 0 (TD0),
+#: λ = 1 (TD1) or the estimator's ``lmbda`` (TDLambda).
+_ESTIMATORS = {
+    ValueEstimators.TD0: TD0Estimator,
+    ValueEstimators.TD1: TD1Estimator,
+    ValueEstimators.TDLambda: TDLambdaEstimator,
+}
 
 
 class DreamerV3ActorLoss(LossModule):
@@ -46,13 +55,16 @@ class DreamerV3ActorLoss(LossModule):
     * reparameterised (continuous actions, gradients through the dynamics):
       ``-w_t (R_t / S + η H[π(·|s_t)])``,
 
-    where ``S = max(1, EMA(P95(R)) - EMA(P5(R)))`` (see :class:`ReturnScale`),
-    updated in training mode only and applied to the actor only.
+    where ``S = max(1, EMA(P95(R)) - EMA(P5(R)))`` (see :class:`ReturnScale`,
+    held as ``retnorm``), updated in training mode only and applied to the
+    actor only.
 
     ``forward`` returns ``(loss_td, imagined)``: ``imagined`` is the detached
     ``[*batch, H]`` trajectory with ``lambda_target`` and ``discount_weight``
-    written in, ready for :class:`~torchdreamer.DreamerV3ValueLoss`. Link that
-    loss with ``actor_loss=`` so both use the same gamma.
+    written in (and, with a continuation model, ``continuation`` of each
+    step's state and ``("next", "continuation")`` of the state it reaches, as
+    TorchRL writes them), ready for :class:`~torchdreamer.DreamerV3ValueLoss`.
+    Link that loss with ``actor_loss=`` so both use the same gamma.
 
     Args:
         actor_model: The policy, a probabilistic tensordict module with
@@ -74,12 +86,20 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: EMA rate of the percentiles (official 0.01).
         return_normalization_quantiles: Percentiles (official 5th and 95th).
         return_normalization_min_scale: Lower bound of ``S`` (official 1).
+        gamma: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
+        lmbda: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
 
     Only the actor is owned by this loss (its parameters, ``state_dict`` and
     device); the critic, world model and continuation model are used, frozen,
     and stay with their owners. ``gamma`` and ``λ`` live in
     ``value_estimator`` (defaults ``1 - 1/333`` and ``0.95``); change them with
     :meth:`make_value_estimator`.
+
+    The ``state_dict`` uses TorchRL's names (``retnorm.low``, ``retnorm.high``,
+    ``_value_estimator.*``), so TorchRL's checkpoints load into this loss and
+    this loss's into TorchRL's. TorchRL also saves its imagination
+    environment's parameters under ``model_based_env.``; loading such a
+    checkpoint here loads them into the (borrowed) environment.
 
     Examples:
         >>> import torch
@@ -129,6 +149,14 @@ class DreamerV3ActorLoss(LossModule):
             lambda_target: Where the λ-returns are written. Defaults to ``"lambda_target"``.
             discount_weight: Where the weights ``w_t`` are written.
                 Defaults to ``"discount_weight"``.
+            action_log_prob: TorchRL's name for the rollout's action
+                log-probability. Not read: REINFORCE re-scores the stopped
+                action under the policy. Defaults to ``"action_log_prob"``.
+            done: TorchRL's done flag of the imagination environment. Not
+                read: imagined episodes end only through the continuation
+                model. Defaults to ``"done"``.
+            terminated: TorchRL's terminated flag, not read (as ``done``).
+                Defaults to ``"terminated"``.
         """
 
         state: NestedKey = "state"
@@ -140,13 +168,16 @@ class DreamerV3ActorLoss(LossModule):
         continuation: NestedKey = "continuation"
         lambda_target: NestedKey = "lambda_target"
         discount_weight: NestedKey = "discount_weight"
+        action_log_prob: NestedKey = "action_log_prob"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
     default_value_estimator = ValueEstimators.TDLambda
 
     actor_model: TensorDictModuleBase
-    return_scale: ReturnScale
+    retnorm: ReturnScale
 
     def __init__(
         self,
@@ -163,8 +194,15 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: float = 0.01,
         return_normalization_quantiles: tuple[float, float] = (0.05, 0.95),
         return_normalization_min_scale: float = 1.0,
+        gamma: float | None = None,
+        lmbda: float | None = None,
     ) -> None:
         super().__init__()
+        if gamma is not None or lmbda is not None:
+            raise TypeError(
+                "DreamerV3ActorLoss takes no gamma or lmbda (as in TorchRL): call "
+                "loss.make_value_estimator(ValueEstimators.TDLambda, gamma=..., lmbda=...)."
+            )
         if not hasattr(actor_model, "get_dist"):
             raise TypeError(
                 "actor_model must be a probabilistic tensordict module with get_dist(), "
@@ -191,19 +229,21 @@ class DreamerV3ActorLoss(LossModule):
         self._borrowed = Borrowed(
             {"value": value_model, "env": model_based_env, "continuation": continuation_model}
         )
-        self._bin_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._grids: dict[tuple[int, torch.device], TwoHot] = {}
         self.imagination_horizon = imagination_horizon
         self.discount_loss = bool(discount_loss)
         self.entropy_bonus = float(entropy_bonus)
         self.use_reinforce = bool(use_reinforce)
         self.return_normalization = bool(return_normalization)
-        self.return_scale = ReturnScale(
+        self.retnorm = ReturnScale(
             return_normalization_rate,
             tuple(return_normalization_quantiles),
             return_normalization_min_scale,
         )
         # Eagerly, so gamma and lmbda are always in the state_dict.
         self.make_value_estimator()
+        self.register_state_dict_post_hook(_as_torchrl_state)
+        self.register_load_state_dict_pre_hook(_from_torchrl_state)
 
     # ---------------------------------------------------------- borrowed modules
     @property
@@ -221,14 +261,44 @@ class DreamerV3ActorLoss(LossModule):
         """The continuation model, if any (used frozen, not owned)."""
         return self._borrowed.module["continuation"]
 
+    # ------------------------------------------------- return normalisation
+    @property
+    def return_low(self) -> torch.Tensor:
+        """EMA of the low return percentile, 0-dim."""
+        return self.retnorm.low
+
+    @property
+    def return_high(self) -> torch.Tensor:
+        """EMA of the high return percentile, 0-dim."""
+        return self.retnorm.high
+
+    @property
+    def return_normalization_rate(self) -> float:
+        """EMA rate of the return percentiles."""
+        return self.retnorm.rate
+
+    @property
+    def return_normalization_quantiles(self) -> tuple[float, float]:
+        """The low and high return quantiles."""
+        return self.retnorm.quantiles
+
+    @property
+    def return_normalization_min_scale(self) -> float:
+        """Lower bound of the return scale."""
+        return self.retnorm.min_scale
+
     # ----------------------------------------------------------- value estimator
     def make_value_estimator(
         self, value_type: ValueEstimators | None = None, **hyperparams: Any
     ) -> None:
-        """Set the estimator that holds ``gamma`` and ``lmbda``.
+        """Set the estimator that holds ``gamma`` (and, for TD(λ), ``lmbda``).
 
-        Only ``ValueEstimators.TDLambda`` applies to DreamerV3's λ-returns;
-        defaults are the paper's ``gamma = 1 - 1/333`` and ``lmbda = 0.95``.
+        Each supported estimator is a λ-return of the imagined trajectory:
+        ``ValueEstimators.TDLambda`` with its ``lmbda`` (the default),
+        ``ValueEstimators.TD0`` with λ = 0 (one-step targets) and
+        ``ValueEstimators.TD1`` with λ = 1 (rewards to the horizon, bootstrapped
+        from its last value). Defaults are the paper's ``gamma = 1 - 1/333``
+        and ``lmbda = 0.95`` (TorchRL's are ``0.99`` and ``0.95``).
 
         Examples:
             >>> import torch
@@ -252,23 +322,104 @@ class DreamerV3ActorLoss(LossModule):
             0.99
         """
         value_type = self.default_value_estimator if value_type is None else value_type
-        if value_type != ValueEstimators.TDLambda:
+        if value_type not in _ESTIMATORS:
             raise NotImplementedError(
-                f"DreamerV3ActorLoss computes λ-returns: use ValueEstimators.TDLambda, "
-                f"not {value_type}."
+                "DreamerV3ActorLoss computes λ-returns of imagined trajectories: use "
+                f"ValueEstimators.TD0, TD1 or TDLambda, not {value_type}."
             )
         hyperparams.setdefault("gamma", DREAMERV3_GAMMA)
-        hyperparams.setdefault("lmbda", DREAMERV3_LAMBDA)
-        gamma, lmbda = float(hyperparams["gamma"]), float(hyperparams["lmbda"])
+        gamma = float(hyperparams["gamma"])
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}.")
-        if not 0 <= lmbda <= 1:
-            raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}.")
+        if value_type == ValueEstimators.TDLambda:
+            hyperparams.setdefault("lmbda", DREAMERV3_LAMBDA)
+            lmbda = float(hyperparams["lmbda"])
+            if not 0 <= lmbda <= 1:
+                raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}.")
+        elif "lmbda" in hyperparams:
+            raise TypeError(
+                f"{value_type} has a fixed λ ({0 if value_type == ValueEstimators.TD0 else 1}); "
+                "pass lmbda only with ValueEstimators.TDLambda."
+            )
         # The estimator only holds the hyperparameters; returns are computed by
         # torchdreamer.functional.lambda_return.
         hyperparams.setdefault("value_network", None)
-        self._value_estimator = TDLambdaEstimator(**hyperparams)
+        self._value_estimator = _ESTIMATORS[value_type](**hyperparams)
         self.value_type = value_type
+
+    def _lmbda(self, like: torch.Tensor) -> torch.Tensor | float:
+        """The estimator's λ: 0 for TD0, 1 for TD1, its ``lmbda`` for TD(λ)."""
+        if self.value_type == ValueEstimators.TD0:
+            return 0.0
+        if self.value_type == ValueEstimators.TD1:
+            return 1.0
+        return self.value_estimator.lmbda.to(like)
+
+    def lambda_target(
+        self,
+        reward: torch.Tensor,
+        value: torch.Tensor,
+        continuation: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The estimator's λ-returns of one trajectory, TorchRL's signature and layout.
+
+        ``R_t = r_t + γ c_t ((1 - λ) v_t + λ R_{t+1})`` with ``R_{H-1} = r + γ c v``
+        at the last step, where, along the time dimension ``-2``, ``reward[t]``
+        is the reward of step ``t``, ``value[t]`` the value of the state it
+        reaches and ``continuation[t]`` that state's continuation (1 when
+        ``None``). λ is the estimator's (0 for TD0, 1 for TD1).
+
+        Args:
+            reward: ``[*batch, H, 1]`` rewards.
+            value: ``[*batch, H, 1]`` values of the next states.
+            continuation: ``[*batch, H, 1]`` continuations of the next states, or ``None``.
+
+        Returns:
+            ``[*batch, H, 1]`` returns.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob
+            >>> from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+            >>> from torchrl.modules import OneHotCategorical
+            >>> from torchrl.objectives.utils import ValueEstimators
+            >>> from torchdreamer import DreamerV3ActorLoss
+            >>> class WorldModel(torch.nn.Module):
+            ...     def reset(self, td): ...
+            ...     def step(self, td): ...
+            >>> head = Prob(["logits"], ["action"], distribution_class=OneHotCategorical)
+            >>> actor = Seq(TensorDictModule(torch.nn.Linear(3, 2), ["state"], ["logits"]), head)
+            >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["state"], ["state_value"])
+            >>> loss = DreamerV3ActorLoss(actor, critic, WorldModel())
+            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.5, lmbda=0.5)
+            >>> ones = torch.ones(1, 3, 1)
+            >>> loss.lambda_target(ones, ones)[0, :, 0]
+            tensor([1.6562, 1.6250, 1.5000])
+            >>> loss.make_value_estimator(ValueEstimators.TD0, gamma=0.5)
+            >>> loss.lambda_target(ones, ones, torch.zeros(1, 3, 1))[0, :, 0]
+            tensor([1., 1., 1.])
+        """
+        if reward.shape != value.shape or (
+            continuation is not None and continuation.shape != reward.shape
+        ):
+            shapes = [tuple(t.shape) for t in (reward, value, continuation) if t is not None]
+            raise ValueError(
+                f"reward, value and continuation must have the same [*batch, H, 1] shape, "
+                f"got {shapes}."
+            )
+        # lambda_return reads states 0 .. H and never the first state's reward,
+        # continuation or value: pad them in front.
+        pad = torch.zeros_like(reward[..., :1, 0])
+        live = torch.ones_like(reward[..., 0]) if continuation is None else continuation[..., 0]
+        returns = lambda_return(
+            torch.cat([pad, reward[..., 0]], dim=-1),
+            torch.cat([pad + 1, live], dim=-1),
+            torch.cat([pad, value[..., 0]], dim=-1),
+            self.value_estimator.gamma.to(reward),
+            self._lmbda(reward),
+        )
+        return returns.unsqueeze(-1)
 
     def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
         # The estimator is never called on tensordicts: nothing to forward.
@@ -291,12 +442,12 @@ class DreamerV3ActorLoss(LossModule):
             )
         return torch.stack(steps, dim=start.ndim)
 
-    def _bins(self, num_bins: int, device: torch.device) -> torch.Tensor:
-        """The two-hot grid for a logits-only critic, built once per size and device."""
+    def _grid(self, num_bins: int, device: torch.device) -> TwoHot:
+        """The official two-hot output for a logits-only critic, made once per size and device."""
         key = (num_bins, device)
-        if key not in self._bin_cache:
-            self._bin_cache[key] = two_hot_bins(num_bins, device=device)
-        return self._bin_cache[key]
+        if key not in self._grids:
+            self._grids[key] = TwoHot(num_bins, device=device)
+        return self._grids[key]
 
     def _values(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor:
         """The critic's decoded value of each state, ``batch`` shaped."""
@@ -310,7 +461,7 @@ class DreamerV3ActorLoss(LossModule):
                     f"{self.tensor_keys.value_logits!r}; the actor loss needs one of them."
                 )
             return per_step(
-                two_hot_decode(logits, self._bins(logits.shape[-1], logits.device)),
+                self._grid(logits.shape[-1], logits.device).decode(logits),
                 batch,
                 "The decoded value",
             )
@@ -329,14 +480,20 @@ class DreamerV3ActorLoss(LossModule):
 
     def _entropy_and_log_prob(
         self, imagined: TensorDictBase, batch: torch.Size
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The policy's entropy (``None`` without an entropy bonus) and, for
+        REINFORCE, the log-probability of the stopped actions."""
+        if not self.use_reinforce and self.entropy_bonus == 0:
+            return None, None
         inputs = imagined.select(*self.actor_model.in_keys, strict=False).detach()
         dist = self.actor_model.get_dist(inputs)
-        try:
-            entropy = dist.entropy()
-        except NotImplementedError:  # e.g. tanh-squashed normals: a one-sample estimate
-            entropy = -dist.log_prob(dist.rsample())
-        entropy = entropy.sum(-1) if entropy.dim() > len(batch) else entropy
+        entropy = None
+        if self.entropy_bonus > 0:
+            try:
+                entropy = dist.entropy()
+            except NotImplementedError:  # e.g. tanh-squashed normals: a one-sample estimate
+                entropy = -dist.log_prob(dist.rsample())
+            entropy = entropy.sum(-1) if entropy.dim() > len(batch) else entropy
         log_prob = None
         if self.use_reinforce:
             log_prob = dist.log_prob(imagined.get(self.tensor_keys.action).detach())
@@ -353,10 +510,13 @@ class DreamerV3ActorLoss(LossModule):
 
         Returns:
             ``(loss_td, imagined)``: ``loss_td`` holds ``loss_actor`` and the
-            detached metrics ``actor_entropy``, ``return_low``, ``return_high``,
-            ``return_scale``, ``continuation_mean`` and ``lambda_target_mean``;
-            ``imagined`` is the detached ``[*batch, H]`` trajectory with
-            ``lambda_target`` and ``discount_weight``.
+            detached metrics of TorchRL, ``actor_entropy`` (the mean of
+            ``w_t H[π(·|s_t)]``, 0 without an entropy bonus), ``return_low``,
+            ``return_high``, ``return_scale`` and ``continuation_mean`` (over the
+            states reached, 1 without a continuation model), and this loss's
+            ``lambda_target_mean``; ``imagined`` is the detached ``[*batch, H]``
+            trajectory with ``lambda_target`` and ``discount_weight`` (and the
+            continuations, see the class docstring).
         """
         keys = self.tensor_keys
         start = tensordict.select(keys.state, keys.belief, strict=False).detach()
@@ -390,7 +550,7 @@ class DreamerV3ActorLoss(LossModule):
             reward = torch.cat([torch.zeros_like(reward[..., :1]), reward], dim=-1)
             live = torch.ones_like(value) if continuation is None else continuation
             gamma = estimator.gamma.to(value)
-            returns = lambda_return(reward, live, value, gamma, estimator.lmbda.to(value))
+            returns = lambda_return(reward, live, value, gamma, self._lmbda(value))
         if self.discount_loss:
             weight = discount_weights(live[..., :-1], gamma).detach()
         else:
@@ -398,11 +558,13 @@ class DreamerV3ActorLoss(LossModule):
 
         if self.return_normalization:
             if self.training:
-                self.return_scale.update(returns)
-            scale = self.return_scale.scale().to(returns)
+                self.retnorm.update(returns)
+            scale = self.retnorm.scale().to(returns)
         else:
             scale = torch.ones((), dtype=returns.dtype, device=returns.device)
         entropy, log_prob = self._entropy_and_log_prob(imagined, batch)
+        if entropy is None:
+            entropy = torch.zeros_like(returns)
         if self.use_reinforce:
             advantage = ((returns - value[..., :-1]) / scale).detach()
             objective = log_prob * advantage
@@ -413,13 +575,70 @@ class DreamerV3ActorLoss(LossModule):
         imagined = imagined.detach()
         imagined.set(keys.lambda_target, returns.detach().unsqueeze(-1))
         imagined.set(keys.discount_weight, weight.unsqueeze(-1))
+        if continuation is not None:
+            continuation = continuation.detach().unsqueeze(-1)
+            imagined.set(keys.continuation, continuation[..., :-1, :])
+            imagined.set(("next", keys.continuation), continuation[..., 1:, :])
         metrics = {
             "loss_actor": loss,
-            "actor_entropy": entropy.detach().mean(),
-            "return_low": self.return_scale.low.detach().clone(),
-            "return_high": self.return_scale.high.detach().clone(),
+            # As TorchRL logs them: the weighted entropy, the continuation of
+            # the states reached.
+            "actor_entropy": (weight * entropy).detach().mean(),
+            "return_low": self.retnorm.low.detach().clone(),
+            "return_high": self.retnorm.high.detach().clone(),
             "return_scale": scale.detach(),
-            "continuation_mean": live.detach().mean(),
+            "continuation_mean": live[..., 1:].detach().mean(),
             "lambda_target_mean": returns.detach().mean(),
         }
         return TensorDict(metrics, batch_size=[]), imagined
+
+
+def _as_torchrl_state(
+    module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any
+) -> None:
+    # TorchRL's PercentileValueNorm keeps its statistics with shape [1].
+    for name in ("low", "high"):
+        key = f"{prefix}retnorm.{name}"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].reshape(1)
+
+
+def _from_torchrl_state(
+    module: DreamerV3ActorLoss,
+    state_dict: dict,
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list,
+    unexpected_keys: list,
+    error_msgs: list,
+) -> None:
+    for name in ("low", "high"):
+        key = f"{prefix}retnorm.{name}"
+        legacy = f"{prefix}return_{name}"  # TorchRL's checkpoints before PercentileValueNorm
+        if legacy in state_dict and key not in state_dict:
+            state_dict[key] = state_dict.pop(legacy)
+        if key in state_dict and state_dict[key].numel() == 1:
+            state_dict[key] = state_dict[key].reshape(())
+    # TorchRL creates its estimator on first use: a checkpoint saved before
+    # holds none, and the estimator keeps its settings.
+    for name, tensor in module._value_estimator.state_dict().items():
+        state_dict.setdefault(f"{prefix}_value_estimator.{name}", tensor)
+    # TorchRL owns its imagination environment, so its checkpoints hold the
+    # world model's parameters; they go to the borrowed environment.
+    env_prefix = f"{prefix}model_based_env."
+    env_state = {
+        key[len(env_prefix) :]: state_dict.pop(key)
+        for key in [key for key in state_dict if key.startswith(env_prefix)]
+    }
+    if env_state:
+        env = module.model_based_env
+        if not isinstance(env, torch.nn.Module):
+            error_msgs.append(
+                f"The checkpoint holds model_based_env parameters but the environment "
+                f"({type(env).__name__}) is not a torch module to load them into."
+            )
+            return
+        result = env.load_state_dict(env_state, strict=False)
+        missing_keys.extend(env_prefix + key for key in result.missing_keys)
+        unexpected_keys.extend(env_prefix + key for key in result.unexpected_keys)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -12,14 +12,8 @@ from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
-from torchdreamer.functional import (
-    lambda_return,
-    symlog,
-    two_hot_bins,
-    two_hot_cross_entropies,
-    two_hot_cross_entropy,
-    two_hot_decode,
-)
+from torchdreamer.functional import lambda_return
+from torchdreamer.functional.outputs import Output, SymlogMSE, TwoHot
 from torchdreamer.functional.two_hot import Reduction
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed
@@ -28,7 +22,13 @@ from torchdreamer.objectives._shapes import per_step
 __all__ = ["DreamerV3ValueLoss"]
 
 ValueLossType = Literal["symlog_mse", "two_hot"]
-_VALUE_LOSSES = ("symlog_mse", "two_hot")
+
+#: Each ``value_loss`` option's output kind, made from the loss's bin grid.
+_VALUE_OUTPUTS: dict[str, Callable[[torch.Tensor], Output]] = {
+    "symlog_mse": lambda bins: SymlogMSE(),
+    "two_hot": TwoHot,
+}
+_VALUE_LOSSES = tuple(_VALUE_OUTPUTS)
 
 
 def _as_float_gamma(gamma: Any, source: str) -> float:
@@ -97,16 +97,16 @@ class DreamerV3ValueLoss(LossModule):
         actor_loss: The actor loss whose ``value_estimator.gamma`` is read on
             every forward. It is linked, not owned: its parameters are not
             part of this module.
-
-    Keyword Args:
         slow_critic_regularization: Weight of an extra loss term toward the
             decoded prediction of a slow (EMA) copy of the critic; the
             official DreamerV3 uses 1.0. When positive, the slow copy is held
             as ``target_value_model_params``; step a
             ``torchrl.objectives.SoftUpdate(loss, tau=0.02)`` after each
             optimiser step to update it.
-        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-step
-            weighted loss with the batch shape).
+        reduction: ``"mean"`` (default; ``None`` means the same), ``"sum"`` or
+            ``"none"`` (per-step weighted loss with the batch shape).
+
+    Keyword Args:
         validate_inputs: Check that targets, predictions and weights are
             finite. Off by default, since the check synchronises with the
             device.
@@ -144,7 +144,10 @@ class DreamerV3ValueLoss(LossModule):
         >>> loss_td, _ = loss(td)
         >>> loss_td["loss_value"].backward()
         >>> sorted(loss_td.keys())  # value_mean needs a decoded value from the head
-        ['loss_value', 'target_mean']
+        ['loss_value', 'target_mean', 'value_slow_loss']
+
+    The state_dict uses TorchRL's names (the critic under
+    ``value_model_params``), so checkpoints load both ways.
     """
 
     @dataclass
@@ -163,10 +166,15 @@ class DreamerV3ValueLoss(LossModule):
                 loss, shape ``batch`` or ``batch + [1]``. Defaults to
                 ``"discount_weight"``.
             reward: Replay reward received on arriving at each state
-                (:meth:`replay_value_loss`). Defaults to ``"reward"``.
-            is_last: Replay flag: the state ends its episode (terminal or
+                (:meth:`replay_value_loss`), at the root or, in TorchRL's
+                layout, under ``"next"``. Defaults to ``"reward"``.
+            done: TorchRL layout: the replay state ends its episode, read under
+                ``"next"``. Defaults to ``"done"``.
+            terminated: TorchRL layout: the replay state is terminal, read
+                under ``"next"``. Defaults to ``"terminated"``.
+            is_last: Official layout: the state ends its episode (terminal or
                 truncated). Defaults to ``"is_last"``.
-            is_terminal: Replay flag: the state is terminal. Defaults to ``"is_terminal"``.
+            is_terminal: Official layout: the state is terminal. Defaults to ``"is_terminal"``.
             bootstrap: The first imagined λ-return of each replay state.
                 Defaults to ``"bootstrap"``.
         """
@@ -176,6 +184,8 @@ class DreamerV3ValueLoss(LossModule):
         lambda_target: NestedKey = "lambda_target"
         discount_weight: NestedKey = "discount_weight"
         reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
         is_last: NestedKey = "is_last"
         is_terminal: NestedKey = "is_terminal"
         bootstrap: NestedKey = "bootstrap"
@@ -195,13 +205,14 @@ class DreamerV3ValueLoss(LossModule):
         gamma: float = 0.99,
         num_value_bins: int = 255,
         actor_loss: Any | None = None,
-        *,
         slow_critic_regularization: float = 0.0,
-        reduction: Reduction = "mean",
+        reduction: Reduction | None = "mean",
+        *,
         validate_inputs: bool = False,
     ) -> None:
         super().__init__()
         require_tensordict_module(value_model, "value_model")
+        reduction = "mean" if reduction is None else reduction
         if value_loss not in _VALUE_LOSSES:
             raise ValueError(f"value_loss must be one of {_VALUE_LOSSES}, got {value_loss!r}.")
         if reduction not in get_args(Reduction):
@@ -234,7 +245,7 @@ class DreamerV3ValueLoss(LossModule):
         if actor_loss is not None:
             _as_float_gamma(_actor_estimator_gamma(actor_loss), "actor_loss.value_estimator.gamma")
             self._actor_link = Borrowed(actor_loss)
-        self.register_buffer("value_bins", two_hot_bins(num_value_bins))
+        self.register_buffer("value_bins", TwoHot(num_value_bins).bins)
         if self.slow_critic_regularization > 0:
             lazy = [
                 name
@@ -254,6 +265,8 @@ class DreamerV3ValueLoss(LossModule):
             self.target_value_model_params = TensorDictParams(slow, no_convert=True)
             # Lets TorchRL warn when no SoftUpdate has been attached.
             self._has_update_associated["value_model"] = False
+        self.register_state_dict_post_hook(_critic_as_torchrl_names)
+        self.register_load_state_dict_pre_hook(_critic_from_torchrl_names)
 
     @property
     def value_model_params(self) -> TensorDictBase:
@@ -326,12 +339,21 @@ class DreamerV3ValueLoss(LossModule):
             )
 
     # ------------------------------------------------------------ predictions
+    def _output(self) -> Output:
+        """The output kind of ``value_loss``, on the loss's (current) bin grid."""
+        return _VALUE_OUTPUTS[self.value_loss](self.value_bins)
+
     def _prediction(
-        self, output: Mapping[NestedKey, torch.Tensor], batch: torch.Size
+        self, head: Output, output: Mapping[NestedKey, torch.Tensor], batch: torch.Size
     ) -> torch.Tensor:
-        """The online or slow critic's output: logits ``[*batch, K]`` or values ``[*batch]``."""
+        """The online or slow critic's output: logits ``[*batch, K]`` or values ``[*batch]``.
+
+        A one-value head is read from ``value``; a head of ``K`` logits from
+        ``value_logits``, or from ``value`` when only that holds ``K`` entries.
+        """
         keys = self.tensor_keys
-        if self.value_loss == "symlog_mse":
+        size = head.event_size
+        if size is None:
             value = output.get(unravel_key(keys.value), None)
             if value is None:
                 raise KeyError(
@@ -343,89 +365,79 @@ class DreamerV3ValueLoss(LossModule):
                 value,
                 batch,
                 f"The predicted value {keys.value!r}",
-                "The symlog_mse critic outputs one value per step.",
+                f"The {self.value_loss} critic outputs one value per step.",
             )
         logits = output.get(unravel_key(keys.value_logits), None)
         key = keys.value_logits
         if logits is None:
             logits, key = output.get(unravel_key(keys.value), None), keys.value
-        if logits is None or logits.shape[-1] != self.num_value_bins:
+        if logits is None or logits.shape[-1] != size:
             found = (
                 "neither key"
                 if logits is None
                 else f"{keys.value!r} with shape {tuple(logits.shape)}"
             )
             raise ValueError(
-                f"value_loss='two_hot' needs {self.num_value_bins} logits per step "
+                f"value_loss={self.value_loss!r} needs {size} logits per step "
                 f"under {keys.value_logits!r} (or under {keys.value!r}); the value "
-                f"model wrote {found}. Give the value head {self.num_value_bins} "
+                f"model wrote {found}. Give the value head {size} "
                 "outputs, or set num_value_bins to its output size."
             )
         if logits.shape[:-1] != batch:
             raise ValueError(
                 f"The value logits {key!r} have shape {tuple(logits.shape)}, expected "
-                f"{(*batch, self.num_value_bins)} to match the batch {tuple(batch)}."
+                f"{(*batch, size)} to match the batch {tuple(batch)}."
             )
         return logits
 
-    def _step_losses(
-        self, prediction: torch.Tensor, *targets: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """Per-step losses of one prediction against each target, sharing the work.
-
-        Two-hot: one softmax pass for all targets; symlog: one ``symlog`` of
-        the prediction.
-        """
-        if self.value_loss == "two_hot":
-            if len(targets) == 1:
-                return (two_hot_cross_entropy(prediction, targets[0], self.value_bins),)
-            stacked = torch.stack(targets, dim=-1)
-            return two_hot_cross_entropies(prediction, stacked, self.value_bins).unbind(-1)
-        squashed = symlog(prediction)
-        return tuple((squashed - symlog(target)).square() for target in targets)
-
     def _critic_losses(
-        self, prediction: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor | None
+        self,
+        head: Output,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        slow_target: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-step loss toward ``target`` plus the slow-critic term, and that term alone.
 
-        Without a slow critic (``slow_target`` is ``None``) the second item is ``None``.
+        Without a slow critic (``slow_target`` is ``None``) the second item is
+        ``None``. Both targets share the head's work (one softmax pass for two-hot).
         """
         if slow_target is None:
-            (loss,) = self._step_losses(prediction, target)
+            (loss,) = head.losses(prediction, target)
             return loss, None
-        loss, slow = self._step_losses(prediction, target, slow_target)
+        loss, slow = head.losses(prediction, target, slow_target)
         return loss + self.slow_critic_regularization * slow, slow
 
-    def _decoded(self, prediction: torch.Tensor) -> torch.Tensor:
-        if self.value_loss == "two_hot":
-            return two_hot_decode(prediction, self.value_bins)
-        return prediction
-
     def _decoded_value(
-        self, output: Mapping[NestedKey, torch.Tensor], prediction: torch.Tensor, batch: torch.Size
+        self,
+        head: Output,
+        output: Mapping[NestedKey, torch.Tensor],
+        prediction: torch.Tensor,
+        batch: torch.Size,
     ) -> torch.Tensor | None:
         """The predicted value for the ``value_mean`` diagnostic, if it is free.
 
-        In two-hot mode it is read from the ``value`` key when the value head
-        writes its decoded value beside the logits; decoding here would cost a
-        softmax over ``[N, K]`` on every call just for a log line.
+        For a head of logits it is read from the ``value`` key when the value
+        head writes its decoded value beside the logits; decoding here would
+        cost a softmax over ``[N, K]`` on every call just for a log line.
         """
-        if self.value_loss == "symlog_mse":
-            return prediction.detach()
+        if head.event_size is None:
+            return head.decode(prediction).detach()
         value = output.get(unravel_key(self.tensor_keys.value), None)
         if value is None or value.shape not in (batch, (*batch, 1)):
             return None
         return value.detach()
 
-    def _slow_prediction(self, tensordict: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+    def _slow_prediction(
+        self, head: Output, tensordict: TensorDictBase, batch: torch.Size
+    ) -> torch.Tensor:
         # functional_call swaps the slow tensors in and back out untouched
         # (TensorDictParams.to_module would hand them back as Parameters).
         slow = dict(self.target_value_model_params.flatten_keys(".").items())
         inputs = tensordict.select(*self.value_model.in_keys, strict=False).copy()
         with torch.no_grad():
             output = torch.func.functional_call(self.value_model, slow, (inputs,))
-        return self._decoded(self._prediction(output, batch))
+        return head.decode(self._prediction(head, output, batch))
 
     # ---------------------------------------------------------------- weights
     def _step_weight(
@@ -483,8 +495,8 @@ class DreamerV3ValueLoss(LossModule):
             only key that carries gradient), the detached diagnostics
             ``target_mean`` and ``value_mean`` (the mean predicted value; in
             two-hot mode only when the head also writes its decoded value), and
-            ``value_slow_reg`` (the weighted slow-critic term) when the slow
-            critic is enabled. The second item is the input, unchanged.
+            ``value_slow_loss`` (the weighted slow-critic term, zero without a
+            slow critic, as in TorchRL). The second item is the input, unchanged.
         """
         keys = self.tensor_keys
         target = tensordict.get(keys.lambda_target, None)
@@ -503,42 +515,77 @@ class DreamerV3ValueLoss(LossModule):
         )
         self._check_finite(target, keys.lambda_target)
 
+        head = self._output()
         output = call_module(self.value_model, tensordict)
-        prediction = self._prediction(output, batch)
+        prediction = self._prediction(head, output, batch)
         self._check_finite(prediction, keys.value)
 
         weight = self._step_weight(tensordict, target, batch)
         slow_target = (
-            self._slow_prediction(tensordict, batch)
+            self._slow_prediction(head, tensordict, batch)
             if self.slow_critic_regularization > 0
             else None
         )
         out = {}
-        if slow_target is None and self.value_loss == "two_hot":
-            # Weighting and reduction inside the cross-entropy's own autograd node;
-            # a mean over cached gamma powers is their sum over the cached powers / N.
+        if slow_target is None:
+            # Weighting and reduction inside the head's loss (for two-hot, its own
+            # autograd node); a mean over cached gamma powers is their sum over the
+            # cached powers / N.
             reduction = self.reduction
             if reduction == "mean" and weight is not None and weight is self._gamma_powers[1]:
                 weight, reduction = self._gamma_powers[2], "sum"
-            out["loss_value"] = two_hot_cross_entropy(
-                prediction, target, self.value_bins, weight=weight, reduction=reduction
-            )
+            out["loss_value"] = head.loss(prediction, target, weight, reduction)
+            out["value_slow_loss"] = torch.zeros_like(out["loss_value"]).detach()
         else:
-            loss, slow = self._critic_losses(prediction, target, slow_target)
+            loss, slow = self._critic_losses(head, prediction, target, slow_target)
             if weight is not None:
-                loss = loss * weight
-            if slow is not None:
-                slow = slow if weight is None else slow * weight
-                out["value_slow_reg"] = self._reduce(slow).detach()
+                loss, slow = loss * weight, slow * weight
+            out["value_slow_loss"] = self._reduce(slow).detach()
             out["loss_value"] = self._reduce(loss)
         # Both are detached already, so their means record nothing.
-        value = self._decoded_value(output, prediction, batch)
+        value = self._decoded_value(head, output, prediction, batch)
         if value is not None:
             out["value_mean"] = value.mean()
         out["target_mean"] = target.mean()
         return TensorDict(out, batch_size=[]), tensordict
 
     # ----------------------------------------------------------- replay values
+    def _replay_entries(
+        self, tensordict: TensorDictBase, batch: torch.Size
+    ) -> dict[str, torch.Tensor]:
+        """``reward``, ``is_last``, ``is_terminal`` and ``bootstrap`` in the official layout.
+
+        TorchRL's layout (``("next", reward / done / terminated)``) is read when
+        ``("next", reward)`` is present: its ``done`` is the official ``is_last``
+        and its ``terminated`` the official ``is_terminal``.
+        """
+        keys = self.tensor_keys
+        if unravel_key(("next", keys.reward)) in tensordict.keys(True):
+            sources = {
+                "reward": ("next", keys.reward),
+                "is_last": ("next", keys.done),
+                "is_terminal": ("next", keys.terminated),
+            }
+        else:
+            sources = {
+                "reward": keys.reward,
+                "is_last": keys.is_last,
+                "is_terminal": keys.is_terminal,
+            }
+        sources["bootstrap"] = keys.bootstrap
+        entries = {}
+        for name, key in sources.items():
+            value = tensordict.get(unravel_key(key), None)
+            if value is None:
+                raise KeyError(
+                    f"replay_value_loss needs {unravel_key(key)!r} in the replay batch "
+                    "(see the layouts in its docstring)."
+                )
+            entries[name] = per_step(value.detach(), batch, f"The replay entry {key!r}").to(
+                torch.float32 if value.dtype == torch.bool else value.dtype
+            )
+        return entries
+
     def replay_value_loss(
         self, tensordict: TensorDictBase, horizon: float = 333.0, lmbda: float = 0.95
     ) -> TensorDict:
@@ -552,15 +599,22 @@ class DreamerV3ValueLoss(LossModule):
         gradient reaches the value model's input features, so this loss can
         train the representation. The caller scales it (officially by 0.3).
 
-        Per-step layout, as in the official replay buffer: ``reward`` is the
-        reward received on arriving at a state, ``is_last`` and
-        ``is_terminal`` are that state's own flags. The slow-critic
-        regulariser applies here too when enabled.
+        Two per-step layouts are read; in both, a state's entries describe
+        arriving at it:
+
+        * official: ``reward`` (received on arriving at the state),
+          ``is_last`` and ``is_terminal`` (the state's own flags), at the root;
+        * TorchRL's: ``("next", "reward")``, ``("next", "done")`` and
+          ``("next", "terminated")`` beside root states that are the posterior
+          of ``"next"`` (as ``torchrl.objectives.DreamerV3Loss`` builds them),
+          used whenever ``("next", "reward")`` is present.
+
+        ``bootstrap`` is at the root in both. The slow-critic regulariser
+        applies here too when enabled.
 
         Args:
             tensordict: ``[B, T]`` (``T >= 2``) with the value model's inputs and
-                ``reward``, ``is_last``, ``is_terminal``, ``bootstrap``, each of
-                shape ``[B, T]`` or ``[B, T, 1]``.
+                the entries of one layout, each of shape ``[B, T]`` or ``[B, T, 1]``.
             horizon: Discount horizon (official 333).
             lmbda: λ (official 0.95).
 
@@ -584,6 +638,20 @@ class DreamerV3ValueLoss(LossModule):
             ... }, [2, 8])
             >>> loss.replay_value_loss(replay)["loss_replay_value"].shape
             torch.Size([])
+            >>> torchrl_layout = TensorDict({
+            ...     "state": replay["state"],
+            ...     "bootstrap": replay["bootstrap"],
+            ...     "next": {
+            ...         "reward": replay["reward"].unsqueeze(-1),
+            ...         "done": replay["is_last"].unsqueeze(-1),
+            ...         "terminated": replay["is_terminal"].unsqueeze(-1),
+            ...     },
+            ... }, [2, 8])
+            >>> bool(
+            ...     loss.replay_value_loss(torchrl_layout)["loss_replay_value"]
+            ...     == loss.replay_value_loss(replay)["loss_replay_value"]
+            ... )
+            True
         """
         if not horizon >= 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -595,19 +663,7 @@ class DreamerV3ValueLoss(LossModule):
                 f"replay_value_loss needs a [B, T] batch with T >= 2 (time last), got "
                 f"batch size {tuple(batch)}."
             )
-        keys = self.tensor_keys
-        entries = {}
-        for name in ("reward", "is_last", "is_terminal", "bootstrap"):
-            key = getattr(keys, name)
-            value = tensordict.get(key, None)
-            if value is None:
-                raise KeyError(
-                    f"replay_value_loss needs {key!r} in the replay batch "
-                    "(see the per-step layout in its docstring)."
-                )
-            entries[name] = per_step(value.detach(), batch, f"The replay entry {key!r}").to(
-                torch.float32 if value.dtype == torch.bool else value.dtype
-            )
+        entries = self._replay_entries(tensordict, batch)
         target = lambda_return(
             entries["reward"],
             1 - entries["is_terminal"],
@@ -616,16 +672,16 @@ class DreamerV3ValueLoss(LossModule):
             lmbda,
             is_last=entries["is_last"],
         )
-        prediction = self._prediction(call_module(self.value_model, tensordict), batch)
-        prediction = (
-            prediction[..., :-1, :] if self.value_loss == "two_hot" else prediction[..., :-1]
-        )
+        head = self._output()
+        time = len(batch) - 1
+        prediction = self._prediction(head, call_module(self.value_model, tensordict), batch)
+        prediction = prediction.narrow(time, 0, batch[-1] - 1)
         slow_target = (
-            self._slow_prediction(tensordict, batch)[..., :-1]
+            self._slow_prediction(head, tensordict, batch).narrow(time, 0, batch[-1] - 1)
             if self.slow_critic_regularization > 0
             else None
         )
-        loss, _ = self._critic_losses(prediction, target, slow_target)
+        loss, _ = self._critic_losses(head, prediction, target, slow_target)
         keep = 1 - entries["is_last"][..., :-1]
         return TensorDict(
             {
@@ -634,3 +690,28 @@ class DreamerV3ValueLoss(LossModule):
             },
             batch_size=[],
         )
+
+
+def _renamed(state_dict: dict, prefix: str, old: str, new: str) -> None:
+    """Rename, in place and in order, the entries under ``prefix + old`` to ``prefix + new``."""
+    old, new = prefix + old, prefix + new
+    if not any(key.startswith(old) for key in state_dict):
+        return
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        state_dict[new + key[len(old) :] if key.startswith(old) else key] = value
+
+
+# TorchRL holds the online critic as `value_model_params` (its functional
+# parameters); this loss holds the module itself as `value_model`.
+def _critic_as_torchrl_names(
+    module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any
+) -> None:
+    _renamed(state_dict, prefix, "value_model.", "value_model_params.")
+
+
+def _critic_from_torchrl_names(
+    module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any
+) -> None:
+    _renamed(state_dict, prefix, "value_model_params.", "value_model.")

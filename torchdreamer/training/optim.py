@@ -2,25 +2,168 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-__all__ = ["LaProp"]
+__all__ = ["DreamerV3Optimizer", "LaProp"]
 
 
-class LaProp(torch.optim.Optimizer):
-    """LaProp (RMS-normalise each gradient, then momentum) with per-tensor AGC.
+class DreamerV3Optimizer(torch.optim.Optimizer):
+    """DreamerV3's optimiser, with TorchRL's signature, parameter groups and state names.
 
-    Per parameter tensor ``w`` with gradient ``g``, as in the official code:
+    Per parameter tensor ``w`` with gradient ``g``, as the official chain
+    ``clip_by_agc, scale_by_rms, scale_by_momentum, scale_by_learning_rate``
+    (``embodied/jax/opt.py``, ``dreamerv3/agent.py``):
 
-    1. adaptive clipping: ``g *= min(1, agc * max(‖w‖, 1e-3) / ‖g‖)``;
-    2. ``ν = β₂ ν + (1 - β₂) g²`` and ``u = g / (sqrt(ν / (1 - β₂ᵗ)) + ε)``;
-    3. ``μ = β₁ μ + (1 - β₁) u`` and ``w -= lr_t μ / (1 - β₁ᵗ)``,
+    1. adaptive clipping: ``g *= u / max(‖g‖, u)`` with
+       ``u = agc * max(‖w‖, parameter_norm_min)``;
+    2. ``ν = β₂ ν + (1 - β₂) g²`` and ``g / (sqrt(ν / (1 - β₂ᵗ)) + ε)`` (the
+       "RMS" state);
+    3. ``μ = β₁ μ + (1 - β₁) u`` (the "momentum" state) and
+       ``w -= lr_t μ / (1 - β₁ᵗ)``,
 
-    with ``lr_t`` rising linearly from 0 to ``lr`` over ``warmup`` steps.
-    Unlike Adam, the momentum averages normalised gradients, so one step
-    moves each weight by at most about ``lr``.
+    with ``lr_t = lr * min(1, (t - 1) / warmup_steps)``: optax's linear
+    warm-up reads the update count before it is incremented, so the first
+    update has learning rate 0. Unlike Adam, the momentum averages normalised
+    gradients, so one step moves each weight by at most about ``lr``.
+
+    The moments are float32 whatever the parameters' dtype (the official
+    ``zeros_like(t, f32)``), each parameter group counts its own updates
+    (``group["step"]``), parameters without a gradient are skipped, and an
+    update where no parameter has a gradient raises ``RuntimeError``. The
+    parameter groups and the state (``"rms"``, ``"momentum"``) are named as in
+    ``torchrl.trainers.algorithms.DreamerV3Optimizer``, so state_dicts move
+    between the two.
+
+    Args:
+        parameters: Parameters, or parameter-group dicts whose options
+            override the defaults below.
+
+    Keyword Args:
+        lr: Learning rate after warm-up (official 4e-5).
+        agc: Clip each gradient's norm to this fraction of its parameter's norm
+            (official 0.3); 0 disables clipping.
+        parameter_norm_min: Lower bound of the parameter norm in the clip
+            (official 1e-3).
+        beta1: Momentum decay (official 0.9).
+        beta2: Decay of the squared-gradient average (official 0.999).
+        eps: Added to the RMS (official 1e-20).
+        warmup_steps: Updates of the linear learning-rate warm-up (official
+            1000); 0 disables it.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer import DreamerV3Optimizer
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = DreamerV3Optimizer([w], lr=0.1, warmup_steps=0)
+        >>> (w ** 2).sum().backward()
+        >>> opt.step()
+        >>> w.detach()
+        tensor([0.9000, 0.9000, 0.9000])
+        >>> sorted(opt.state[w]), opt.param_groups[0]["step"]
+        (['momentum', 'rms'], 1)
+
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        *,
+        lr: float = 4e-5,
+        agc: float = 0.3,
+        parameter_norm_min: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-20,
+        warmup_steps: int = 1000,
+    ) -> None:
+        if not (lr > 0 and eps >= 0 and agc >= 0 and parameter_norm_min > 0 and warmup_steps >= 0):
+            raise ValueError(
+                "need lr > 0, eps >= 0, agc >= 0, parameter_norm_min > 0 and warmup_steps >= 0; "
+                f"got lr={lr}, eps={eps}, agc={agc}, parameter_norm_min={parameter_norm_min}, "
+                f"warmup_steps={warmup_steps}."
+            )
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"need 0 <= beta1, beta2 < 1; got {beta1} and {beta2}.")
+        defaults = dict(
+            lr=lr,
+            agc=agc,
+            parameter_norm_min=parameter_norm_min,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            warmup_steps=warmup_steps,
+            step=0,
+        )
+        super().__init__(parameters, defaults)
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
+        """Update the parameters that have gradients; return the closure's loss, if any."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
+            raise RuntimeError(
+                "DreamerV3Optimizer.step() found no parameter gradients: call backward() first."
+            )
+        for group in self.param_groups:
+            group["step"] += 1
+            step, warmup = group["step"], group["warmup_steps"]
+            lr = group["lr"] * (min(1.0, (step - 1) / warmup) if warmup else 1.0)
+            # The multi-tensor kernels take one device and dtype per call.
+            buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    buckets.setdefault((p.device, p.dtype), []).append(p)
+            for params in buckets.values():
+                self._update(group, params, step, lr)
+        return loss
+
+    def _update(
+        self, group: dict[str, Any], params: list[torch.Tensor], step: int, lr: float
+    ) -> None:
+        grads = [p.grad.float() for p in params]
+        if group["agc"]:
+            # u / max(|g|, u): 1 below the limit, the clip above it.
+            limits = torch._foreach_norm([p.float() for p in params])
+            torch._foreach_clamp_min_(limits, group["parameter_norm_min"])
+            torch._foreach_mul_(limits, group["agc"])
+            scales = torch._foreach_div(
+                limits, torch._foreach_maximum(torch._foreach_norm(grads), limits)
+            )
+            grads = torch._foreach_mul(grads, scales)
+        states = [self.state[p] for p in params]
+        for state, p in zip(states, params, strict=True):
+            if not state:
+                state["rms"] = torch.zeros_like(p, dtype=torch.float32)
+                state["momentum"] = torch.zeros_like(p, dtype=torch.float32)
+        rms = [s["rms"] for s in states]
+        momentum = [s["momentum"] for s in states]
+        beta1, beta2 = group["beta1"], group["beta2"]
+        torch._foreach_mul_(rms, beta2)
+        torch._foreach_addcmul_(rms, grads, grads, value=1 - beta2)
+        denom = torch._foreach_div(rms, 1 - beta2**step)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_mul_(momentum, beta1)
+        torch._foreach_add_(momentum, torch._foreach_div(grads, denom), alpha=1 - beta1)
+        updates = torch._foreach_div(momentum, 1 - beta1**step)
+        if params[0].dtype != torch.float32:
+            updates = [u.to(p.dtype) for u, p in zip(updates, params, strict=True)]
+        torch._foreach_add_(params, updates, alpha=-lr)
+
+
+class LaProp(DreamerV3Optimizer):
+    """:class:`DreamerV3Optimizer` under the agent's argument names.
+
+    ``betas`` is ``(beta1, beta2)`` and ``warmup`` is ``warmup_steps``; the
+    clip's parameter-norm floor is the official 1e-3.
 
     Examples:
         >>> import torch
@@ -31,6 +174,7 @@ class LaProp(torch.optim.Optimizer):
         >>> opt.step()
         >>> w.detach()
         tensor([0.9000, 0.9000, 0.9000])
+
     """
 
     def __init__(
@@ -42,45 +186,12 @@ class LaProp(torch.optim.Optimizer):
         agc: float = 0.3,
         warmup: int = 1000,
     ) -> None:
-        if lr <= 0 or eps < 0 or agc < 0 or warmup < 0:
-            raise ValueError("need lr > 0, eps >= 0, agc >= 0 and warmup >= 0.")
-        defaults = dict(lr=lr, betas=betas, eps=eps, agc=agc, warmup=warmup)
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            beta1, beta2 = group["betas"]
-            if group["agc"]:
-                # Clip each tensor's gradient norm relative to its weight norm.
-                weight_norms = torch._foreach_norm(params)
-                grad_norms = torch._foreach_norm(grads)
-                limits = torch._foreach_clamp_min(weight_norms, 1e-3)
-                torch._foreach_mul_(limits, group["agc"])
-                torch._foreach_div_(limits, torch._foreach_clamp_min(grad_norms, 1e-30))
-                torch._foreach_clamp_max_(limits, 1.0)
-                grads = torch._foreach_mul(grads, limits)
-            states = [self.state[p] for p in params]
-            for state, p in zip(states, params, strict=True):
-                if not state:
-                    state["step"] = 0
-                    state["nu"] = torch.zeros_like(p)
-                    state["mu"] = torch.zeros_like(p)
-                state["step"] += 1
-            step = states[0]["step"]
-            nus = [s["nu"] for s in states]
-            mus = [s["mu"] for s in states]
-            torch._foreach_mul_(nus, beta2)
-            torch._foreach_addcmul_(nus, grads, grads, value=1 - beta2)
-            denom = torch._foreach_div(nus, 1 - beta2**step)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            updates = torch._foreach_div(grads, denom)
-            torch._foreach_mul_(mus, beta1)
-            torch._foreach_add_(mus, updates, alpha=1 - beta1)
-            warm = min(1.0, step / group["warmup"]) if group["warmup"] else 1.0
-            torch._foreach_add_(params, mus, alpha=-group["lr"] * warm / (1 - beta1**step))
+        super().__init__(
+            params,
+            lr=lr,
+            agc=agc,
+            beta1=betas[0],
+            beta2=betas[1],
+            eps=eps,
+            warmup_steps=warmup,
+        )
