@@ -167,6 +167,7 @@ def test_one_full_agent_update_trains_every_network():
     value_loss = DreamerV3ValueLoss(
         critic, value_loss="two_hot", actor_loss=actor_loss, slow_critic_regularization=1.0
     )
+    value_loss.set_keys(done="is_last", terminated="is_terminal")
     SoftUpdate(value_loss, tau=0.02)
 
     replay = TensorDict(

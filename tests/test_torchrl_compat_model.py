@@ -346,8 +346,10 @@ def test_composed_loss_runs_torchrls_example(ns):
 
 
 def test_composed_loss_numbers_equal_torchrls():
-    """Same learner, same seed: the world-model terms, the replay value loss (which
-    also carries the bootstrap from the imagined returns) and the replay context agree."""
+    """Same learner, same seed. With each side's own three losses the world-model
+    terms and the replay context agree (the actor and critic are compared in
+    test_torchrl_compat_value.py). TorchRL's DreamerV3Loss composing torchdreamer's
+    three losses gives every term ours gives: the composition is TorchRL's."""
     results = []
     for ns in IMPLEMENTATIONS.values():
         loss, _ = learner(ns)
@@ -357,8 +359,19 @@ def test_composed_loss_numbers_equal_torchrls():
     for key in ("loss_model_reco", "loss_model_reward", "loss_model_dynamic"):
         torch.testing.assert_close(ours[key], theirs[key], msg=key)
     torch.testing.assert_close(ours["replay_context"], theirs["replay_context"])
-    for key in ("loss_actor", "loss_value", "loss_replay_value", "replay_value"):
+
+    loss, _ = learner(torchdreamer)
+    composed = torchrl_objectives.DreamerV3Loss(loss.model_loss, loss.actor_loss, loss.value_loss)
+    results = []
+    for module in (composed, copy.deepcopy(loss)):
+        torch.manual_seed(2)
+        results.append(module(rssm_sample()))
+    theirs, ours = results
+    keys = {k for k in theirs.keys() if k.startswith("loss_")} | {"replay_value"}
+    assert keys <= set(ours.keys())
+    for key in keys:
         torch.testing.assert_close(ours[key], theirs[key], msg=key)
+    torch.testing.assert_close(ours["replay_context"], theirs["replay_context"])
 
 
 @impl

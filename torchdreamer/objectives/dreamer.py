@@ -168,22 +168,19 @@ class DreamerV3Loss(LossModule):
         imagined: TensorDictBase,
     ) -> TensorDict:
         """The critic on the replayed sequence, bootstrapped by the imagined returns."""
-        value_loss, model_keys = self.value_loss, self.model_loss.tensor_keys
+        value_loss = self.value_loss
         value_keys = value_loss.tensor_keys
         features = posterior.get("next").select(*value_loss.value_model.in_keys, strict=False)
         bootstrap = imagined.get(self.actor_loss.tensor_keys.lambda_target)[..., 0, 0]
         features.set(value_keys.bootstrap, bootstrap.reshape(sample.batch_size))
-        targets = sample.get("next")
-        terminated = targets.get(model_keys.terminated, None)
-        done = targets.get(model_keys.done, terminated)
-        if terminated is None or done is None:
+        targets = [value_keys.reward, value_keys.done, value_keys.terminated]
+        missing = [k for k in targets if unravel_key(k) not in sample.get("next").keys(True)]
+        if missing:
             raise KeyError(
-                f"The replay value loss needs ('next', {model_keys.terminated!r}) and/or "
-                f"('next', {model_keys.done!r}) in the replay batch."
+                f"The replay value loss reads {[('next', k) for k in missing]} from the "
+                "replay batch; add them or set_keys(...) on the value loss."
             )
-        features.set(value_keys.reward, targets.get(model_keys.reward))
-        features.set(value_keys.is_last, done)
-        features.set(value_keys.is_terminal, terminated)
+        features.set("next", sample.get("next").select(*targets))
         return value_loss.replay_value_loss(
             features, horizon=self.continuation_horizon, lmbda=self.lmbda
         )

@@ -148,6 +148,7 @@ class DreamerAgent(nn.Module):
             actor_loss=self.actor_loss,
             slow_critic_regularization=config.slow_critic_weight,
         )
+        self.value_loss.set_keys(done="is_last", terminated="is_terminal")
         self.slow_critic = SoftUpdate(self.value_loss, tau=config.slow_critic_tau)
         # Composes the three losses above, which stay registered here (their
         # state_dict keys); it owns no state of its own, so it is not registered.
