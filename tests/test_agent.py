@@ -185,3 +185,96 @@ def test_short_training_run(env_id, tmp_path, monkeypatch):
     summary = train(config, tmp_path / "run", progress=False)
     assert summary.env_step == 48 and summary.updates == 17  # from step 16, one per step
     assert (tmp_path / "run" / "learning_curve.png").exists() or env_id == "Pendulum-v1"
+
+
+def _old_composition(agent, batch):
+    """The agent's update before DreamerV3Loss, restated plainly with the functional math.
+
+    The world model's own forward, then the five model terms (official scales, free
+    nats 1), imagination from the detached posterior states, the critic on the
+    imagined returns and the replay critic bootstrapped from the first imagined
+    return, scaled 0.3.
+    """
+    from torch.nn.functional import binary_cross_entropy_with_logits
+
+    from torchdreamer.functional import kl_balance, symlog, two_hot_bins, two_hot_cross_entropy
+
+    cfg, wm = agent.config, agent.world_model
+    post, prior, reward_logits, cont_logit, reco, stoch, deter = wm(
+        batch["observation"], batch["prev_action"], batch["is_first"]
+    )
+    target = batch["observation"]
+    target = target.float() / 255 if wm.is_image else symlog(target)
+    dyn, rep = kl_balance(post, prior, free_nats=0.0)
+    terms = {
+        "loss_model_reco": (reco - target).square().flatten(2).sum(-1).mean(),
+        "loss_model_reward": two_hot_cross_entropy(
+            reward_logits, batch["reward"], two_hot_bins(255)
+        ).mean(),
+        "loss_model_continue": binary_cross_entropy_with_logits(
+            cont_logit.squeeze(-1), 1 - batch["is_terminal"].float()
+        ),
+        "loss_model_dynamic": dyn.clamp(min=1.0).mean(),
+        "loss_model_representation": 0.1 * rep.clamp(min=1.0).mean(),
+    }
+    states = TensorDict(state=stoch, belief=deter, batch_size=batch.batch_size)
+    actor_td, imagined = agent.actor_loss(states.detach().reshape(-1))
+    terms["loss_actor"] = actor_td["loss_actor"]
+    terms["loss_value"] = agent.value_loss(imagined)[0]["loss_value"]
+    replay = states.update(batch.select("reward", "is_last", "is_terminal"))
+    replay.set("bootstrap", imagined["lambda_target"][:, 0, 0].reshape(batch.batch_size))
+    replay_td = agent.value_loss.replay_value_loss(replay, cfg.horizon, cfg.lmbda)
+    terms["loss_replay_value"] = 0.3 * replay_td["loss_replay_value"]
+    return terms
+
+
+@pytest.mark.parametrize(
+    ("shape", "discrete", "image"),
+    [((4,), True, False), ((3,), False, False), ((16, 16, 3), True, True)],
+    ids=["vector-discrete", "vector-continuous", "image-discrete"],
+)
+def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypatch):
+    """DreamerV3Loss computes the agent's terms and gradients as the plain composition.
+
+    The replay critic's gradient reaches the world model through the posterior
+    features (official ``repval_grad``), so the composition restated here keeps
+    them attached there too.
+    """
+    import copy
+
+    monkeypatch.setitem(PRESETS, "test", PRESETS["small"].__class__(**SMALL))
+    torch.manual_seed(0)
+    config = Config(preset="test", imagination_horizon=3, warmup=0)
+    agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
+    with torch.no_grad():  # the critic's zero-initialised output passes back no gradient
+        for p in agent.critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    old_agent = copy.deepcopy(agent)
+    batch = batch_for(shape, 2, image=image)
+    batch["is_terminal"][1, 3] = batch["is_last"][1, 3] = True
+
+    torch.manual_seed(1)
+    total, metrics = agent.losses(batch)
+    torch.manual_seed(1)
+    old = _old_composition(old_agent, batch)
+
+    assert set(old) == {k for k in metrics if k.startswith("loss_")}
+    for key, value in old.items():
+        torch.testing.assert_close(metrics[key], value.detach(), msg=key)
+    old_total = sum(old.values())
+    torch.testing.assert_close(total.detach(), old_total.detach())
+    replay_grads = torch.autograd.grad(
+        old["loss_replay_value"],
+        list(old_agent.world_model.encoder.parameters()),
+        retain_graph=True,
+        allow_unused=True,
+    )
+    # The replay value loss reaches the world model (exercised, not zero).
+    assert sum(g.abs().sum() for g in replay_grads if g is not None) > 0
+    total.backward()
+    old_total.backward()
+    for (name, p), q in zip(agent.named_parameters(), old_agent.parameters(), strict=True):
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)

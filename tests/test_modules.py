@@ -12,11 +12,12 @@ from tensordict import TensorDict
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
 from tensordict.nn import ProbabilisticTensorDictSequential as Seq
 from tensordict.nn import TensorDictModule
+from tensordict.utils import unravel_key
 from torch import nn
 from torchrl.modules import OneHotCategorical
 from torchrl.objectives import SoftUpdate
 
-from torchdreamer import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
+from torchdreamer import DreamerV3ActorLoss, DreamerV3Loss, DreamerV3ModelLoss, DreamerV3ValueLoss
 from torchdreamer.modules import (
     MLP,
     RSSM,
@@ -197,7 +198,9 @@ def test_one_full_agent_update_trains_every_network():
     size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4, units=16, encoder_layers=1)
     model = WorldModel((obs_dim,), actions, size)
     world = TensorDictModule(
-        model, in_keys=["observation", "prev_action", "is_first"], out_keys=WORLD_MODEL_OUTPUTS
+        model,
+        in_keys=[("next", k) for k in ("observation", "prev_action", "is_first")],
+        out_keys=[unravel_key(("next", k)) for k in WORLD_MODEL_OUTPUTS],
     )
     feat = model.rssm.feature_size
     actor = Seq(
@@ -212,7 +215,14 @@ def test_one_full_agent_update_trains_every_network():
     continuation = TensorDictModule(
         model.continuation, ["state", "belief"], ["_logit", "continuation"]
     )
-    model_loss = DreamerV3ModelLoss(world)
+    model_loss = DreamerV3ModelLoss(world, unimix=0.0, symlog_predictions=True)
+    model_loss.set_keys(
+        pixels="observation",
+        reco_pixels=("reconstruction", "observation"),
+        continue_pred="continuation_logits",
+        done="is_last",
+        terminated="is_terminal",
+    )
     actor_loss = DreamerV3ActorLoss(
         actor,
         critic,
@@ -224,6 +234,7 @@ def test_one_full_agent_update_trains_every_network():
     value_loss = DreamerV3ValueLoss(
         critic, value_loss="two_hot", actor_loss=actor_loss, slow_critic_regularization=1.0
     )
+    value_loss.set_keys(done="is_last", terminated="is_terminal")
     SoftUpdate(value_loss, tau=0.02)
 
     replay = TensorDict(
@@ -239,19 +250,10 @@ def test_one_full_agent_update_trains_every_network():
         is_last=torch.zeros(batch, steps, dtype=torch.bool),
         batch_size=[batch, steps],
     )
-    model_td, posterior = model_loss(replay)
-    starts = posterior.select("state", "belief").reshape(-1)
-    actor_td, imagined = actor_loss(starts)
-    value_td, _ = value_loss(imagined)
-    replay_td = value_loss.replay_value_loss(
-        posterior.set("bootstrap", imagined["lambda_target"][:, 0, 0].reshape(batch, steps))
+    losses = DreamerV3Loss(model_loss, actor_loss, value_loss)(
+        TensorDict(next=replay, batch_size=replay.batch_size)
     )
-    total = (
-        sum(v for k, v in model_td.items() if k.startswith("loss_"))
-        + actor_td["loss_actor"]
-        + value_td["loss_value"]
-        + 0.3 * replay_td["loss_replay_value"]
-    )
+    total = sum(v for k, v in losses.items() if k.startswith("loss_"))
     total.backward()
     for name, module in [
         ("encoder", model.encoder),

@@ -451,5 +451,5 @@ def test_plain_modules_are_refused_with_the_fix():
 
     with pytest.raises(TypeError, match="value_model must be a tensordict module"):
         DreamerV3ValueLoss(torch.nn.Linear(4, 1))
-    with pytest.raises(TypeError, match="world_model must be a tensordict module"):
-        DreamerV3ModelLoss(torch.nn.Linear(4, 1))
+    with pytest.raises(TypeError, match="world_model must read the replay tensordict"):
+        DreamerV3ModelLoss(torch.nn.Linear(4, 1))(TensorDict({"next": {"reward": 0.0}}))

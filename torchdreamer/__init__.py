@@ -14,16 +14,20 @@ if TYPE_CHECKING:
     from torchdreamer import functional
     from torchdreamer.objectives import (
         DreamerV3ActorLoss,
+        DreamerV3Loss,
         DreamerV3ModelLoss,
         DreamerV3ValueLoss,
         ReturnScale,
     )
     from torchdreamer.training.optim import DreamerV3Optimizer
+    from torchdreamer.training.when import DreamerV3UpdateRatio
 
 __all__ = [
     "DreamerV3ActorLoss",
+    "DreamerV3Loss",
     "DreamerV3ModelLoss",
     "DreamerV3Optimizer",
+    "DreamerV3UpdateRatio",
     "DreamerV3ValueLoss",
     "ReturnScale",
     "functional",
@@ -33,6 +37,8 @@ __version__ = "0.1.0"
 #: Where each public name lives; imported on first use.
 _HOMES = {
     "DreamerV3ActorLoss": "torchdreamer.objectives",
+    "DreamerV3Loss": "torchdreamer.objectives",
+    "DreamerV3UpdateRatio": "torchdreamer.training.when",
     "DreamerV3ModelLoss": "torchdreamer.objectives",
     "DreamerV3Optimizer": "torchdreamer.training.optim",
     "DreamerV3ValueLoss": "torchdreamer.objectives",

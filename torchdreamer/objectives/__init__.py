@@ -1,8 +1,15 @@
 """Loss modules: they wire tensordict keys and networks around ``torchdreamer.functional``."""
 
 from torchdreamer.objectives.actor import DreamerV3ActorLoss
+from torchdreamer.objectives.dreamer import DreamerV3Loss
 from torchdreamer.objectives.model import DreamerV3ModelLoss
 from torchdreamer.objectives.return_scale import ReturnScale
 from torchdreamer.objectives.value import DreamerV3ValueLoss
 
-__all__ = ["DreamerV3ActorLoss", "DreamerV3ModelLoss", "DreamerV3ValueLoss", "ReturnScale"]
+__all__ = [
+    "DreamerV3ActorLoss",
+    "DreamerV3Loss",
+    "DreamerV3ModelLoss",
+    "DreamerV3ValueLoss",
+    "ReturnScale",
+]

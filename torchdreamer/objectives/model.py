@@ -1,8 +1,7 @@
-"""The DreamerV3 world-model loss."""
+"""The DreamerV3 world-model loss, with TorchRL's constructor, keys and outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,68 +12,106 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
 from torchdreamer.functional import (
+    categorical_kl,
+    clip_free_nats,
     kl_balance,
     symlog,
     two_hot_bins,
     two_hot_cross_entropy,
+    unimix_logits,
 )
 from torchdreamer.objectives._call import require_tensordict_module
 from torchdreamer.objectives._shapes import per_step
 
 __all__ = ["DreamerV3ModelLoss"]
 
-ReconstructionLoss = Literal["symlog_mse", "mse"]
 
-#: Loss scales of the official configuration (``loss_scales``), for terms that are
-#: each averaged over the ``[B, T]`` batch. (The paper's first version gives 0.5
-#: for the dynamics term; the released code uses 1.0.)
-DEFAULT_SCALES = {
-    "reconstruction": 1.0,
-    "reward": 1.0,
-    "continuation": 1.0,
-    "dynamics": 1.0,
-    "representation": 0.1,
-}
+def _next(key: NestedKey) -> NestedKey:
+    return unravel_key(("next", key))
+
+
+def _as_list(keys: NestedKey | list[NestedKey]) -> list[NestedKey]:
+    return list(keys) if isinstance(keys, list) else [keys]
 
 
 class DreamerV3ModelLoss(LossModule):
-    """DreamerV3 world-model loss on replayed sequences.
+    """DreamerV3 world-model loss, a drop-in for ``torchrl.objectives.DreamerV3ModelLoss``.
 
-    Runs ``world_model`` on a ``[B, T]`` replay batch and combines, per state,
+    The constructor, the accepted keys, the data layout and the output keys are
+    TorchRL's; the defaults are the official DreamerV3 configuration (see
+    "Differences from TorchRL" in the README for the arguments that restore
+    TorchRL's defaults). ``world_model`` is any tensordict-in/tensordict-out
+    module (a ``TensorDictModule``, or a module whose ``forward(tensordict)``
+    returns the tensordict): it reads a ``[B, T]`` replay batch and writes its outputs under
+    ``"next"``. Everything the loss reads sits under ``"next"``: the targets
+    (``pixels``, ``reward``, ``terminated``/``done``) and the world model's
+    outputs (``posterior_logits``, ``prior_logits``, ``reco_pixels``,
+    ``reward_logits``, ``continue_pred``). Row ``t`` is the official per-step
+    layout: the observation of a state, the reward received on arriving at it,
+    its terminal flag. Before the world model runs, ``("next", "reward")`` is
+    renamed ``("next", "true_reward")``, so the model may write its predicted
+    reward there.
 
-    * reconstruction of each observation: ``symlog_mse``
-      ``sum((pred - symlog(obs))**2)`` over features for vectors (the decoder
-      predicts in symlog space), or plain ``mse`` for images (``uint8`` images
-      are scaled to ``[0, 1]``);
-    * reward: two-hot cross-entropy of the reward logits against the raw reward
-      (255 bins by default, :func:`~torchdreamer.functional.two_hot_bins`);
-    * continuation: Bernoulli cross-entropy of the continuation logit against
-      ``1 - is_terminal``;
-    * dynamics and representation: :func:`~torchdreamer.functional.kl_balance`
-      with ``free_nats`` (the first trains the prior, the second the
-      posterior).
+    Terms, each a mean over the ``[B, T]`` batch and multiplied by its scale:
 
-    Each term is averaged over the batch, multiplied by its scale and returned
-    as its own ``loss_*`` key, so that a TorchRL trainer summing the ``loss_*``
-    keys gets the total. The per-step layout is the official one: ``reward`` is
-    the reward received on arriving at a state, ``is_terminal`` that state's
-    flag. The categorical logits the world model writes are expected to
-    include its 1% unimix already (see
-    :func:`~torchdreamer.functional.unimix_logits`).
+    * ``loss_model_dynamic`` / ``loss_model_representation`` (``kl_mode=
+      "separate"``): :func:`~torchdreamer.functional.kl_balance`, the KL
+      summed over the categoricals of a state and clipped below at
+      ``free_bits``; scales ``lambda_kl * lambda_dynamic`` and ``lambda_kl *
+      lambda_representation``. ``kl_mode="balanced"`` gives TorchRL's
+      ``loss_model_kl`` instead: ``kl_alpha`` times the prior-training KL
+      plus ``1 - kl_alpha`` times the posterior-training KL, each clipped per
+      categorical and averaged over the categoricals.
+    * ``loss_model_reco``: squared (``"l2"``) or absolute (``"l1"``) error of
+      each ``reco_pixels`` against its ``pixels`` target, summed over the
+      features of a step (``global_average=False``) and over the heads. With
+      ``reco_symlog`` both target and prediction are symlog'ed (the prediction
+      is in observation space, as TorchRL's decoders write it); with
+      ``symlog_predictions=True`` the prediction is taken as already in
+      symlog space (the official decoder's output, and torchdreamer's
+      :class:`~torchdreamer.modules.WorldModel`). Without ``reco_symlog``,
+      ``uint8`` targets are scaled to ``[0, 1]``.
+    * ``loss_model_reward``: two-hot cross-entropy of ``reward_logits`` over
+      ``num_reward_bins`` bins, or with ``reward_two_hot=False`` the symlog MSE
+      of the scalar ``("next", "reward")`` prediction.
+    * ``loss_model_continue`` (when ``lambda_continue > 0``): Bernoulli
+      cross-entropy of the ``continue_pred`` logit against
+      ``continue_target_scale * (1 - terminated)``.
+
+    ``kl`` (detached) is the mean KL of the states before the free-bits clip.
 
     Args:
-        world_model: Reads the replay batch and writes ``posterior_logits`` and
-            ``prior_logits`` ``[B, T, num_categoricals, num_classes]``,
-            ``reward_logits`` ``[B, T, num_reward_bins]``, ``continuation_logits``
-            ``[B, T]`` or ``[B, T, 1]``, and under ``("reconstruction", key)`` a
-            prediction for each observation ``key``.
+        world_model: Tensordict module that writes the entries above.
 
     Keyword Args:
-        observations: Observation keys and the loss of each, e.g.
-            ``{"observation": "symlog_mse", "pixels": "mse"}``.
+        lambda_kl: Scale of the KL terms (1.0).
+        lambda_reco: Scale of the reconstruction term (official 1.0).
+        lambda_reward: Scale of the reward term (official 1.0).
+        lambda_continue: Scale of the continuation term (official 1.0; 0 leaves
+            it out).
+        kl_mode: ``"separate"`` (official) or ``"balanced"``.
+        lambda_dynamic: Dynamics-KL scale in separate mode (official 1.0).
+        lambda_representation: Representation-KL scale (official 0.1).
+        unimix: Uniform mixture put into both categoricals before the KL
+            (official 0.01). Use 0.0 when the world model writes logits that
+            include it already, as torchdreamer's RSSM does.
+        continue_target_scale: Factor on the non-terminal continuation
+            targets, in ``(0, 1]`` (1.0).
+        kl_alpha: Balance of ``kl_mode="balanced"`` (0.8).
+        free_bits: Lower clip of the KL terms in nats (official 1.0).
+        reco_loss: ``"l2"`` or ``"l1"``.
+        reco_symlog: Symlog the reconstruction targets, one bool for all heads
+            or one per head (``True``).
+        reward_two_hot: Two-hot reward logits (``True``) or a scalar reward
+            prediction with symlog MSE.
         num_reward_bins: Bins of the reward head (official 255).
-        free_nats: Lower clip of each KL term (official 1.0).
-        scales: Overrides of :data:`DEFAULT_SCALES`, by term name.
+        global_average: Average the reconstruction error over every element
+            instead of summing it over the features of a step.
+        detach_output: Detach the returned world-model output. The official
+            update trains the representation through the replay value loss,
+            so it is ``False``.
+        symlog_predictions: The reconstructions of the ``reco_symlog`` heads are
+            in symlog space already; only their targets are symlog'ed.
 
     Examples:
         >>> import torch
@@ -93,46 +130,56 @@ class DreamerV3ModelLoss(LossModule):
         ...                 out[..., 287:288], out[..., 288:])
         >>> world_model = TensorDictModule(
         ...     ToyWorldModel(),
-        ...     in_keys=["observation"],
-        ...     out_keys=["posterior_logits", "prior_logits", "reward_logits",
-        ...               "continuation_logits", ("reconstruction", "observation")],
+        ...     in_keys=[("next", "observation")],
+        ...     out_keys=[("next", k) for k in ("posterior_logits", "prior_logits",
+        ...               "reward_logits", "continue_pred", "reco_observation")],
         ... )
         >>> loss = DreamerV3ModelLoss(world_model)
-        >>> replay = TensorDict({
+        >>> loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+        >>> replay = TensorDict({"next": {
         ...     "observation": torch.randn(2, 5, 3),
-        ...     "reward": torch.randn(2, 5),
-        ...     "is_terminal": torch.zeros(2, 5, dtype=torch.bool),
-        ... }, [2, 5])
+        ...     "reward": torch.randn(2, 5, 1),
+        ...     "terminated": torch.zeros(2, 5, 1, dtype=torch.bool),
+        ... }}, [2, 5])
         >>> loss_td, out = loss(replay)
         >>> sorted(k for k in loss_td.keys() if k.startswith("loss_"))
-        ['loss_continuation', 'loss_dynamics', 'loss_reconstruction',
-         'loss_representation', 'loss_reward']
+        ['loss_model_continue', 'loss_model_dynamic', 'loss_model_reco',
+         'loss_model_representation', 'loss_model_reward']
         >>> sum(loss_td[k] for k in loss_td.keys() if k.startswith("loss_")).backward()
     """
 
     @dataclass
     class _AcceptedKeys:
-        """Tensordict keys; change them with ``set_keys``.
+        """Tensordict keys, all read under ``"next"``; change them with ``set_keys``.
 
         Attributes:
-            reward: Replay reward received on arriving at a state. Defaults to ``"reward"``.
-            is_terminal: Replay terminal flag of a state. Defaults to ``"is_terminal"``.
-            posterior_logits: Defaults to ``"posterior_logits"``.
+            reward: Target reward; the world model may write its decoded
+                prediction here. Defaults to ``"reward"``.
+            reward_logits: Reward logits. Defaults to ``"reward_logits"``.
+            true_reward: Where the target reward is moved before the world
+                model runs. Defaults to ``"true_reward"``.
             prior_logits: Defaults to ``"prior_logits"``.
-            reward_logits: Defaults to ``"reward_logits"``.
-            continuation_logits: Defaults to ``"continuation_logits"``.
-            reconstruction: Prefix under which the prediction of observation
-                ``key`` is read, as ``(reconstruction, key)``. Defaults to
-                ``"reconstruction"``.
+            posterior_logits: Defaults to ``"posterior_logits"``.
+            pixels: Observation key, or a list of them, one per reconstruction
+                head. Defaults to ``"pixels"``.
+            reco_pixels: Prediction key(s), paired in order with ``pixels``.
+                Defaults to ``"reco_pixels"``.
+            continue_pred: Continuation logit. Defaults to ``"continue_pred"``.
+            done: Episode-end flag, read when ``terminated`` is absent.
+                Defaults to ``"done"``.
+            terminated: Terminal flag. Defaults to ``"terminated"``.
         """
 
         reward: NestedKey = "reward"
-        is_terminal: NestedKey = "is_terminal"
-        posterior_logits: NestedKey = "posterior_logits"
-        prior_logits: NestedKey = "prior_logits"
         reward_logits: NestedKey = "reward_logits"
-        continuation_logits: NestedKey = "continuation_logits"
-        reconstruction: NestedKey = "reconstruction"
+        true_reward: NestedKey = "true_reward"
+        prior_logits: NestedKey = "prior_logits"
+        posterior_logits: NestedKey = "posterior_logits"
+        pixels: NestedKey | list[NestedKey] = "pixels"
+        reco_pixels: NestedKey | list[NestedKey] = "reco_pixels"
+        continue_pred: NestedKey = "continue_pred"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -144,112 +191,236 @@ class DreamerV3ModelLoss(LossModule):
         self,
         world_model: TensorDictModuleBase,
         *,
-        observations: Mapping[NestedKey, ReconstructionLoss] | None = None,
+        lambda_kl: float = 1.0,
+        lambda_reco: float = 1.0,
+        lambda_reward: float = 1.0,
+        lambda_continue: float = 1.0,
+        kl_mode: Literal["balanced", "separate"] = "separate",
+        lambda_dynamic: float = 1.0,
+        lambda_representation: float = 0.1,
+        unimix: float = 0.01,
+        continue_target_scale: float = 1.0,
+        kl_alpha: float = 0.8,
+        free_bits: float = 1.0,
+        reco_loss: Literal["l1", "l2"] = "l2",
+        reco_symlog: bool | list[bool] = True,
+        reward_two_hot: bool = True,
         num_reward_bins: int = 255,
-        free_nats: float = 1.0,
-        scales: Mapping[str, float] | None = None,
+        global_average: bool = False,
+        detach_output: bool = False,
+        symlog_predictions: bool = False,
     ) -> None:
         super().__init__()
-        require_tensordict_module(world_model, "world_model")
-        observations = {"observation": "symlog_mse"} if observations is None else observations
-        if not observations:
-            raise ValueError("observations must name at least one observation key.")
-        for key, kind in observations.items():
-            if kind not in ("symlog_mse", "mse"):
-                raise ValueError(
-                    f"observation {key!r}: the loss must be 'symlog_mse' or 'mse', got {kind!r}."
-                )
-        unknown = set(scales or {}) - set(DEFAULT_SCALES)
-        if unknown:
+        if not (hasattr(world_model, "in_keys") or isinstance(world_model, torch.nn.Module)):
+            require_tensordict_module(world_model, "world_model")
+        if kl_mode not in ("balanced", "separate"):
+            raise ValueError(f"kl_mode must be 'balanced' or 'separate', got {kl_mode!r}.")
+        if reco_loss not in ("l1", "l2"):
+            raise ValueError(f"reco_loss must be 'l1' or 'l2', got {reco_loss!r}.")
+        if not 0 < continue_target_scale <= 1:
             raise ValueError(
-                f"unknown loss scale(s) {sorted(unknown)}; known: {sorted(DEFAULT_SCALES)}."
+                f"continue_target_scale must lie in (0, 1], got {continue_target_scale}."
             )
-        if not free_nats >= 0:
-            raise ValueError(f"free_nats must be >= 0, got {free_nats}.")
+        if not 0 <= unimix < 1:
+            raise ValueError(f"unimix must lie in [0, 1), got {unimix}.")
+        if not free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0, got {free_bits}.")
+        if not lambda_continue >= 0:
+            raise ValueError(f"lambda_continue must be >= 0, got {lambda_continue}.")
         self.world_model = world_model
-        self.observations = {unravel_key(k): v for k, v in observations.items()}
-        self.free_nats = float(free_nats)
-        self.scales = {**DEFAULT_SCALES, **(scales or {})}
+        self.lambda_kl = lambda_kl
+        self.lambda_reco = lambda_reco
+        self.lambda_reward = lambda_reward
+        self.lambda_continue = lambda_continue
+        self.kl_mode = kl_mode
+        self.lambda_dynamic = lambda_dynamic
+        self.lambda_representation = lambda_representation
+        self.unimix = unimix
+        self.continue_target_scale = continue_target_scale
+        self.kl_alpha = kl_alpha
+        self.free_bits = free_bits
+        self.reco_loss = reco_loss
+        self.reco_symlog = reco_symlog
+        self.reward_two_hot = reward_two_hot
+        self.num_reward_bins = num_reward_bins
+        self.global_average = global_average
+        self.detach_output = detach_output
+        self.symlog_predictions = bool(symlog_predictions)
         self.register_buffer("reward_bins", two_hot_bins(num_reward_bins))
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
+    def _run_world_model(self, tensordict: TensorDictBase) -> TensorDictBase:
+        hint = (
+            "world_model must read the replay tensordict and return it with its outputs, "
+            "e.g. TensorDictModule(net, in_keys=[...], out_keys=[...]) or a module whose "
+            f"forward(tensordict) returns a tensordict; got {type(self.world_model).__name__}"
+        )
+        try:
+            output = self.world_model(tensordict)
+        except TypeError as error:
+            if hasattr(self.world_model, "in_keys"):
+                raise
+            raise TypeError(f"{hint}, which failed on a tensordict: {error}") from error
+        if not isinstance(output, TensorDictBase):
+            raise TypeError(f"{hint}, which returned {type(output).__name__}.")
+        return output
+
+    @staticmethod
+    def _get(output: TensorDictBase, key: NestedKey, what: str) -> torch.Tensor:
+        value = output.get(_next(key), None)
+        if value is None:
+            raise KeyError(
+                f"DreamerV3ModelLoss reads {what} from {_next(key)!r}, which neither the "
+                "replay batch nor the world model's output holds; write it there or point "
+                "set_keys(...) at the key used."
+            )
+        return value
+
+    def _kl_terms(self, output: TensorDictBase) -> dict[str, torch.Tensor]:
+        keys = self.tensor_keys
+        posterior = self._get(output, keys.posterior_logits, "the posterior logits")
+        prior = self._get(output, keys.prior_logits, "the prior logits")
+        if self.unimix:
+            posterior = unimix_logits(posterior, self.unimix)
+            prior = unimix_logits(prior, self.unimix)
+        if self.kl_mode == "balanced":
+            # Per categorical: KL(sg(post) || prior) trains the prior, KL(post || sg(prior))
+            # the posterior; each clipped, then averaged over categoricals and batch.
+            prior_side = categorical_kl(posterior.detach(), prior)
+            posterior_side = categorical_kl(posterior, prior.detach())
+            kl = prior_side.detach().sum(-1).mean()
+            balanced = (
+                self.kl_alpha * clip_free_nats(prior_side, self.free_bits).mean()
+                + (1 - self.kl_alpha) * clip_free_nats(posterior_side, self.free_bits).mean()
+            )
+            return {"loss_model_kl": self.lambda_kl * balanced, "kl": kl}
+        dynamic, representation = kl_balance(posterior, prior, free_nats=0.0)
+        kl = dynamic.detach().mean()
+        dynamic = clip_free_nats(dynamic, self.free_bits)
+        representation = clip_free_nats(representation, self.free_bits)
+        return {
+            "loss_model_dynamic": self.lambda_kl * self.lambda_dynamic * dynamic.mean(),
+            "loss_model_representation": (
+                self.lambda_kl * self.lambda_representation * representation.mean()
+            ),
+            "kl": kl,
+        }
+
     def _reconstruction(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
-        prefix = unravel_key(self.tensor_keys.reconstruction)
-        prefix = prefix if isinstance(prefix, tuple) else (prefix,)
+        targets = _as_list(self.tensor_keys.pixels)
+        predictions = _as_list(self.tensor_keys.reco_pixels)
+        squash = self.reco_symlog
+        squash = [squash] * len(targets) if isinstance(squash, bool) else list(squash)
+        if not targets or not len(targets) == len(predictions) == len(squash):
+            raise ValueError(
+                f"pixels {targets}, reco_pixels {predictions} and reco_symlog {squash} must "
+                "describe the same nonzero number of reconstruction heads."
+            )
         total = 0.0
-        for key, kind in self.observations.items():
-            target = output.get(key)
-            name = key if isinstance(key, tuple) else (key,)
-            prediction = output.get((*prefix, *name), None)
-            if prediction is None:
-                raise KeyError(
-                    f"The world model wrote no reconstruction of {key!r} under "
-                    f"{(*prefix, *name)!r}."
-                )
+        for target_key, prediction_key, use_symlog in zip(
+            targets, predictions, squash, strict=True
+        ):
+            target = self._get(output, target_key, "an observation")
+            prediction = self._get(output, prediction_key, f"the reconstruction of {target_key!r}")
             if prediction.shape != target.shape:
                 raise ValueError(
-                    f"The reconstruction of {key!r} has shape {tuple(prediction.shape)}, "
-                    f"the observation {tuple(target.shape)}."
+                    f"The reconstruction {_next(prediction_key)!r} has shape "
+                    f"{tuple(prediction.shape)}, its target {_next(target_key)!r} "
+                    f"{tuple(target.shape)}."
                 )
-            if kind == "symlog_mse":
-                target = symlog(target.float())
+            if use_symlog:
+                target = symlog(target.float() if not target.is_floating_point() else target)
+                if not self.symlog_predictions:
+                    prediction = symlog(prediction)
             elif not target.is_floating_point():
                 target = target.float() / 255.0
-            error = (prediction - target.detach()).square()
-            total = total + error.reshape(*batch, -1).sum(-1)
-        return total
+            error = prediction - target.detach()
+            error = error.square() if self.reco_loss == "l2" else error.abs()
+            if not self.global_average:
+                error = error.reshape(*batch, -1).sum(-1)
+            total = total + error.mean()
+        return self.lambda_reco * total
+
+    def _reward(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        keys = self.tensor_keys
+        target = per_step(
+            self._get(output, keys.true_reward, "the target reward"),
+            batch,
+            f"The reward {_next(keys.reward)!r}",
+        )
+        if self.reward_two_hot:
+            logits = self._get(output, keys.reward_logits, "the reward logits")
+            if logits.shape != (*batch, self.num_reward_bins):
+                raise ValueError(
+                    f"The reward logits {_next(keys.reward_logits)!r} have shape "
+                    f"{tuple(logits.shape)}, expected {(*batch, self.num_reward_bins)} "
+                    f"(num_reward_bins={self.num_reward_bins})."
+                )
+            loss = two_hot_cross_entropy(logits, target, self.reward_bins)
+        else:
+            prediction = per_step(
+                self._get(output, keys.reward, "the predicted reward"),
+                batch,
+                f"The predicted reward {_next(keys.reward)!r}",
+            )
+            loss = (symlog(prediction) - symlog(target)).square()
+        return self.lambda_reward * loss.mean()
+
+    def _continuation(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+        keys = self.tensor_keys
+        logit = output.get(_next(keys.continue_pred), None)
+        terminated = output.get(_next(keys.terminated), None)
+        if terminated is None:
+            terminated = output.get(_next(keys.done), None)
+        if logit is None or terminated is None:
+            missing = _next(keys.continue_pred) if logit is None else _next(keys.terminated)
+            raise KeyError(
+                f"lambda_continue={self.lambda_continue} needs {missing!r} (continuation "
+                f"logit {_next(keys.continue_pred)!r}, flag {_next(keys.terminated)!r} or "
+                f"{_next(keys.done)!r}); write it, set_keys(...) to the key used, or pass "
+                "lambda_continue=0.0 to leave the term out (TorchRL's default)."
+            )
+        logit = per_step(logit, batch, f"The continuation logit {_next(keys.continue_pred)!r}")
+        terminated = per_step(terminated, batch, "The terminal flag")
+        target = (1 - terminated.to(logit.dtype)) * self.continue_target_scale
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+        return self.lambda_continue * loss
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
         """Run the world model on the replay batch and compute its loss.
 
         Args:
-            tensordict: ``[B, T]`` replay batch (observations, ``reward``,
-                ``is_terminal``, and what the world model reads). Not modified.
+            tensordict: ``[B, T]`` replay batch; not modified.
 
         Returns:
-            ``(loss_td, output)``: ``loss_td`` holds the scaled terms
-            ``loss_reconstruction``, ``loss_reward``, ``loss_continuation``,
-            ``loss_dynamics`` and ``loss_representation`` (their sum is the
-            world-model loss) and the detached ``kl`` (mean KL before the free
-            nats clip). ``output`` is a copy of the input with the world
-            model's outputs (posterior states included), with gradients, for
-            imagination starts and the replay value loss.
+            ``(loss_td, output)``: ``loss_td`` holds the scaled ``loss_model_*``
+            terms, each of shape ``[1]`` as in TorchRL (their sum is the
+            world-model loss), and the detached ``kl``. ``output`` is the world
+            model's output tensordict (the input's entries included, the target
+            reward under ``true_reward``), detached if ``detach_output``.
         """
         keys = self.tensor_keys
         batch = tensordict.batch_size
-        output = self.world_model(tensordict.copy())
+        # New containers at every level, sharing the tensors: nothing the world
+        # model writes, nor the reward's renaming, reaches the caller's tensordict.
+        output = tensordict.select(*tensordict.keys(True, True))
+        reward = output.get(_next(keys.reward), None)
+        if reward is None:
+            raise KeyError(
+                f"The replay batch has no target reward at {_next(keys.reward)!r}; "
+                "set_keys(reward=...) to the key used."
+            )
+        output.rename_key_(_next(keys.reward), _next(keys.true_reward))
+        output = self._run_world_model(output)
 
-        posterior = output.get(keys.posterior_logits)
-        prior = output.get(keys.prior_logits)
-        dynamics, representation = kl_balance(posterior, prior, free_nats=0.0)
-        kl = dynamics.detach().mean()  # before the free-nats clip, for logging
-        if self.free_nats:
-            dynamics = dynamics.clamp(min=self.free_nats)
-            representation = representation.clamp(min=self.free_nats)
-
-        reward = per_step(output.get(keys.reward), batch, f"The replay {keys.reward!r}")
-        reward_loss = two_hot_cross_entropy(
-            output.get(keys.reward_logits), reward, self.reward_bins
-        )
-
-        logit = per_step(
-            output.get(keys.continuation_logits), batch, f"The {keys.continuation_logits!r}"
-        )
-        terminal = per_step(output.get(keys.is_terminal), batch, f"The replay {keys.is_terminal!r}")
-        live = 1 - terminal.to(logit.dtype)
-        continuation = torch.nn.functional.binary_cross_entropy_with_logits(
-            logit, live, reduction="none"
-        )
-
-        terms = {
-            "reconstruction": self._reconstruction(output, batch),
-            "reward": reward_loss,
-            "continuation": continuation,
-            "dynamics": dynamics,
-            "representation": representation,
+        losses = {
+            "loss_model_reco": self._reconstruction(output, batch),
+            "loss_model_reward": self._reward(output, batch),
+            **self._kl_terms(output),
         }
-        losses = {f"loss_{name}": self.scales[name] * term.mean() for name, term in terms.items()}
-        losses["kl"] = kl
-        return TensorDict(losses, batch_size=[]), output
+        if self.lambda_continue > 0:
+            losses["loss_model_continue"] = self._continuation(output, batch)
+        losses = {k: v.reshape(1) if k.startswith("loss_") else v for k, v in losses.items()}
+        return TensorDict(losses, batch_size=[]), output.data if self.detach_output else output

@@ -7,6 +7,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
 from tensordict.nn import ProbabilisticTensorDictSequential as ProbSeq
 from tensordict.nn import TensorDictModule
+from tensordict.utils import unravel_key
 from torch import nn
 from torchrl.objectives import SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
@@ -20,7 +21,12 @@ from torchdreamer.modules import (
     TwoHotHead,
     WorldModel,
 )
-from torchdreamer.objectives import DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss
+from torchdreamer.objectives import (
+    DreamerV3ActorLoss,
+    DreamerV3Loss,
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
+)
 from torchdreamer.training.config import Config
 from torchdreamer.training.distributed import mean_over_ranks
 from torchdreamer.training.optim import LaProp
@@ -93,11 +99,24 @@ class DreamerAgent(nn.Module):
             ["state_value_logits", "state_value"],
         )
         image = self.world_model.is_image
+        # The replay batch (official per-step layout) goes under "next", where
+        # the TorchRL-style model loss reads targets and world-model outputs.
         self.model_loss = DreamerV3ModelLoss(
             TensorDictModule(
-                self.world_model, ["observation", "prev_action", "is_first"], WORLD_MODEL_OUTPUTS
+                self.world_model,
+                [("next", key) for key in ("observation", "prev_action", "is_first")],
+                [unravel_key(("next", key)) for key in WORLD_MODEL_OUTPUTS],
             ),
-            observations={"observation": "mse" if image else "symlog_mse"},
+            unimix=0.0,  # the RSSM's logits include its unimix already
+            reco_symlog=not image,
+            symlog_predictions=True,  # the vector decoder predicts in symlog space
+        )
+        self.model_loss.set_keys(
+            pixels="observation",
+            reco_pixels=("reconstruction", "observation"),
+            continue_pred="continuation_logits",
+            done="is_last",
+            terminated="is_terminal",
         )
         self.actor_loss = DreamerV3ActorLoss(
             self.actor,
@@ -119,7 +138,22 @@ class DreamerAgent(nn.Module):
             actor_loss=self.actor_loss,
             slow_critic_regularization=config.slow_critic_weight,
         )
+        self.value_loss.set_keys(done="is_last", terminated="is_terminal")
         self.slow_critic = SoftUpdate(self.value_loss, tau=config.slow_critic_tau)
+        # Composes the three losses above, which stay registered here (their
+        # state_dict keys); it owns no state of its own, so it is not registered.
+        object.__setattr__(
+            self,
+            "dreamer_loss",
+            DreamerV3Loss(
+                self.model_loss,
+                self.actor_loss,
+                self.value_loss,
+                replay_value_loss_weight=config.replay_value_scale,
+                continuation_horizon=config.horizon,
+                lmbda=config.lmbda,
+            ),
+        )
         self.config = config
         self.optimizer = LaProp(
             self.trainable_parameters(),
@@ -137,26 +171,17 @@ class DreamerAgent(nn.Module):
 
     # ------------------------------------------------------------------ learning
     def losses(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The total loss of one update and its detached terms, by name."""
-        cfg = self.config
-        model_td, posterior = self.model_loss(batch)
-        states = posterior.select(*_STATE).detach()
-        actor_td, imagined = self.actor_loss(states.reshape(-1))
-        value_td, _ = self.value_loss(imagined)
-        # The critic on the replayed sequence, bootstrapped by each state's
-        # imagined return (the official "repval" term).
-        bootstrap = imagined.get("lambda_target")[:, 0, 0].reshape(batch.batch_size)
-        replay = states.update(batch.select("reward", "is_last", "is_terminal"))
-        replay.set("bootstrap", bootstrap)
-        replay_td = self.value_loss.replay_value_loss(replay, cfg.horizon, cfg.lmbda)
-        terms = {k: v for k, v in model_td.items() if k.startswith("loss_")}
-        terms["loss_actor"] = actor_td["loss_actor"]
-        terms["loss_value"] = value_td["loss_value"]
-        terms["loss_replay_value"] = cfg.replay_value_scale * replay_td["loss_replay_value"]
+        """The total loss of one update and its detached terms, by name.
+
+        ``batch`` is a ``[B, T]`` replay batch in the official per-step layout
+        (``observation``, ``prev_action``, ``is_first``, ``reward``, ``is_last``,
+        ``is_terminal``); :class:`~torchdreamer.DreamerV3Loss` computes the terms.
+        """
+        result = self.dreamer_loss(TensorDict({"next": batch}, batch_size=batch.batch_size))
+        terms = {k: v for k, v in result.items() if k.startswith("loss_")}
         total = sum(terms.values())
-        metrics = {k: v.detach() for k, v in terms.items()}
-        for td in (model_td, actor_td, value_td, replay_td):
-            metrics.update({k: v.detach() for k, v in td.items() if not k.startswith("loss_")})
+        context = self.dreamer_loss.tensor_keys.replay_context
+        metrics = {k: v.detach() for k, v in result.exclude(context).items()}
         return total, metrics
 
     def forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
