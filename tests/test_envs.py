@@ -122,6 +122,8 @@ def test_a_missing_simulator_package_is_named_with_its_pip_command(
     monkeypatch, env_id, module, package, command
 ):
     monkeypatch.setitem(sys.modules, module, None)
+    for registered in [k for k in gym.registry if k.startswith("ALE/")]:
+        monkeypatch.delitem(gym.registry, registered)  # as if ale-py had never been imported
     message = _error(env_id)
     assert message.startswith(f"environment '{env_id}' needs {package}, which is not installed:")
     assert command in message
