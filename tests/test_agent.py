@@ -242,7 +242,7 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     """
     import copy
 
-    monkeypatch.setitem(PRESETS, "test", PRESETS["small"].__class__(**SMALL))
+    monkeypatch.setitem(PRESETS, "test", SMALL)
     torch.manual_seed(0)
     config = Config(preset="test", imagination_horizon=3, warmup=0)
     agent = DreamerAgent(shape, 2, discrete=discrete, config=config)

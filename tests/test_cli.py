@@ -176,11 +176,11 @@ def test_train_options_are_the_config_fields_with_their_docs(capsys):
 
 def test_friendly_numbers_and_preset_names(capsys, tmp_path):
     parser = cli._parser()
-    args = parser.parse_args(["train", "--steps", "1e5", "--preset", "xs", "--lr", "4e-5"])
+    args = parser.parse_args(["train", "--steps", "1e5", "--preset", "SIZE1M", "--lr", "4e-5"])
     config, _, _ = cli._config(args)
     assert config.steps == 100_000 and type(config.steps) is int
-    assert config.preset == "XS" and json.loads(config.to_json())["preset"] == "XS"
-    assert Config(preset="m").preset == "M"
+    assert config.preset == "size1m" and json.loads(config.to_json())["preset"] == "size1m"
+    assert Config(preset="Small").preset == "small"
 
 
 # ------------------------------------------------------------------ bad input

@@ -121,7 +121,7 @@ def test_torchrun_trains_logs_once_and_resumes(processes, tmp_path):
         "tensorboard",
     ]
     checkpoint = torch.load(logdir / "checkpoint.pt", weights_only=False)
-    replays = [part["replay"]["storage"]["observation"] for part in checkpoint["ranks"]]
+    replays = [part["replay"]["rows"][0]["observation"] for part in checkpoint["ranks"]]
     assert len(replays) == 2 and not torch.equal(replays[0], replays[1])
 
     refused = processes.run(

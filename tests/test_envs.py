@@ -153,12 +153,21 @@ def test_close_matches_come_from_the_registry_when_gymnasium_gives_none():
 
 def test_an_installed_ale_py_is_imported_to_register_the_atari_namespace(module_dir, monkeypatch):
     # A stand-in ale_py that registers one ALE game, as the real one registers them all.
-    monkeypatch.delitem(sys.modules, "ale_py", raising=False)
-    source = CORRIDOR.replace(f'"{ENV}"', '"ALE/TmpPong-v5"')
-    (module_dir / "ale_py.py").write_text(source)
-    assert not any(key.startswith("ALE/") for key in gym.registry)
-    env, spec = make_env("ALE/TmpPong-v5", 1, seed=0)
-    env.close()
-    assert spec.observation_shape == (1,) and sys.modules["ale_py"].__file__.startswith(
-        str(module_dir)
-    )
+    # Whatever happens, the real ale_py (or its absence) and the registry come back after.
+    monkeypatch.setattr(gym.envs.registration, "registry", dict(gym.registry))
+    monkeypatch.setattr(gym, "registry", gym.envs.registration.registry)
+    for registered in [k for k in gym.registry if k.startswith("ALE/")]:
+        del gym.registry[registered]
+    real = sys.modules.pop("ale_py", None)
+    try:
+        source = CORRIDOR.replace(f'"{ENV}"', '"ALE/TmpPong-v5"')
+        (module_dir / "ale_py.py").write_text(source)
+        env, spec = make_env("ALE/TmpPong-v5", 1, seed=0)
+        env.close()
+        assert spec.observation_shape == (1,) and sys.modules["ale_py"].__file__.startswith(
+            str(module_dir)
+        )
+    finally:
+        sys.modules.pop("ale_py", None)
+        if real is not None:
+            sys.modules["ale_py"] = real

@@ -7,19 +7,25 @@ zero-initialised reward and critic outputs, policy outputs at 1% scale, 1% unimi
 the latents).
 """
 
-from torchdreamer.modules.conv import ConvDecoder, ConvEncoder
-from torchdreamer.modules.heads import (
-    BoundedNormalActorHead,
-    CategoricalActorHead,
-    ContinuationHead,
-    OneHotCategorical,
-    TwoHotHead,
-)
-from torchdreamer.modules.imagination import ImaginationEnv
-from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_, sample_one_hot
-from torchdreamer.modules.rssm import RSSM, BlockGRU
-from torchdreamer.modules.size import ModelSize
-from torchdreamer.modules.world_model import WORLD_MODEL_OUTPUTS, WorldModel
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torchdreamer.modules.conv import ConvDecoder, ConvEncoder
+    from torchdreamer.modules.heads import (
+        BoundedNormalActorHead,
+        CategoricalActorHead,
+        ContinuationHead,
+        OneHotCategorical,
+        TwoHotHead,
+    )
+    from torchdreamer.modules.imagination import ImaginationEnv
+    from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_, sample_one_hot
+    from torchdreamer.modules.rssm import RSSM, BlockGRU
+    from torchdreamer.modules.size import ModelSize
+    from torchdreamer.modules.world_model import WORLD_MODEL_OUTPUTS, WorldModel
 
 __all__ = [
     "MLP",
@@ -40,3 +46,37 @@ __all__ = [
     "dreamer_init_",
     "sample_one_hot",
 ]
+
+#: Where each public name lives; imported on first use, so that the configuration
+#: (``ModelSize``) can be read without importing torch.
+_HOMES = {
+    "BlockGRU": "torchdreamer.modules.rssm",
+    "BlockLinear": "torchdreamer.modules.layers",
+    "BoundedNormalActorHead": "torchdreamer.modules.heads",
+    "CategoricalActorHead": "torchdreamer.modules.heads",
+    "ContinuationHead": "torchdreamer.modules.heads",
+    "ConvDecoder": "torchdreamer.modules.conv",
+    "ConvEncoder": "torchdreamer.modules.conv",
+    "ImaginationEnv": "torchdreamer.modules.imagination",
+    "MLP": "torchdreamer.modules.layers",
+    "ModelSize": "torchdreamer.modules.size",
+    "OneHotCategorical": "torchdreamer.modules.heads",
+    "RSSM": "torchdreamer.modules.rssm",
+    "TwoHotHead": "torchdreamer.modules.heads",
+    "WORLD_MODEL_OUTPUTS": "torchdreamer.modules.world_model",
+    "WorldModel": "torchdreamer.modules.world_model",
+    "dreamer_init_": "torchdreamer.modules.layers",
+    "sample_one_hot": "torchdreamer.modules.layers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

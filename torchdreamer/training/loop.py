@@ -663,11 +663,11 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         >>> from torchdreamer.training import Config
         >>> from torchdreamer.training.loop import evaluate, train
         >>> logdir = Path(tempfile.mkdtemp()) / "run"
-        >>> config = Config(steps=32, num_envs=2, batch_size=2, batch_length=8,
+        >>> config = Config(steps=64, num_envs=2, batch_size=2, batch_length=8,
         ...                 train_ratio=4, imagination_horizon=3, threads=1)
         >>> summary = train(config, logdir, progress=False)
         >>> summary.env_step, summary.updates  # updates start once 2 x 8 steps are in
-        (32, 4)
+        (64, 12)
         >>> summary.stopped_by, summary.curve.name
         (None, 'learning_curve.png')
         >>> sorted(p.name for p in logdir.iterdir())
