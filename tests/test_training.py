@@ -8,10 +8,10 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from processes import cpu_ticks, tree_size, wait_for
 from tensordict import TensorDict
 
 from torchdreamer.training import Config, DreamerAgent, SequenceReplay
@@ -161,35 +161,37 @@ def test_train_smoke_run_then_eval(tmp_path):
     assert "score over 2 episodes:" in evaluation.stdout
 
 
-def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path):
+def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path, processes):
     logdir = tmp_path / "run"
     args = ["--steps", "720", *TINY, "--checkpoint-every", "120", "--log-every", "40"]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torchdreamer.cli",
-            "train",
-            *args,
-            "--logdir",
-            str(logdir),
-            "--no-progress",
-        ],
+    command = [sys.executable, "-m", "torchdreamer.cli", "train", *args]
+    process = processes.start(
+        [*command, "--logdir", str(logdir), "--no-progress"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     checkpoint_path = logdir / "checkpoint.pt"
-    deadline = time.monotonic() + 200
     killed_at = None
-    while time.monotonic() < deadline and process.poll() is None:
+
+    def second_checkpoint() -> bool:
+        nonlocal killed_at
+        if process.poll() is not None:
+            return True
         if checkpoint_path.exists():
             step = torch.load(checkpoint_path, weights_only=False)["counters"]["env_step"]
             if step >= 240:
                 process.send_signal(signal.SIGKILL)
                 killed_at = step
-                break
-        time.sleep(0.2)
-    process.wait(timeout=60)
+                return True
+        return False
+
+    # Fails only when the run stops making progress (CPU time, files growing), however slow.
+    wait_for(
+        second_checkpoint,
+        lambda: (cpu_ticks(groups=[process.pid]), tree_size([logdir])),
+        "the first training run",
+    )
+    process.wait()
     assert killed_at is not None, "the run ended or stalled before its second checkpoint"
     assert process.returncode == -signal.SIGKILL
     before = torch.load(checkpoint_path, weights_only=False)["counters"]
