@@ -1,22 +1,21 @@
 """The world-model loss: torchdreamer against TorchRL's DreamerV3ModelLoss, in one process.
 
-Both sides run identical copies of the same ``WorldModel`` (the one the agent
-trains, at a preset's size, on CartPole-v1's shapes) on the same replay batch of
-16 x 64 steps, and take one forward and backward of the whole world-model loss:
-symlog reconstruction, two-hot reward over 255 bins, continuation, and the
-dynamics and representation KL terms with free nats 1 (scales 1, 1, 1, 1, 0.1).
+Both losses take the same TorchRL constructor arguments and keys, the ones the
+agent uses (``kl_mode="separate"`` with scales 1 / 0.1, free bits 1, two-hot
+reward over 255 bins, continuation on, symlog-MSE reconstruction, unimix off
+because the RSSM's logits carry it already), and each wraps an identical copy
+of the same world-model module: the agent's ``WorldModel`` at a preset's size,
+on CartPole-v1's shapes, writing its outputs under ``"next"`` as the agent's
+loss reads them. TorchRL symlogs the reconstruction itself, so the module hands
+both sides ``symexp`` of our decoder's symlog-space output (one pointwise op,
+the same on both sides). The replay batch is 16 x 64 steps in the agent's
+layout under ``"next"``.
 
-TorchRL's loss reads its own key layout (``("next", ...)``, ``pixels``,
-``reco_pixels``), so an adapter module runs the world model and writes its
-outputs there. Our decoder predicts in symlog space, and TorchRL symlogs its
-prediction, so the adapter hands it ``symexp(prediction)`` (a pointwise op on
-``[16, 64, 4]``, counted on TorchRL's side). The logits already carry the 1 %
-unimix, so TorchRL's own unimix is off. Before timing, the script checks that
-the two losses agree term by term.
-
-Printed: the loss terms of both sides, the median time of one forward+backward
-(the two sides measured in alternating rounds), the ratio ours / TorchRL, and
-the operators each dispatches.
+Before timing, the script checks that the two losses agree term by term on the
+same posterior samples. Printed: the terms of both sides, the median time of one
+forward + backward (the two sides in alternating rounds), the ratio ours /
+TorchRL, and the operators each dispatches. "Loss math alone" replaces the
+world model by its precomputed outputs.
 
 Run: ``python benchmarks/model_loss.py`` (``--presets small size1m``).
 """
@@ -31,8 +30,9 @@ import warnings
 import torch
 from actor_value_update import count_operators
 from agent_throughput import replay_batch
-from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.utils import unravel_key
 from torch import nn
 from torchrl.objectives import DreamerV3ModelLoss as TorchRLModelLoss
 from value_loss import compare
@@ -42,13 +42,11 @@ from torchdreamer.functional import symexp
 from torchdreamer.modules import WORLD_MODEL_OUTPUTS, WorldModel
 from torchdreamer.training import Config, DreamerAgent
 
-TERMS = {  # ours -> TorchRL
-    "loss_reconstruction": "loss_model_reco",
-    "loss_reward": "loss_model_reward",
-    "loss_continuation": "loss_model_continue",
-    "loss_dynamics": "loss_model_dynamic",
-    "loss_representation": "loss_model_representation",
-}
+INPUTS = [("next", key) for key in ("observation", "prev_action", "is_first")]
+OUTPUTS = [unravel_key(("next", key)) for key in WORLD_MODEL_OUTPUTS]
+RECONSTRUCTION = ("next", "reconstruction", "observation")
+TERMS = ["loss_model_reco", "loss_model_reward", "loss_model_continue",
+         "loss_model_dynamic", "loss_model_representation"]  # fmt: skip
 
 
 class FixedOutputs(nn.Module):
@@ -62,23 +60,12 @@ class FixedOutputs(nn.Module):
         return tuple(self.outputs)
 
 
-class TorchRLLayout(nn.Module):
-    """Runs the world model and writes its outputs where TorchRL's loss reads them."""
-
-    def __init__(self, world_model: nn.Module) -> None:
-        super().__init__()
-        self.world_model = world_model
-
-    def forward(self, td: TensorDict) -> TensorDict:
-        posterior, prior, reward_logits, continuation, reconstruction, *_ = self.world_model(
-            td["observation"], td["prev_action"], td["is_first"]
-        )
-        td.set(("next", "posterior_logits"), posterior)
-        td.set(("next", "prior_logits"), prior)
-        td.set(("next", "reward_logits"), reward_logits)
-        td.set(("next", "continue_pred"), continuation)
-        td.set(("next", "reco_pixels"), symexp(reconstruction))
-        return td
+def world_model_module(network: nn.Module) -> TensorDictSequential:
+    """``network`` reading and writing under ``"next"``, its reconstruction in raw space."""
+    return TensorDictSequential(
+        TensorDictModule(network, INPUTS, OUTPUTS),
+        TensorDictModule(symexp, [RECONSTRUCTION], [RECONSTRUCTION]),
+    )
 
 
 def world_model_of(preset: str) -> WorldModel:
@@ -87,45 +74,43 @@ def world_model_of(preset: str) -> WorldModel:
     return DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset)).world_model
 
 
-def losses_on(world_model: nn.Module):
-    """Our loss and TorchRL's, each around its own copy of ``world_model``."""
-    inputs = ["observation", "prev_action", "is_first"]
-    ours = DreamerV3ModelLoss(
-        TensorDictModule(copy.deepcopy(world_model), inputs, WORLD_MODEL_OUTPUTS),
-        observations={"observation": "symlog_mse"},
-    )
-    theirs = TorchRLModelLoss(
-        TorchRLLayout(copy.deepcopy(world_model)),
-        kl_mode="separate",
-        lambda_dynamic=1.0,
-        lambda_representation=0.1,
-        lambda_continue=1.0,
-        unimix=0.0,
-        free_bits=1.0,
-        reco_loss="l2",
-        reco_symlog=True,
-        reward_two_hot=True,
-        num_reward_bins=255,
-    )
-    return ours, theirs
+def losses_on(network: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Our loss and TorchRL's, built alike, each around its own copy of ``network``."""
+    losses = []
+    for cls in (DreamerV3ModelLoss, TorchRLModelLoss):
+        loss = cls(
+            world_model_module(copy.deepcopy(network)),
+            lambda_continue=1.0,
+            kl_mode="separate",
+            lambda_dynamic=1.0,
+            lambda_representation=0.1,
+            unimix=0.0,
+            free_bits=1.0,
+            reco_loss="l2",
+            reco_symlog=True,
+            reward_two_hot=True,
+            num_reward_bins=255,
+        )
+        loss.set_keys(
+            pixels="observation",
+            reco_pixels=("reconstruction", "observation"),
+            continue_pred="continuation_logits",
+            done="is_last",
+            terminated="is_terminal",
+        )
+        losses.append(loss)
+    return losses[0], losses[1]
 
 
-def batches() -> tuple[TensorDict, TensorDict]:
-    """One replay batch in our layout and in TorchRL's."""
+def batch_of() -> TensorDict:
+    """One 16 x 64 replay batch under ``"next"``, with rewards across the bins."""
     torch.manual_seed(0)
     batch = replay_batch()
-    batch["reward"] = torch.randn(batch.batch_size).mul(3)  # rewards across the bins
-    torchrl_batch = batch.clone()
-    torchrl_batch["next"] = TensorDict(
-        pixels=batch["observation"],
-        reward=batch["reward"].unsqueeze(-1),
-        terminated=batch["is_terminal"].unsqueeze(-1),
-        batch_size=batch.batch_size,
-    )
-    return batch, torchrl_batch
+    batch["reward"] = torch.randn(batch.batch_size).mul(3)
+    return TensorDict({"next": batch}, batch_size=batch.batch_size)
 
 
-def step_of(loss: nn.Module, batch: TensorDict):
+def step_of(loss: nn.Module, batch: TensorDictBase):
     def step() -> None:
         loss_td, _ = loss(batch)
         total = sum(v for k, v in loss_td.items() if k.startswith("loss_"))
@@ -134,17 +119,17 @@ def step_of(loss: nn.Module, batch: TensorDict):
     return step
 
 
-def check_terms(ours, theirs, batch, torchrl_batch) -> None:
+def check_terms(ours: nn.Module, theirs: nn.Module, batch: TensorDictBase) -> None:
     with torch.no_grad():  # the same posterior samples on both sides
         torch.manual_seed(1)
         ours_td, _ = ours(batch)
         torch.manual_seed(1)
-        theirs_td, _ = theirs(torchrl_batch)
-    for mine, peer in TERMS.items():
-        a, b = float(ours_td[mine]), float(theirs_td[peer].reshape(()))
-        print(f"  {mine:22s} ours {a:12.6f}   TorchRL {b:12.6f}   |diff| {abs(a - b):.1e}")
+        theirs_td, _ = theirs(batch)
+    for term in TERMS:
+        a, b = float(ours_td[term].reshape(())), float(theirs_td[term].reshape(()))
+        print(f"  {term:26s} ours {a:12.6f}   TorchRL {b:12.6f}   |diff| {abs(a - b):.1e}")
         if not abs(a - b) <= 1e-4 * max(1.0, abs(b)):
-            raise SystemExit(f"{mine} differs from TorchRL's {peer}: not the same loss")
+            raise SystemExit(f"{term} differs from TorchRL's: not the same loss")
 
 
 def main() -> None:
@@ -155,21 +140,22 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("torchrl").setLevel(logging.WARNING)
     print(f"replay batch 16 x 64, CartPole shapes, {torch.get_num_threads()} threads")
-    batch, torchrl_batch = batches()
+    batch = batch_of()
+    inputs = [batch.get(key) for key in INPUTS]
     rows = []
     for preset in args.presets:
-        world_model = world_model_of(preset)
+        network = world_model_of(preset)
         with torch.no_grad():
-            outputs = world_model(batch["observation"], batch["prev_action"], batch["is_first"])
+            outputs = network(*inputs)
         cases = {
-            f"{preset}: networks + loss": world_model,
+            f"{preset}: networks + loss": network,
             f"{preset}: loss math alone": FixedOutputs(outputs),
         }
         for name, model in cases.items():
             ours, theirs = losses_on(model)
             print(f"{name}: the loss terms on the same networks and batch")
-            check_terms(ours, theirs, batch, torchrl_batch)
-            step_ours, step_theirs = step_of(ours, batch), step_of(theirs, torchrl_batch)
+            check_terms(ours, theirs, batch)
+            step_ours, step_theirs = step_of(ours, batch), step_of(theirs, batch)
             t_ours, t_theirs = compare(step_ours, step_theirs, args.min_run_time)
             ops = count_operators(step_ours), count_operators(step_theirs)
             rows.append((name, t_ours, t_theirs, *ops))

@@ -7,7 +7,7 @@ timed with ``torch.utils.benchmark``, ours and TorchRL's in alternating rounds s
 both see the same background load. It prints the medians and the ratio ours /
 TorchRL (below 1 is faster). The machine is shared: read the ratio.
 
-Run: ``python benchmarks/optimizer.py`` (``--preset XS``, ``--quick`` for a smoke run).
+Run: ``python benchmarks/optimizer.py`` (``--preset size1m``, ``--quick`` for a smoke run).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from reference import assert_close_to_reference
 from tensordict import TensorDict
 
 from torchdreamer.modules import (
@@ -260,7 +261,7 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
 
     assert set(old) == {k for k in metrics if k.startswith("loss_")}
     for key, value in old.items():
-        torch.testing.assert_close(metrics[key], value.detach(), msg=key)
+        assert_close_to_reference(metrics[key], value.detach().double())
     old_total = sum(old.values())
     torch.testing.assert_close(total.detach(), old_total.detach())
     replay_grads = torch.autograd.grad(
@@ -277,4 +278,6 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
         if q.grad is None:
             assert p.grad is None or not p.grad.any(), name
         else:
-            torch.testing.assert_close(p.grad, q.grad, msg=name)
+            # float32 sums of many terms, whose order differs between the two
+            # compositions: a tolerance scaled to the gradient's largest entry.
+            assert_close_to_reference(p.grad, q.grad.double(), scale=float(q.grad.abs().max()))

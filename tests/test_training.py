@@ -16,7 +16,7 @@ from tensordict import TensorDict
 
 from torchdreamer.training import Config, DreamerAgent, SequenceReplay
 from torchdreamer.training.envs import make_env
-from torchdreamer.training.optim import LaProp
+from torchdreamer.training.optim import DreamerV3Optimizer
 from torchdreamer.training.runner import EnvRunner
 
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16"]
@@ -58,12 +58,14 @@ def reference_laprop(weights, grads_per_step, lr, b1, b2, eps, agc, warmup):
     return weights
 
 
-def test_laprop_with_agc_and_warmup_matches_plain_reference():
+def test_optimizer_with_agc_and_warmup_matches_plain_reference():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5) * 1e-4)]
     start = [p.detach().clone() for p in params]
     grads = [[torch.randn(3, 4) * 10, torch.randn(5)] for _ in range(6)]
-    opt = LaProp(params, lr=0.05, betas=(0.9, 0.99), eps=1e-8, agc=0.3, warmup=4)
+    opt = DreamerV3Optimizer(
+        params, lr=0.05, beta1=0.9, beta2=0.99, eps=1e-8, agc=0.3, warmup_steps=4
+    )
     for step in grads:
         for p, g in zip(params, step, strict=True):
             p.grad = g.clone()

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torchrl.modules import OneHotCategorical as _TorchRLOneHotCategorical
 
-from torchdreamer.functional import two_hot_bins, two_hot_decode, unimix_logits
+from torchdreamer.functional import unimix_logits
+from torchdreamer.functional.outputs import TwoHot
 from torchdreamer.modules.layers import MLP, sample_one_hot
 
 __all__ = [
@@ -44,11 +45,12 @@ class TwoHotHead(nn.Module):
     ) -> None:
         super().__init__()
         self.mlp = MLP(in_features, num_bins, hidden, layers, outscale=0.0)
-        self.register_buffer("bins", two_hot_bins(num_bins))
+        # A buffer, so that the grid follows the module's device and dtype moves.
+        self.register_buffer("bins", TwoHot(num_bins).bins)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.mlp(_joined(features))
-        return logits, two_hot_decode(logits, self.bins).unsqueeze(-1)
+        return logits, TwoHot(self.bins).decode(logits).unsqueeze(-1)
 
 
 class ContinuationHead(nn.Module):

@@ -16,10 +16,9 @@ from torchdreamer.functional import (
     clip_free_nats,
     kl_balance,
     symlog,
-    two_hot_bins,
-    two_hot_cross_entropy,
     unimix_logits,
 )
+from torchdreamer.functional.outputs import Bernoulli, SymlogMSE, TwoHot
 from torchdreamer.objectives._call import require_tensordict_module
 from torchdreamer.objectives._shapes import per_step
 
@@ -246,7 +245,7 @@ class DreamerV3ModelLoss(LossModule):
         self.global_average = global_average
         self.detach_output = detach_output
         self.symlog_predictions = bool(symlog_predictions)
-        self.register_buffer("reward_bins", two_hot_bins(num_reward_bins))
+        self.register_buffer("reward_bins", TwoHot(num_reward_bins).bins)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
@@ -358,14 +357,14 @@ class DreamerV3ModelLoss(LossModule):
                     f"{tuple(logits.shape)}, expected {(*batch, self.num_reward_bins)} "
                     f"(num_reward_bins={self.num_reward_bins})."
                 )
-            loss = two_hot_cross_entropy(logits, target, self.reward_bins)
+            loss = TwoHot(self.reward_bins).loss(logits, target)
         else:
             prediction = per_step(
                 self._get(output, keys.reward, "the predicted reward"),
                 batch,
                 f"The predicted reward {_next(keys.reward)!r}",
             )
-            loss = (symlog(prediction) - symlog(target)).square()
+            loss = SymlogMSE().loss(prediction, target)
         return self.lambda_reward * loss.mean()
 
     def _continuation(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
@@ -385,8 +384,7 @@ class DreamerV3ModelLoss(LossModule):
         logit = per_step(logit, batch, f"The continuation logit {_next(keys.continue_pred)!r}")
         terminated = per_step(terminated, batch, "The terminal flag")
         target = (1 - terminated.to(logit.dtype)) * self.continue_target_scale
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
-        return self.lambda_continue * loss
+        return self.lambda_continue * Bernoulli().loss(logit, target).mean()
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
         """Run the world model on the replay batch and compute its loss.

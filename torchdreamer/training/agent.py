@@ -29,7 +29,7 @@ from torchdreamer.objectives import (
 )
 from torchdreamer.training.config import Config
 from torchdreamer.training.distributed import mean_over_ranks
-from torchdreamer.training.optim import LaProp
+from torchdreamer.training.optim import DreamerV3Optimizer
 
 __all__ = ["DreamerAgent"]
 
@@ -155,13 +155,14 @@ class DreamerAgent(nn.Module):
             ),
         )
         self.config = config
-        self.optimizer = LaProp(
+        self.optimizer = DreamerV3Optimizer(
             self.trainable_parameters(),
             lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            eps=config.eps,
             agc=config.agc,
-            warmup=config.warmup,
+            beta1=config.beta1,
+            beta2=config.beta2,
+            eps=config.eps,
+            warmup_steps=config.warmup,
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -35,7 +35,7 @@ from torchdreamer.training.logs import RunLog, plot_curve
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.threads import configure_threads
-from torchdreamer.training.when import Every, Ratio
+from torchdreamer.training.when import DreamerV3UpdateRatio, Every
 
 __all__ = [
     "RunDirectory",
@@ -355,8 +355,8 @@ class RunState:
         self.wall_time = 0.0
         self.recent: deque[float] = deque(maxlen=10)
         batch_steps = config.batch_size * config.batch_length
-        self.train_ratio = Ratio(config.train_ratio / batch_steps)
-        """Updates due per env step of this rank."""
+        self.train_ratio = DreamerV3UpdateRatio(config.train_ratio / batch_steps)
+        """Updates due per env step of this rank (TorchRL's schedule; the ratio is positive)."""
         self.replay = replay
         self.generator = generator
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DreamerV3Optimizer", "LaProp"]
+__all__ = ["DreamerV3Optimizer"]
 
 
 class DreamerV3Optimizer(torch.optim.Optimizer):
@@ -158,40 +158,3 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             updates = [u.to(p.dtype) for u, p in zip(updates, params, strict=True)]
         torch._foreach_add_(params, updates, alpha=-lr)
 
-
-class LaProp(DreamerV3Optimizer):
-    """:class:`DreamerV3Optimizer` under the agent's argument names.
-
-    ``betas`` is ``(beta1, beta2)`` and ``warmup`` is ``warmup_steps``; the
-    clip's parameter-norm floor is the official 1e-3.
-
-    Examples:
-        >>> import torch
-        >>> from torchdreamer.training.optim import LaProp
-        >>> w = torch.nn.Parameter(torch.ones(3))
-        >>> opt = LaProp([w], lr=0.1, warmup=0)
-        >>> (w ** 2).sum().backward()
-        >>> opt.step()
-        >>> w.detach()
-        tensor([0.9000, 0.9000, 0.9000])
-
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.nn.Parameter],
-        lr: float = 4e-5,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-20,
-        agc: float = 0.3,
-        warmup: int = 1000,
-    ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            agc=agc,
-            beta1=betas[0],
-            beta2=betas[1],
-            eps=eps,
-            warmup_steps=warmup,
-        )
