@@ -22,3 +22,55 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert f"TEST_COMMAND='{test_command}'" in ci
     assert 'bash -c "$TEST_COMMAND"' in ci
     assert '"$status" -eq 5' in ci  # "no tests collected" fails the run
+
+
+#: The diamond of the README's layout: a module may import its own layer and those below.
+LAYERS = {"keys": 0, "functional": 0, "objectives": 1, "modules": 1, "training": 2, "cli": 3}
+
+
+def _layer_of(module: str) -> str | None:
+    """The layer of ``torchdreamer.<part>...``; None for the package facade itself."""
+    parts = module.split(".")
+    if parts[0] != "torchdreamer" or len(parts) == 1:
+        return None
+    return "cli" if parts[1] == "__main__" else parts[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every torchdreamer module ``path`` imports, wherever the import statement stands."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "torchdreamer":  # `from torchdreamer import keys`
+                found += [(node.lineno, f"torchdreamer.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, node.module))
+    return [(line, name) for line, name in found if name.startswith("torchdreamer")]
+
+
+def test_nothing_imports_upward_and_the_two_middle_layers_stay_apart():
+    package = ROOT / "torchdreamer"
+    violations = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(ROOT).with_suffix("")
+        own = _layer_of(".".join(relative.parts))
+        if own is None or own == "__init__":  # the facade re-exports every layer
+            continue
+        for line, name in _imports(path):
+            target = _layer_of(name)
+            if target is None or target == own:
+                if target is None:
+                    violations.append(f"{relative}:{line} imports the facade {name}")
+                continue
+            upward = LAYERS[target] > LAYERS[own]
+            sideways = LAYERS[target] == LAYERS[own]  # objectives <-> modules
+            if upward or sideways:
+                violations.append(f"{relative}:{line} ({own}) imports {name} ({target})")
+    assert not violations, "\n".join(violations)
+    # The check sees the imports it polices, those inside functions (lazy) included.
+    seen = {_layer_of(name) for _, name in _imports(package / "cli.py")}
+    assert "training" in seen

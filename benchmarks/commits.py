@@ -1,0 +1,116 @@
+"""One whole agent update at two git commits of this repository, in alternating processes.
+
+For a refactor that must leave speed as it was: each commit is checked out into
+a temporary worktree, and a fresh process per round imports ``torchdreamer``
+from it (``PYTHONPATH``), builds ``DreamerAgent((4,), 2, discrete=True,
+config=Config(preset=...))`` (CartPole shapes) with seed 0, and times ``--n``
+calls of ``agent.update(batch)`` on one random 16 x 64 replay batch after 3
+warm-up updates. The two commits alternate round by round, so both see the same
+background load. Printed: each round's median, the median over rounds per
+commit, and the ratio new / old (below 1 is faster).
+
+The preset must build the same networks at both commits for the ratio to
+measure the code rather than the model.
+
+Run: ``python benchmarks/commits.py OLD NEW --preset small --rounds 5 --n 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, statistics, sys, time
+import torch
+from tensordict import TensorDict
+from torchdreamer.training import Config, DreamerAgent
+
+preset, n = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))
+b, t = 16, 64
+first = torch.zeros(b, t, dtype=torch.bool)
+first[:, 0] = True
+batch = TensorDict(
+    observation=torch.randn(b, t, 4),
+    prev_action=torch.nn.functional.one_hot(torch.randint(0, 2, (b, t)), 2).float(),
+    is_first=first,
+    reward=torch.ones(b, t),
+    is_last=torch.zeros(b, t, dtype=torch.bool),
+    is_terminal=torch.rand(b, t) < 0.02,
+    batch_size=[b, t],
+)
+for _ in range(3):
+    agent.update(batch)
+times = []
+for _ in range(n):
+    start = time.perf_counter()
+    agent.update(batch)
+    times.append(time.perf_counter() - start)
+params = sum(p.numel() for p in agent.trainable_parameters())
+print(json.dumps({"median": statistics.median(times), "params": params}))
+"""
+
+
+def worktree(repo: Path, ref: str, folder: Path) -> Path:
+    path = folder / ref.replace("/", "_")
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(path), ref], check=True
+    )
+    return path
+
+
+def time_once(tree: Path, preset: str, n: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, preset, str(n)],
+        env=env, cwd=tree, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--n", type=int, default=10, help="timed updates per process")
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
+    print(f"preset {args.preset}, {args.n} updates per process, threads: {threads}")
+    with tempfile.TemporaryDirectory() as folder:
+        trees = {ref: worktree(repo, ref, Path(folder)) for ref in (args.old, args.new)}
+        try:
+            medians: dict[str, list[float]] = {ref: [] for ref in trees}
+            for round_ in range(args.rounds):
+                for ref, tree in trees.items():
+                    result = time_once(tree, args.preset, args.n)
+                    medians[ref].append(result["median"])
+                    print(
+                        f"round {round_}: {ref:>10s} {result['median'] * 1e3:8.1f} ms "
+                        f"({result['params']:,} parameters)",
+                        flush=True,
+                    )
+        finally:
+            for tree in trees.values():
+                subprocess.run(
+                    ["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                    check=False,
+                )
+    old, new = (statistics.median(medians[ref]) for ref in (args.old, args.new))
+    print(f"| preset | {args.old} (ms) | {args.new} (ms) | new / old |")
+    print("|---|---|---|---|")
+    print(f"| {args.preset} | {old * 1e3:.1f} | {new * 1e3:.1f} | {new / old:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
