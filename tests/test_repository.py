@@ -36,8 +36,8 @@ def _layer_of(module: str) -> str | None:
     return "cli" if parts[1] == "__main__" else parts[1]
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """Every torchdreamer module ``path`` imports, wherever the import statement stands."""
+def _imports(path: Path, package: str = "torchdreamer") -> list[tuple[int, str]]:
+    """Every ``package`` module ``path`` imports, wherever the import statement stands."""
     import ast
 
     found = []
@@ -45,11 +45,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "torchdreamer":  # `from torchdreamer import keys`
-                found += [(node.lineno, f"torchdreamer.{alias.name}") for alias in node.names]
+            if node.module == package:  # `from torchdreamer import keys`
+                found += [(node.lineno, f"{package}.{alias.name}") for alias in node.names]
             else:
                 found.append((node.lineno, node.module))
-    return [(line, name) for line, name in found if name.startswith("torchdreamer")]
+    return [(line, name) for line, name in found if name.split(".")[0] == package]
 
 
 def test_nothing_imports_upward_and_the_two_middle_layers_stay_apart():
@@ -74,3 +74,19 @@ def test_nothing_imports_upward_and_the_two_middle_layers_stay_apart():
     # The check sees the imports it polices, those inside functions (lazy) included.
     seen = {_layer_of(name) for _, name in _imports(package / "cli.py")}
     assert "training" in seen
+
+
+def test_collectives_stay_in_training():
+    # The math, the losses and the networks are single-process code: data-parallel
+    # pooling reaches them as callables (e.g. ReturnScale's reduce=).
+    package = ROOT / "torchdreamer"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for folder in ("functional", "objectives", "modules")
+        for path in sorted((package / folder).rglob("*.py"))
+        for line, name in _imports(path, package="torch")
+        if name.startswith("torch.distributed")
+    ]
+    assert not offenders, "\n".join(offenders)
+    seen = {name for _, name in _imports(package / "training" / "distributed.py", "torch")}
+    assert "torch.distributed" in seen  # the check sees such imports where they are

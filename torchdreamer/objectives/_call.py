@@ -34,10 +34,9 @@ def call_module(
     keyed by the module's (unravelled) out_keys, or a tensordict.
 
     ``tensordict`` itself is never written to. For a plain ``TensorDictModule``
-    the wrapped network is called directly, which skips about 100 µs of
-    per-call dispatch (tensordict 0.14 converts every output with
-    ``TensorDict.from_any``); any other module runs through its own forward
-    on a shallow copy of its inputs.
+    the wrapped network is called directly, skipping tensordict's per-call
+    dispatch (which converts every output with ``TensorDict.from_any``); any
+    other module runs through its own forward on a shallow copy of its inputs.
     """
     if not _is_plain(module):
         return module(tensordict.select(*module.in_keys, strict=False).copy())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,10 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: EMA rate of the percentiles (official 0.01).
         return_normalization_quantiles: Percentiles (official 5th and 95th).
         return_normalization_min_scale: Lower bound of ``S`` (official 1).
+        return_normalization_reduce: ``reduce=`` of :class:`ReturnScale`: maps
+            the local returns to those the percentiles are taken over (a
+            gather over ranks in data-parallel training); ``None`` keeps them
+            local.
         gamma: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
         lmbda: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
 
@@ -194,6 +199,7 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: float = 0.01,
         return_normalization_quantiles: tuple[float, float] = (0.05, 0.95),
         return_normalization_min_scale: float = 1.0,
+        return_normalization_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         gamma: float | None = None,
         lmbda: float | None = None,
     ) -> None:
@@ -239,6 +245,7 @@ class DreamerV3ActorLoss(LossModule):
             return_normalization_rate,
             tuple(return_normalization_quantiles),
             return_normalization_min_scale,
+            reduce=return_normalization_reduce,
         )
         # Eagerly, so gamma and lmbda are always in the state_dict.
         self.make_value_estimator()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from torchdreamer.functional import return_percentiles
@@ -17,14 +18,17 @@ class ReturnScale(nn.Module):
     ``scale = max(min_scale, high - low)``: advantages are divided by it, so a
     fixed entropy bonus stays meaningful whatever the reward scale, while small
     returns are not blown up. ``low`` and ``high`` start at 0 and move by
-    ``rate`` towards each batch's percentiles, as in the official code. When
-    ``torch.distributed`` is initialised, the percentiles are taken over every
-    rank's returns, so all ranks keep identical statistics.
+    ``rate`` towards each batch's percentiles, as in the official code.
 
     Args:
         rate: EMA rate (official 0.01).
         quantiles: Low and high quantiles (official 5th and 95th percentiles).
         min_scale: Lower bound of the scale (official 1.0).
+        reduce: Maps the flattened local returns to the returns the
+            percentiles are taken over. ``None`` keeps them local; data-parallel
+            training passes a gather over ranks (the trainer uses
+            ``torchdreamer.training.distributed.concat_over_ranks``), so every
+            rank keeps identical statistics.
 
     Examples:
         >>> import torch
@@ -43,6 +47,8 @@ class ReturnScale(nn.Module):
         rate: float = 0.01,
         quantiles: tuple[float, float] = (0.05, 0.95),
         min_scale: float = 1.0,
+        *,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not 0 < rate <= 1:
@@ -55,17 +61,16 @@ class ReturnScale(nn.Module):
         self.rate = float(rate)
         self.quantiles = (float(low_q), float(high_q))
         self.min_scale = float(min_scale)
+        self.reduce = reduce
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> None:
-        """Move the EMA towards the percentiles of ``returns`` (pooled over ranks)."""
+        """Move the EMA towards the percentiles of ``reduce(returns)``."""
         returns = returns.detach().reshape(-1)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [torch.empty_like(returns) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, returns)
-            returns = torch.cat(gathered)
+        if self.reduce is not None:
+            returns = self.reduce(returns)
         low, high = return_percentiles(returns, self.quantiles).to(self.low.dtype)
         self.low.lerp_(low, self.rate)
         self.high.lerp_(high, self.rate)

@@ -28,7 +28,7 @@ from torchdreamer.objectives import (
     DreamerV3ValueLoss,
 )
 from torchdreamer.training.config import Config
-from torchdreamer.training.distributed import mean_over_ranks
+from torchdreamer.training.distributed import concat_over_ranks, mean_over_ranks
 from torchdreamer.training.optim import DreamerV3Optimizer
 
 __all__ = ["DreamerAgent"]
@@ -128,6 +128,7 @@ class DreamerAgent(nn.Module):
             imagination_horizon=config.imagination_horizon,
             entropy_bonus=config.entropy_bonus,
             use_reinforce=discrete,
+            return_normalization_reduce=concat_over_ranks,
         )
         self.actor_loss.make_value_estimator(
             ValueEstimators.TDLambda, gamma=1 - 1 / config.horizon, lmbda=config.lmbda

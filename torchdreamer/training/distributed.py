@@ -48,6 +48,7 @@ __all__ = [
     "any_rank",
     "broadcast_object",
     "check_in_sync",
+    "concat_over_ranks",
     "current",
     "device_for",
     "gather_objects",
@@ -158,6 +159,15 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / dist.get_world_size()
+
+
+def concat_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``values`` (same shape on each), concatenated along dim 0 in rank order."""
+    if not current().distributed:
+        return values
+    gathered = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, values.contiguous())
+    return torch.cat(gathered)
 
 
 def any_rank(*flags: bool) -> tuple[bool, ...]:
