@@ -39,8 +39,11 @@ def test_bad_ids_and_options_are_refused(env_id, obs, message):
 
 @pytest.mark.parametrize(
     "env_id, module, extra",
-    [("atari100k:pong", "ale_py", "atari"), ("dmc:walker_walk", "dm_control", "dmc"),
-     ("crafter", "crafter", "crafter")],
+    [
+        ("atari100k:pong", "ale_py", "atari"),
+        ("dmc:walker_walk", "dm_control", "dmc"),
+        ("crafter", "crafter", "crafter"),
+    ],
 )
 def test_a_missing_package_names_its_extra(env_id, module, extra, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
@@ -63,7 +66,11 @@ def test_presets_are_the_official_configs():
         assert tuple(preset[k] for k in keys) == values, name
         assert preset["model_size"] in suites.MODEL_SIZES
     assert suites.MODEL_SIZES["size1m"] == {
-        "deter": 512, "hidden": 64, "classes": 4, "depth": 4, "units": 64
+        "deter": 512,
+        "hidden": 64,
+        "classes": 4,
+        "depth": 4,
+        "units": 64,
     }
 
 
@@ -217,8 +224,7 @@ def dm_suite():
 def test_dmc_proprio_flattens_the_raw_readings_in_sorted_order(dm_suite, task):
     env = make_suite_env(f"dmc:{task}", seed=7)
     domain, name = task.split("_", 1)
-    raw = dm_suite.load({"cup": "ball_in_cup"}.get(domain, domain), name,
-                        task_kwargs={"random": 7})
+    raw = dm_suite.load({"cup": "ball_in_cup"}.get(domain, domain), name, task_kwargs={"random": 7})
     assert env.action_space == gym.spaces.Box(-1, 1, raw.action_spec().shape, np.float32)
 
     def flat(time_step):
@@ -249,9 +255,12 @@ def test_dmc_action_repeat_sums_rewards_and_time_limit_truncates(dm_suite):
         first, second = raw.step(action), raw.step(action)
         assert reward == first.reward + second.reward
         assert reward > 0
-        np.testing.assert_array_equal(obs, np.concatenate(
-            [second.observation["position"], second.observation["velocity"]]
-        ).astype(np.float32))
+        np.testing.assert_array_equal(
+            obs,
+            np.concatenate([second.observation["position"], second.observation["velocity"]]).astype(
+                np.float32
+            ),
+        )
         # the suite's limit is 1000 simulator steps, 500 agent steps here
         assert (terminated, truncated) == (False, t == 499)
 
@@ -372,8 +381,14 @@ def test_a_short_training_run_on_each_suite(env_id, obs, module, tmp_path):
     from torchdreamer.training.loop import train
 
     config = Config(
-        env=env_id, steps=32, num_envs=2, batch_size=2, batch_length=8, train_ratio=4,
-        imagination_horizon=3, replay_capacity=1024,
+        env=env_id,
+        steps=32,
+        num_envs=2,
+        batch_size=2,
+        batch_length=8,
+        train_ratio=4,
+        imagination_horizon=3,
+        replay_capacity=1024,
     )
     summary = train(config, tmp_path / "run", progress=False)
     assert (summary.env_step, summary.updates) == (32, 4)
@@ -382,8 +397,12 @@ def test_a_short_training_run_on_each_suite(env_id, obs, module, tmp_path):
 
 @pytest.mark.parametrize(
     "env_id, obs, module",
-    [("atari100k:pong", "auto", "ale_py"), ("dmc:cartpole_swingup", "proprio", "dm_control"),
-     ("dmc:cartpole_swingup", "image", "dm_control"), ("crafter", "auto", "crafter")],
+    [
+        ("atari100k:pong", "auto", "ale_py"),
+        ("dmc:cartpole_swingup", "proprio", "dm_control"),
+        ("dmc:cartpole_swingup", "image", "dm_control"),
+        ("crafter", "auto", "crafter"),
+    ],
 )
 def test_suites_pass_gymnasiums_env_checker(env_id, obs, module):
     # spaces hold what reset/step return, and a seeded reset repeats itself

@@ -157,4 +157,3 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         if params[0].dtype != torch.float32:
             updates = [u.to(p.dtype) for u, p in zip(updates, params, strict=True)]
         torch._foreach_add_(params, updates, alpha=-lr)
-

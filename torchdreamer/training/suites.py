@@ -50,7 +50,14 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 CNN ``depth`` and the MLP ``units``. The official defaults are ``size200m``."""
 
 _PRESET_FIELDS = (
-    "task", "steps", "envs", "train_ratio", "model_size", "repeat", "image_size", "obs"
+    "task",
+    "steps",
+    "envs",
+    "train_ratio",
+    "model_size",
+    "repeat",
+    "image_size",
+    "obs",
 )
 SUITE_PRESETS: dict[str, dict[str, object]] = {
     name: dict(zip(_PRESET_FIELDS, row, strict=True))
@@ -153,8 +160,12 @@ class AtariEnv(gym.Env):
         roms = _require("ale_py.roms", "atari")
         if actions not in ("needed", "all"):
             raise ValueError(f"actions must be 'needed' or 'all'; got {actions!r}")
-        for name, value, least in (("repeat", repeat, 1), ("pooling", pooling, 1),
-                                   ("noops", noops, 0), ("length", length, 1)):
+        for name, value, least in (
+            ("repeat", repeat, 1),
+            ("pooling", pooling, 1),
+            ("noops", noops, 0),
+            ("length", length, 1),
+        ):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an int >= {least}; got {value!r}")
         if pooling > repeat:
@@ -369,8 +380,7 @@ class DMCEnv(gym.Env):
         action = np.asarray(action, np.float64)
         if action.shape != self.action_space.shape or not np.isfinite(action).all():
             raise ValueError(
-                f"action must be a finite array of shape {self.action_space.shape}; "
-                f"got {action!r}"
+                f"action must be a finite array of shape {self.action_space.shape}; got {action!r}"
             )
         action = np.clip(action, -1.0, 1.0)
         action = self._low + (action + 1.0) / 2.0 * (self._high - self._low)
