@@ -234,6 +234,53 @@ def test_replay_memory_counts_only_the_rows_a_run_reaches():
         check_replay_memory(Config(steps=10**5), (4,), 2, available=5 * 10**6, processes=2)
 
 
+def test_replay_on_disk_is_checked_against_free_disk_space(tmp_path):
+    from torchdreamer.training.loop import check_replay_memory
+
+    on_disk = Config(steps=10**5, replay_on_disk=True)
+    with pytest.raises(ValueError, match="GiB of disk space free there; pass a smaller"):
+        check_replay_memory(on_disk, (64, 64, 3), 6, available=2**30)
+    in_memory = Config(steps=10**5)
+    with pytest.raises(ValueError, match="GiB of memory available; .* or --replay-on-disk"):
+        check_replay_memory(in_memory, (64, 64, 3), 6, available=2**30)
+    # Without an explicit figure the disk check reads the nearest existing folder.
+    assert check_replay_memory(
+        Config(steps=10, replay_on_disk=True), (4,), 2, where=tmp_path / "a" / "b"
+    )
+
+
+def test_replay_on_disk_checkpoints_refer_to_its_files_and_resume_from_them(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    first = ["train", *TINY, "--replay-on-disk", "--log-every", "32", "--logdir", str(logdir)]
+    code, _, err = main(*first, "--steps", "96", "--no-progress", capsys=capsys)
+    assert code == 0, err
+    assert json.loads((logdir / "config.json").read_text())["replay_on_disk"] is True
+    files = logdir / "replay" / "rank0"
+    assert any(p.suffix == ".memmap" for p in files.iterdir())
+    replay = load_checkpoint(logdir)["ranks"][0]["replay"]
+    assert "rows" not in replay and Path(replay["directory"]) == files
+    # 96 steps over 4 envs (an episode's end adds its reset row too), all on disk.
+    before = replay["written"]
+    assert (before >= 24).all() and before.sum() < 96 + 16
+    # An in-memory run of the same length copies its rows into the checkpoint.
+    memory = tmp_path / "memory"
+    in_memory = [a for a in first if a != "--replay-on-disk"][:-1] + [str(memory)]
+    code, _, err = main(*in_memory, "--steps", "96", "--no-progress", capsys=capsys)
+    assert code == 0, err
+    assert (logdir / CHECKPOINT).stat().st_size < (memory / CHECKPOINT).stat().st_size
+
+    code, _, err = main(
+        "train", "--resume", str(logdir), "--steps", "160", "--no-progress", capsys=capsys
+    )
+    assert code == 0, err
+    assert counters(logdir)["env_step"] == 160
+    resumed = load_checkpoint(logdir)["ranks"][0]["replay"]
+    assert (resumed["written"] >= before + 16).all() and Path(resumed["directory"]) == files
+    # The layout is part of the run: switching it on resume is refused, naming the field.
+    code, _, err = main("train", "--resume", str(logdir), "--no-replay-on-disk", capsys=capsys)
+    assert code == 2 and "replay_on_disk" in err
+
+
 def test_logdir_that_is_a_file(tmp_path, capsys):
     path = tmp_path / "run"
     path.write_text("not a directory")
@@ -408,6 +455,40 @@ def test_a_second_writer_is_refused_naming_the_holder_and_kill_9_frees_it(run_co
 
 
 # ------------------------------------------------------------------ interrupts
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_before_the_first_write_leaves_nothing(tmp_path, capsys, monkeypatch, signum, code):
+    from torchdreamer.training import loop
+
+    make_env = loop.make_env
+
+    def make_env_then_signal(*args, **kwargs):  # the signal arrives while the run is checked
+        made = make_env(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return made
+
+    monkeypatch.setattr(loop, "make_env", make_env_then_signal)
+    logdir = tmp_path / "run"
+    got, out, err = main("train", *TINY, "--logdir", str(logdir), "--no-progress", capsys=capsys)
+    name = signal.Signals(signum).name
+    assert got == code
+    assert (
+        err.strip()
+        == f"torchdreamer: stopped by {name} before the run started; nothing was written"
+    )
+    assert not logdir.exists() and out == ""
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt  # Ctrl-C while the CLI still imports and reads its options
+
+    monkeypatch.setattr(cli, "_config", interrupted)
+    code, out, err = main("train", "--logdir", str(tmp_path / "run"), capsys=capsys)
+    assert code == 130 and out == "" and "Traceback" not in err
+    assert err.strip() == "torchdreamer: interrupted outside training; no run state was lost"
+    assert not (tmp_path / "run").exists()
+
+
 def test_sigint_inside_a_long_update_loop_stops_cleanly(tmp_path, capsys):
     logdir = tmp_path / "run"
     # 65536 / 64 = 1024 updates per env step: the first update loop owes 4096 updates.

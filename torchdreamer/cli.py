@@ -92,8 +92,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(Config):
         if item.name in _NOT_OPTIONS:
             continue
-        kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
         default = getattr(defaults, item.name)
+        if item.type == "bool":  # --flag / --no-flag; None: not given
+            parser.add_argument(
+                f"--{item.name.replace('_', '-')}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{_help(docs.get(item.name, ''))} (default: {'on' if default else 'off'})",
+            )
+            continue
+        kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
         parser.add_argument(
             f"--{item.name.replace('_', '-')}",
             type=kind,
@@ -186,7 +194,7 @@ def _message(error: BaseException) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from torchdreamer.training import distributed
-    from torchdreamer.training.loop import train
+    from torchdreamer.training.loop import StoppedBeforeStart, train
 
     # Under torchrun: join the job; rank 0 reads the run directory.
     ranks = distributed.init_from_env()
@@ -200,6 +208,10 @@ def _train(args: argparse.Namespace) -> int:
         if ranks.is_main:
             _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
         return 2
+    except StoppedBeforeStart as stopped:
+        if ranks.is_main:
+            _say(f"torchdreamer: {stopped}", sys.stderr)
+        return 128 + stopped.signum
     if ranks.is_main:
         _say(summary.line(config))
         written = "logs and checkpoint" + (f", {summary.curve.name}" if summary.curve else "")
@@ -238,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
     except KeyboardInterrupt:  # before training started or after it ended: nothing to save
-        _say("torchdreamer: interrupted", sys.stderr)
+        _say("torchdreamer: interrupted outside training; no run state was lost", sys.stderr)
         return 130
 
 

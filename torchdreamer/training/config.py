@@ -81,6 +81,11 @@ class Config:
     most 65536)."""
     replay_capacity: int = 1_000_000
     """Replay rows kept, over all environments; the oldest are dropped first."""
+    replay_on_disk: bool = False
+    """Keep the replay in memory-mapped files in ``LOGDIR/replay`` instead of memory, for
+    pixel runs whose replay would not fit: the process's memory stays small, the files
+    grow to the replay's size on disk, and checkpoints refer to them instead of copying
+    them."""
     imagination_horizon: int = 15
     """Imagined steps from every replay state (official 15)."""
     horizon: float = 333.0
@@ -151,6 +156,8 @@ class Config:
                 if not math.isfinite(value):
                     raise ValueError(f"{item.name} must be a finite number, got {value!r}.")
                 value = float(value)
+            elif item.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{item.name} must be true or false, got {value!r}.")
             elif item.type == "str" and not isinstance(value, str):
                 raise ValueError(f"{item.name} must be a string, got {value!r}.")
             setattr(self, item.name, value)

@@ -40,6 +40,7 @@ from torchdreamer.training.when import DreamerV3UpdateRatio, Every
 __all__ = [
     "RunDirectory",
     "RunInUse",
+    "StoppedBeforeStart",
     "RunState",
     "Summary",
     "check_replay_memory",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 CONFIG = "config.json"
+#: Folder of the memory-mapped replay files (``--replay-on-disk``), one subfolder per rank.
+REPLAY = "replay"
 LOCK = ".lock"
 
 
@@ -79,6 +82,15 @@ class Summary:
 # ------------------------------------------------------------------ run directory
 class RunInUse(ValueError):
     """Another process holds the run directory's lock."""
+
+
+class StoppedBeforeStart(Exception):
+    """SIGINT or SIGTERM came before the run's first write: nothing was written."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} before the run started; nothing was written")
 
 
 def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> str:
@@ -274,12 +286,15 @@ def check_replay_memory(
     action_dim: int,
     available: int | None = None,
     processes: int = 1,
+    where: Path | None = None,
 ) -> int:
     """The bytes the replay can reach in this run; raises if they exceed ``available``.
 
     A run reaches ``min(replay_capacity, steps)`` rows (one observation, action,
     reward and flags each), in each of ``processes`` processes on this machine.
-    ``available`` defaults to the memory the machine has free now.
+    ``available`` defaults to the memory the machine has free now or, with
+    ``config.replay_on_disk``, to the disk space free at ``where`` (the run
+    directory, or the nearest folder above it that exists).
 
     Examples:
         >>> from torchdreamer.training import Config
@@ -298,17 +313,31 @@ more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g
     row = math.prod(observation_shape) * (1 if image else 4) + 4 * action_dim + 4 + 3
     rows = min(config.replay_capacity, config.steps)
     needed = rows * row * processes
+    on_disk = config.replay_on_disk
     if available is None:
-        available = _available_memory()
+        available = _free_disk(where or Path.cwd()) if on_disk else _available_memory()
     if available is not None and needed > available:
+        room = "disk space free there" if on_disk else "memory available"
+        advice = "" if on_disk else " or --replay-on-disk"
         raise ValueError(
             f"the replay would reach {rows} rows of {tuple(observation_shape)} observations"
             f"{f' in each of {processes} processes' if processes > 1 else ''}: "
-            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
-            f"available; pass a smaller --replay-capacity "
-            f"(e.g. {available // 2 // row // processes:d})."
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {room}; "
+            f"pass a smaller --replay-capacity (e.g. {available // 2 // row // processes:d})"
+            f"{advice}."
         )
     return needed
+
+
+def _free_disk(path: Path) -> int | None:
+    """Bytes free on the file system of ``path`` or of its nearest existing parent."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------- run state
@@ -711,20 +740,29 @@ def _train(
     try:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         check_replay_memory(
-            config, spec.observation_shape, spec.action_dim, processes=local_processes
+            config,
+            spec.observation_shape,
+            spec.action_dim,
+            processes=local_processes,
+            where=logdir,
         )
         agent = DreamerAgent(
             spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
         ).to(device)
-        # 2. Claim the directory: the first write of the run.
+        # 2. Claim the directory: the first write of the run. A stop requested
+        # while checking ends the run here, before anything is written.
+        if distributed.any_rank(stop.requested)[0]:
+            raise StoppedBeforeStart(stop.agreed() if ranks.distributed else stop.signal)
         distributed.run_on_main(lambda: directory.claim(config, resume))
         rank_seed = config.seed + 1_000_003 * ranks.rank
         if ranks.rank:
             _seed(rank_seed)  # each rank explores and imagines with its own draws
         generator = torch.Generator().manual_seed(rank_seed)
-        state = RunState(
-            config, SequenceReplay(config.num_envs, config.replay_capacity, generator), generator
+        replay_files = logdir / REPLAY / f"rank{ranks.rank}" if config.replay_on_disk else None
+        replay = SequenceReplay(
+            config.num_envs, config.replay_capacity, generator, directory=replay_files
         )
+        state = RunState(config, replay, generator)
         if checkpoint is not None and own is not None:
             agent.load_state_dict(checkpoint["agent"])
             agent.optimizer.load_state_dict(checkpoint["optimizer"])
