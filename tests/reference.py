@@ -130,7 +130,7 @@ def assert_close_to_reference(actual: torch.Tensor, expected, *, scale=None, ulp
     expected = torch.as_tensor(expected, dtype=torch.float64)
     eps = _EPS[actual.dtype]
     if scale is None:
-        scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+        scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
     torch.testing.assert_close(
         actual.detach().double(), expected, rtol=ulps * eps, atol=ulps * eps * scale
     )

@@ -98,7 +98,9 @@ class DreamerV3ValueLoss(LossModule):
             every forward. It is linked, not owned: its parameters are not
             part of this module.
         slow_critic_regularization: Weight of an extra loss term toward the
-            decoded prediction of a slow (EMA) copy of the critic; the
+            decoded prediction of a slow (EMA) copy of the critic (its
+            written ``value`` when a head of logits writes one, as TorchRL
+            reads it, else its logits decoded on the loss's grid); the
             official DreamerV3 uses 1.0. When positive, the slow copy is held
             as ``target_value_model_params``; step a
             ``torchrl.objectives.SoftUpdate(loss, tau=0.02)`` after each
@@ -423,10 +425,17 @@ class DreamerV3ValueLoss(LossModule):
         """
         if head.event_size is None:
             return head.decode(prediction).detach()
+        value = self._written_value(output, batch)
+        return None if value is None else value.detach()
+
+    def _written_value(
+        self, output: Mapping[NestedKey, torch.Tensor], batch: torch.Size
+    ) -> torch.Tensor | None:
+        """The decoded value a head of logits writes beside them under ``value``, if any."""
         value = output.get(unravel_key(self.tensor_keys.value), None)
         if value is None or value.shape not in (batch, (*batch, 1)):
             return None
-        return value.detach()
+        return value.reshape(batch)
 
     def _slow_prediction(
         self, head: Output, tensordict: TensorDictBase, batch: torch.Size
@@ -437,7 +446,10 @@ class DreamerV3ValueLoss(LossModule):
         inputs = tensordict.select(*self.value_model.in_keys, strict=False).copy()
         with torch.no_grad():
             output = torch.func.functional_call(self.value_model, slow, (inputs,))
-        return head.decode(self._prediction(head, output, batch))
+        # A head of logits that also writes its decoded value is read as TorchRL
+        # reads it (the head's own decoding); otherwise its logits are decoded here.
+        value = self._written_value(output, batch) if head.event_size is not None else None
+        return head.decode(self._prediction(head, output, batch)) if value is None else value
 
     # ---------------------------------------------------------------- weights
     def _step_weight(

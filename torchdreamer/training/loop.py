@@ -306,7 +306,8 @@ def check_replay_memory(
         Traceback (most recent call last):
         ...
         ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 11.5 GiB, \
-more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580).
+more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580) \
+or --replay-on-disk.
 
     """
     image = len(observation_shape) == 3
