@@ -4,7 +4,8 @@ For a refactor that must leave speed as it was: each commit is checked out into
 a temporary worktree, and a fresh process per round imports ``torchdreamer``
 from it (``PYTHONPATH``), builds ``DreamerAgent((4,), 2, discrete=True,
 config=Config(preset=...))`` (CartPole shapes) with seed 0, and times ``--n``
-calls of ``agent.update(batch)`` on one random 16 x 64 replay batch after 3
+calls of ``agent.update(batch)`` on one random 16 x 64 replay batch (this
+checkout's ``agent_throughput.replay_batch``, the same at both commits) after 3
 warm-up updates. The two commits alternate round by round, so both see the same
 background load. Printed: each round's median, the median over rounds per
 commit, and the ratio new / old (below 1 is faster).
@@ -29,24 +30,15 @@ from pathlib import Path
 CHILD = r"""
 import json, statistics, sys, time
 import torch
-from tensordict import TensorDict
 from torchdreamer.training import Config, DreamerAgent
 
-preset, n = sys.argv[1], int(sys.argv[2])
+preset, n, benchmarks = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, benchmarks)
+from agent_throughput import replay_batch  # this checkout's batch, at either commit
+
 torch.manual_seed(0)
 agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))
-b, t = 16, 64
-first = torch.zeros(b, t, dtype=torch.bool)
-first[:, 0] = True
-batch = TensorDict(
-    observation=torch.randn(b, t, 4),
-    prev_action=torch.nn.functional.one_hot(torch.randint(0, 2, (b, t)), 2).float(),
-    is_first=first,
-    reward=torch.ones(b, t),
-    is_last=torch.zeros(b, t, dtype=torch.bool),
-    is_terminal=torch.rand(b, t) < 0.02,
-    batch_size=[b, t],
-)
+batch = replay_batch()
 for _ in range(3):
     agent.update(batch)
 times = []
@@ -70,7 +62,7 @@ def worktree(repo: Path, ref: str, folder: Path) -> Path:
 def time_once(tree: Path, preset: str, n: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, preset, str(n)],
+        [sys.executable, "-c", CHILD, preset, str(n), str(Path(__file__).resolve().parent)],
         env=env, cwd=tree, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])

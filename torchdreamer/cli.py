@@ -93,9 +93,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if item.name in _NOT_OPTIONS:
             continue
         default = getattr(defaults, item.name)
+        flag = f"--{item.name.replace('_', '-')}"
         if item.type == "bool":  # --flag / --no-flag; None: not given
             parser.add_argument(
-                f"--{item.name.replace('_', '-')}",
+                flag,
                 action=argparse.BooleanOptionalAction,
                 default=None,
                 help=f"{_help(docs.get(item.name, ''))} (default: {'on' if default else 'off'})",
@@ -103,7 +104,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             continue
         kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
         parser.add_argument(
-            f"--{item.name.replace('_', '-')}",
+            flag,
             type=kind,
             default=None,  # None: not given (a resumed run keeps its saved value)
             metavar=_METAVARS.get(str(item.type), item.name.upper())

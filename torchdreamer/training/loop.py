@@ -194,9 +194,7 @@ class RunDirectory:
                 f"{self.path} already holds this run; continue it with "
                 f"`torchdreamer train --resume {self.path}` or pick a new --logdir."
             )
-        existing = self.path
-        while not existing.exists():
-            existing = existing.parent
+        existing = _nearest_existing(self.path)
         if not existing.is_dir():
             raise ValueError(f"{existing} is a file: cannot create the log directory {self.path}.")
         self._check_writable(existing)
@@ -330,13 +328,18 @@ or --replay-on-disk.
     return needed
 
 
-def _free_disk(path: Path) -> int | None:
-    """Bytes free on the file system of ``path`` or of its nearest existing parent."""
-    path = Path(path).absolute()
+def _nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does."""
+    path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def _free_disk(path: Path) -> int | None:
+    """Bytes free on the file system of ``path`` or of its nearest existing parent."""
     try:
-        return shutil.disk_usage(path).free
+        return shutil.disk_usage(_nearest_existing(path)).free
     except OSError:
         return None
 
@@ -753,7 +756,7 @@ def _train(
         # 2. Claim the directory: the first write of the run. A stop requested
         # while checking ends the run here, before anything is written.
         if distributed.any_rank(stop.requested)[0]:
-            raise StoppedBeforeStart(stop.agreed() if ranks.distributed else stop.signal)
+            raise StoppedBeforeStart(stop.agreed())
         distributed.run_on_main(lambda: directory.claim(config, resume))
         rank_seed = config.seed + 1_000_003 * ranks.rank
         if ranks.rank:
@@ -820,7 +823,7 @@ def _loop(
             if checkpoint_now(state.env_step):
                 training.snapshot()
             if stopping or (stop.requested and not ranks.distributed):
-                stopped_by = stop.agreed() if ranks.distributed else stop.signal
+                stopped_by = stop.agreed()
                 break
     except BaseException:
         # Another rank may not reach the collectives of the final checkpoint.
