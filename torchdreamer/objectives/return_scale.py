@@ -37,6 +37,14 @@ class ReturnScale(nn.Module):
         >>> norm.update(torch.arange(101.0))
         >>> norm.low, norm.high, norm.scale()
         (tensor(2.5000), tensor(47.5000), tensor(45.))
+
+        ``reduce=`` pools returns first (here a stand-in that appends a copy
+        shifted by 100, as a gather over two ranks would):
+
+        >>> pooled = ReturnScale(rate=1.0, reduce=lambda r: torch.cat([r, r + 100]))
+        >>> pooled.update(torch.arange(101.0))
+        >>> pooled.low, pooled.high
+        (tensor(10.0500), tensor(189.9500))
     """
 
     low: torch.Tensor

@@ -162,7 +162,17 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def concat_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``values`` (same shape on each), concatenated along dim 0 in rank order."""
+    """Every rank's ``values`` (same shape on each), concatenated along dim 0 in rank order.
+
+    Outside ``torchrun`` (one process) it returns ``values`` itself; it is the
+    ``reduce=`` the trainer gives :class:`~torchdreamer.objectives.ReturnScale`.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training.distributed import concat_over_ranks
+        >>> concat_over_ranks(torch.tensor([1.0, 2.0]))  # a single process
+        tensor([1., 2.])
+    """
     if not current().distributed:
         return values
     gathered = [torch.empty_like(values) for _ in range(dist.get_world_size())]

@@ -85,7 +85,17 @@ class RunInUse(ValueError):
 
 
 class StoppedBeforeStart(Exception):
-    """SIGINT or SIGTERM came before the run's first write: nothing was written."""
+    """SIGINT or SIGTERM came before the run's first write: nothing was written.
+
+    The CLI prints it as one line and exits with ``128 + signum`` (130, 143).
+
+    Examples:
+        >>> import signal
+        >>> from torchdreamer.training.loop import StoppedBeforeStart
+        >>> stopped = StoppedBeforeStart(signal.SIGTERM)
+        >>> str(stopped), 128 + stopped.signum
+        ('stopped by SIGTERM before the run started; nothing was written', 143)
+    """
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
