@@ -7,6 +7,7 @@ the suite's extra is installed (``pip install -e ".[all]"``); without it they ar
 
 from __future__ import annotations
 
+import json
 import sys
 
 import gymnasium as gym
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from torchdreamer.training import suites
-from torchdreamer.training.suites import SUITE_PRESETS, make_suite_env
+from torchdreamer.training.config import PRESETS, SUITE_PRESETS, Config
+from torchdreamer.training.suites import is_suite_id, make_suite_env
 
 
 def test_plain_ids_are_not_suites():
@@ -51,27 +53,61 @@ def test_a_missing_package_names_its_extra(env_id, module, extra, monkeypatch):
         make_suite_env(env_id, seed=0)
 
 
-def test_presets_are_the_official_configs():
-    # dreamerv3/configs.yaml: the atari100k, crafter, dmc_proprio and dmc_vision blocks.
+def test_suite_presets_are_the_official_configs():
+    # dreamerv3/configs.yaml: the atari100k, atari, crafter, dmc_proprio and dmc_vision blocks.
     expected = {
-        "atari100k": (110_000, 1, 256, "size200m", 4),
-        "crafter": (1_100_000, 1, 512, "size200m", 1),
-        "dmc_proprio": (1_100_000, 16, 1024, "size1m", 1),
-        "dmc_vision": (1_100_000, 16, 256, "size200m", 1),
-        "atari": (51_000_000, 16, 32, "size200m", 4),
+        "atari100k": (110_000, 1, 256.0, "size200m", "image"),
+        "atari": (51_000_000, 16, 32.0, "size200m", "image"),
+        "crafter": (1_100_000, 1, 512.0, "size200m", "image"),
+        "dmc_proprio": (1_100_000, 16, 1024.0, "size1m", "proprio"),
+        "dmc_vision": (1_100_000, 16, 256.0, "size200m", "image"),
     }
+    assert set(SUITE_PRESETS) == set(expected)
     for name, values in expected.items():
-        preset = SUITE_PRESETS[name]
-        keys = ("steps", "envs", "train_ratio", "model_size", "repeat")
-        assert tuple(preset[k] for k in keys) == values, name
-        assert preset["model_size"] in suites.MODEL_SIZES
-    assert suites.MODEL_SIZES["size1m"] == {
-        "deter": 512,
-        "hidden": 64,
-        "classes": 4,
-        "depth": 4,
-        "units": 64,
-    }
+        config = Config(suite=name)
+        got = (config.steps, config.num_envs, config.train_ratio, config.preset, config.obs)
+        assert got == values, name
+        assert is_suite_id(config.env), name
+    # The official size1m: deter 512, hidden 64, classes 4, units 64, CNN depth 4.
+    size = PRESETS["size1m"]
+    assert (size.deter, size.hidden, size.classes, size.units, size.cnn_depth) == (
+        512,
+        64,
+        4,
+        64,
+        4,
+    )
+
+
+def test_a_suite_preset_yields_to_given_fields_and_checks_the_env():
+    config = Config(suite="DMC_Vision", env="dmc:cartpole_swingup", train_ratio=64, num_envs=2)
+    assert (config.suite, config.env, config.train_ratio, config.num_envs) == (
+        "dmc_vision",
+        "dmc:cartpole_swingup",
+        64.0,
+        2,
+    )
+    assert (config.steps, config.preset, config.obs) == (1_100_000, "size200m", "image")
+    # Saved and loaded, the resolved values stay as they are.
+    again = Config(**json.loads(config.to_json()))
+    assert again == config
+    with pytest.raises(ValueError, match=r"suite 'atari100k' is for the env atari100k:<task>"):
+        Config(suite="atari100k", env="CartPole-v1")
+    with pytest.raises(ValueError, match=r"unknown suite 'procgen'; choose one of \['atari'"):
+        Config(suite="procgen")
+    with pytest.raises(
+        ValueError, match=r"obs must be one of \['auto', 'proprio', 'image', 'both'\]"
+    ):
+        Config(obs="vector")
+    # Without a suite the general defaults hold.
+    plain = Config()
+    assert (plain.env, plain.steps, plain.num_envs, plain.train_ratio, plain.preset) == (
+        "CartPole-v1",
+        100_000,
+        16,
+        32.0,
+        "small",
+    )
 
 
 # --- Atari ------------------------------------------------------------------------------
@@ -295,9 +331,23 @@ def test_dmc_image_is_the_official_camera_render(dm_suite):
     assert suites.DMCEnv("quadruped_walk", obs="image", size=32).camera == 2
 
 
-def test_dmc_refuses_both_and_bad_backends(dm_suite, monkeypatch):
-    with pytest.raises(ValueError, match="dict observations"):
-        make_suite_env("dmc:walker_walk", seed=0, obs="both")
+def test_dmc_both_is_a_dict_of_the_proprio_vector_and_the_image(dm_suite):
+    env = make_suite_env("dmc:cartpole_balance", seed=0, obs="both")
+    proprio = make_suite_env("dmc:cartpole_balance", seed=0, obs="proprio")
+    image = make_suite_env("dmc:cartpole_balance", seed=0, obs="image")
+    assert isinstance(env.observation_space, gym.spaces.Dict)
+    assert env.observation_space["proprio"] == proprio.observation_space
+    assert env.observation_space["image"] == image.observation_space
+    both, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(both["proprio"], proprio.reset(seed=0)[0])
+    np.testing.assert_array_equal(both["image"], image.reset(seed=0)[0])
+    action = np.array([0.3], np.float32)
+    both, *_ = env.step(action)
+    np.testing.assert_array_equal(both["proprio"], proprio.step(action)[0])
+    np.testing.assert_array_equal(both["image"], image.step(action)[0])
+
+
+def test_dmc_refuses_bad_tasks_and_backends(dm_suite, monkeypatch):
     with pytest.raises(ValueError, match="unknown DMC task"):
         make_suite_env("dmc:walker_fly", seed=0)
     monkeypatch.setenv("MUJOCO_GL", "vulkan")
@@ -355,6 +405,7 @@ _SUITES = [
     ("atari100k:pong", "auto", "ale_py"),
     ("dmc:cartpole_swingup", "proprio", "dm_control"),
     ("dmc:cartpole_swingup", "image", "dm_control"),
+    ("dmc:cartpole_swingup", "both", "dm_control"),
     ("crafter", "auto", "crafter"),
 ]
 
@@ -367,7 +418,13 @@ def test_make_env_batches_suites_for_torchrl(env_id, obs, module):
     env, spec = make_env(env_id, num_envs=2, seed=0, obs=obs)
     try:
         rollout = env.rollout(5)
-        assert rollout["observation"].shape == (2, 5, *spec.observation_shape)
+        observation = spec.observation_of(rollout)
+        if obs == "both":
+            assert spec.observation_shape == {"proprio": (5,), "image": (64, 64, 3)}
+            for key, shape in spec.observation_shape.items():
+                assert observation[key].shape == (2, 5, *shape)
+        else:
+            assert observation.shape == (2, 5, *spec.observation_shape)
         assert rollout["next", "reward"].shape == (2, 5, 1)
         assert spec.discrete == (not env_id.startswith("dmc:"))
     finally:
@@ -389,6 +446,7 @@ def test_a_short_training_run_on_each_suite(env_id, obs, module, tmp_path):
         train_ratio=4,
         imagination_horizon=3,
         replay_capacity=1024,
+        obs=obs,
     )
     summary = train(config, tmp_path / "run", progress=False)
     assert (summary.env_step, summary.updates) == (32, 4)
@@ -401,6 +459,7 @@ def test_a_short_training_run_on_each_suite(env_id, obs, module, tmp_path):
         ("atari100k:pong", "auto", "ale_py"),
         ("dmc:cartpole_swingup", "proprio", "dm_control"),
         ("dmc:cartpole_swingup", "image", "dm_control"),
+        ("dmc:cartpole_swingup", "both", "dm_control"),
         ("crafter", "auto", "crafter"),
     ],
 )
@@ -410,3 +469,38 @@ def test_suites_pass_gymnasiums_env_checker(env_id, obs, module):
     from gymnasium.utils.env_checker import check_env
 
     check_env(make_suite_env(env_id, seed=0, obs=obs), skip_render_check=True)
+
+
+def test_the_suite_flag_applies_the_preset_prints_it_and_saves_it(tmp_path, capsys):
+    pytest.importorskip("dm_control")
+    from torchdreamer import cli
+
+    logdir = tmp_path / "run"
+    small = ["--steps", "32", "--num-envs", "2", "--batch-size", "2", "--batch-length", "8"]
+    code = cli.main(
+        ["train", "--suite", "dmc_proprio", "--env", "dmc:cartpole_balance", *small]
+        + ["--train-ratio", "4", "--imagination-horizon", "3", "--replay-capacity", "1024"]
+        + ["--eval-every", "0", "--no-progress", "--threads", "1", "--logdir", str(logdir)]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert (
+        "suite dmc_proprio (official settings): env dmc:cartpole_balance (given), steps 32 "
+        "(given), num_envs 2 (given), train_ratio 4.0 (given), preset size1m, obs proprio"
+    ) in out
+    saved = json.loads((logdir / "config.json").read_text())
+    assert (saved["suite"], saved["preset"], saved["obs"]) == ("dmc_proprio", "size1m", "proprio")
+
+
+def test_dmc_proprio_videos_are_rendered_from_the_official_camera(dm_suite):
+    from torchdreamer.training.envs import RecordFrames
+
+    env = RecordFrames(suites.DMCEnv("cartpole_balance", seed=0))
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    assert env.unavailable is None
+    assert len(env.frames) == 4 and env.frames[0].shape == (64, 64, 3)
+    raw = dm_suite.load("cartpole", "balance", task_kwargs={"random": 0})
+    raw.reset()
+    np.testing.assert_array_equal(env.frames[0], raw.physics.render(64, 64, camera_id=0))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from torchdreamer.training.config import PRESETS, Config, field_docs
+from torchdreamer.training.config import PRESETS, SUITE_PRESETS, Config, field_docs
 
 __all__ = ["main"]
 
@@ -150,15 +150,36 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="CPU threads torch computes with, 0 = automatic (default: the run's)",
     )
+    evaluate.add_argument(
+        "--video",
+        type=Path,
+        default=None,
+        metavar="FILE.gif",
+        help="write a GIF of the first episode to FILE.gif (default: none)",
+    )
     return parser
 
 
-def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
-    given = {
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The config options given on the command line."""
+    return {
         item.name: getattr(args, item.name)
         for item in dataclasses.fields(Config)
         if item.name not in _NOT_OPTIONS and getattr(args, item.name) is not None
     }
+
+
+def _suite_line(config: Config, given: dict[str, Any]) -> str:
+    """What the suite preset set, and which of its fields the command line overrode."""
+    fields = ", ".join(
+        f"{name} {getattr(config, name)}" + (" (given)" if name in given else "")
+        for name in SUITE_PRESETS[config.suite]
+    )
+    return f"suite {config.suite} (official settings): {fields}"
+
+
+def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
+    given = _given(args)
     if args.resume is not None:
         if args.logdir is not None and args.logdir != args.resume:
             raise ValueError("give the run directory once: --resume LOGDIR, without --logdir.")
@@ -202,6 +223,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         try:
             config, logdir, resume = distributed.run_on_main(lambda: _config(args))
+            if config.suite and not resume and ranks.is_main:
+                _say(_suite_line(config, _given(args)))
             summary = train(config, logdir, resume=resume, progress=not args.no_progress)
         finally:
             distributed.shutdown()
@@ -230,7 +253,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from torchdreamer.training.loop import evaluate
 
     try:
-        scores = evaluate(args.logdir, args.episodes, args.device, args.sample, args.threads)
+        scores = evaluate(
+            args.logdir, args.episodes, args.device, args.sample, args.threads, args.video
+        )
     except (ValueError, OSError) as error:
         _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
         return 2
@@ -240,6 +265,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
         f"min {min(scores):.1f}, max {max(scores):.1f}"
     )
+    if args.video is not None:
+        _say(f"video of the first episode in {args.video}")
     return 0
 
 

@@ -25,7 +25,12 @@ if TYPE_CHECKING:
     from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_, sample_one_hot
     from torchdreamer.modules.rssm import RSSM, BlockGRU
     from torchdreamer.modules.size import ModelSize
-    from torchdreamer.modules.world_model import WORLD_MODEL_OUTPUTS, WorldModel
+    from torchdreamer.modules.world_model import (
+        WORLD_MODEL_OUTPUTS,
+        MultiDecoder,
+        MultiEncoder,
+        WorldModel,
+    )
 
 __all__ = [
     "MLP",
@@ -40,6 +45,8 @@ __all__ = [
     "ConvEncoder",
     "ImaginationEnv",
     "ModelSize",
+    "MultiDecoder",
+    "MultiEncoder",
     "OneHotCategorical",
     "TwoHotHead",
     "WorldModel",
@@ -60,6 +67,8 @@ _HOMES = {
     "ImaginationEnv": "torchdreamer.modules.imagination",
     "MLP": "torchdreamer.modules.layers",
     "ModelSize": "torchdreamer.modules.size",
+    "MultiDecoder": "torchdreamer.modules.world_model",
+    "MultiEncoder": "torchdreamer.modules.world_model",
     "OneHotCategorical": "torchdreamer.modules.heads",
     "RSSM": "torchdreamer.modules.rssm",
     "TwoHotHead": "torchdreamer.modules.heads",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from torchdreamer import keys
@@ -13,7 +16,7 @@ from torchdreamer.modules.layers import MLP
 from torchdreamer.modules.rssm import RSSM
 from torchdreamer.modules.size import ModelSize
 
-__all__ = ["WORLD_MODEL_OUTPUTS", "WorldModel"]
+__all__ = ["WORLD_MODEL_OUTPUTS", "MultiDecoder", "MultiEncoder", "WorldModel"]
 
 #: What :meth:`WorldModel.forward` returns, in order: the out_keys to give it in a
 #: ``TensorDictModule`` read by :class:`~torchdreamer.DreamerV3ModelLoss`.
@@ -28,6 +31,119 @@ WORLD_MODEL_OUTPUTS = [
 ]
 
 
+def _split_keys(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """The vector keys and the image keys of ``shapes``, each sorted; others refused."""
+    vectors = sorted(k for k, shape in shapes.items() if len(shape) == 1)
+    images = sorted(k for k, shape in shapes.items() if len(shape) == 3)
+    other = {k: shape for k, shape in shapes.items() if len(shape) not in (1, 3)}
+    if other or not shapes:
+        raise ValueError(
+            f"dict observations must be vectors (D,) or channel-last images (H, W, C), got "
+            f"{other or 'no keys'}."
+        )
+    sides = {tuple(shapes[k][:2]) for k in images}
+    if len(sides) > 1:
+        raise ValueError(
+            f"the image keys of a dict observation are stacked along their channels for one "
+            f"CNN, so they must share height and width; got { ({k: shapes[k] for k in images}) }."
+        )
+    return vectors, images
+
+
+class MultiEncoder(nn.Module):
+    """Dict observations to one embedding, as the official multi-key encoder.
+
+    The vector keys (sorted) are symlog'ed, concatenated and read by one MLP
+    (``size.encoder_layers`` x ``size.units``); the image keys are stacked along their
+    channels and read by one :class:`ConvEncoder`; the two embeddings are concatenated.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchdreamer.modules import ModelSize, MultiEncoder
+        >>> encoder = MultiEncoder({"joints": (5,), "image": (32, 32, 3)}, ModelSize())
+        >>> observation = TensorDict(
+        ...     joints=torch.randn(2, 5),
+        ...     image=torch.zeros(2, 32, 32, 3, dtype=torch.uint8),
+        ...     batch_size=[2],
+        ... )
+        >>> encoder(observation).shape, encoder.out_features  # MLP 64 + CNN 16 x 2 x 2
+        (torch.Size([2, 128]), 128)
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], size: ModelSize) -> None:
+        super().__init__()
+        self.vector_keys, self.image_keys = _split_keys(shapes)
+        self.out_features = 0
+        if self.vector_keys:
+            width = sum(shapes[k][0] for k in self.vector_keys)
+            self.mlp = MLP(width, None, size.units, size.encoder_layers)
+            self.out_features += self.mlp.out_features
+        if self.image_keys:
+            height, width_, _ = shapes[self.image_keys[0]]
+            channels = sum(shapes[k][2] for k in self.image_keys)
+            self.cnn = ConvEncoder((height, width_, channels), size)
+            self.out_features += self.cnn.out_features
+
+    def forward(self, observation: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        if self.vector_keys:
+            vector = torch.cat([observation[k].float() for k in self.vector_keys], -1)
+            parts.append(self.mlp(symlog(vector)))
+        if self.image_keys:
+            parts.append(self.cnn(torch.cat([observation[k] for k in self.image_keys], -1)))
+        return torch.cat(parts, -1)
+
+
+class MultiDecoder(nn.Module):
+    """The latent state to a reconstruction of each key of a dict observation.
+
+    One MLP (``size.decoder_layers``) predicts the vector keys together, in symlog
+    space, and one :class:`ConvDecoder` the image keys stacked along their channels,
+    in ``[0, 1]``; the outputs are split back into the keys.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import ModelSize, MultiDecoder
+        >>> decoder = MultiDecoder({"joints": (5,), "image": (32, 32, 3)}, 10, 16,
+        ...                        ModelSize(deter=16))
+        >>> out = decoder(torch.randn(2, 10), torch.randn(2, 16))
+        >>> out["joints"].shape, out["image"].shape
+        (torch.Size([2, 5]), torch.Size([2, 32, 32, 3]))
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        stoch_size: int,
+        deter_size: int,
+        size: ModelSize,
+    ) -> None:
+        super().__init__()
+        self.vector_keys, self.image_keys = _split_keys(shapes)
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        if self.vector_keys:
+            width = sum(shapes[k][0] for k in self.vector_keys)
+            self.mlp = MLP(stoch_size + deter_size, width, size.units, size.decoder_layers)
+        if self.image_keys:
+            height, width_, _ = shapes[self.image_keys[0]]
+            channels = sum(shapes[k][2] for k in self.image_keys)
+            self.cnn = ConvDecoder((height, width_, channels), stoch_size, deter_size, size)
+
+    def forward(self, stoch: torch.Tensor, deter: torch.Tensor) -> TensorDict:
+        batch = stoch.shape[:-1]
+        out = {}
+        if self.vector_keys:
+            vector = self.mlp(torch.cat([stoch, deter], -1))
+            sizes = [self.shapes[k][0] for k in self.vector_keys]
+            out.update(zip(self.vector_keys, vector.split(sizes, -1), strict=True))
+        if self.image_keys:
+            image = self.cnn(stoch, deter)
+            sizes = [self.shapes[k][2] for k in self.image_keys]
+            out.update(zip(self.image_keys, image.split(sizes, -1), strict=True))
+        return TensorDict(out, batch_size=batch)
+
+
 class WorldModel(nn.Module):
     """Encoder, :class:`RSSM`, decoder and the reward and continuation heads.
 
@@ -38,8 +154,13 @@ class WorldModel(nn.Module):
     (``size.reward_layers``, zero-initialised output) and continuation
     (``size.continuation_layers``) heads read ``cat([stoch, deter])``.
 
+    A dict of such shapes (a dict observation, e.g. DMC's readings and its camera)
+    uses :class:`MultiEncoder` and :class:`MultiDecoder`; observations and
+    reconstructions are then tensordicts of those keys.
+
     Args:
-        observation_shape: ``(D,)`` for vectors, ``(H, W, C)`` for images.
+        observation_shape: ``(D,)`` for vectors, ``(H, W, C)`` for images, or a dict
+            of them by key.
         action_dim: Size of the action vector (one-hot for discrete actions).
         size: Every width and depth (:class:`~torchdreamer.modules.ModelSize`;
             default: the official ``size1m``).
@@ -58,7 +179,7 @@ class WorldModel(nn.Module):
 
     def __init__(
         self,
-        observation_shape: tuple[int, ...],
+        observation_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]],
         action_dim: int,
         size: ModelSize | None = None,
         *,
@@ -69,9 +190,18 @@ class WorldModel(nn.Module):
         if not isinstance(size, ModelSize):
             raise TypeError(f"size must be a ModelSize, got {type(size).__name__}.")
         self.size = size
-        self.observation_shape = tuple(observation_shape)
-        self.is_image = len(self.observation_shape) == 3
-        if self.is_image:
+        self.is_dict = isinstance(observation_shape, Mapping)
+        if self.is_dict:
+            self.observation_shape: tuple | dict = {
+                k: tuple(v) for k, v in observation_shape.items()
+            }
+        else:
+            self.observation_shape = tuple(observation_shape)
+        self.is_image = not self.is_dict and len(self.observation_shape) == 3
+        if self.is_dict:
+            self.encoder = MultiEncoder(self.observation_shape, size)
+            embed = self.encoder.out_features
+        elif self.is_image:
             self.encoder: nn.Module = ConvEncoder(self.observation_shape, size)
             embed = self.encoder.out_features
         elif len(self.observation_shape) == 1:
@@ -84,8 +214,12 @@ class WorldModel(nn.Module):
             )
         self.rssm = RSSM(action_dim, embed, size)
         feat = self.rssm.feature_size
-        if self.is_image:
-            self.decoder: nn.Module = ConvDecoder(
+        if self.is_dict:
+            self.decoder: nn.Module = MultiDecoder(
+                self.observation_shape, self.rssm.stoch_size, self.rssm.deter_size, size
+            )
+        elif self.is_image:
+            self.decoder = ConvDecoder(
                 self.observation_shape, self.rssm.stoch_size, self.rssm.deter_size, size
             )
         else:
@@ -93,21 +227,26 @@ class WorldModel(nn.Module):
         self.reward = TwoHotHead(feat, size.units, size.reward_layers, num_bins)
         self.continuation = ContinuationHead(feat, size.units, size.continuation_layers)
 
-    def embed(self, observation: torch.Tensor) -> torch.Tensor:
+    def embed(self, observation: torch.Tensor | TensorDictBase) -> torch.Tensor:
         """Encode observations (vectors are symlog'ed first)."""
-        return self.encoder(observation if self.is_image else symlog(observation.float()))
+        if self.is_dict or self.is_image:
+            return self.encoder(observation)
+        return self.encoder(symlog(observation.float()))
 
-    def decode(self, stoch: torch.Tensor, deter: torch.Tensor) -> torch.Tensor:
+    def decode(self, stoch: torch.Tensor, deter: torch.Tensor) -> torch.Tensor | TensorDict:
         """The reconstruction of the observation from the latent state."""
-        if self.is_image:
+        if self.is_dict or self.is_image:
             return self.decoder(stoch, deter)
         return self.decoder(torch.cat([stoch, deter], -1))
 
     def forward(
-        self, observation: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+        self,
+        observation: torch.Tensor | TensorDictBase,
+        prev_action: torch.Tensor,
+        is_first: torch.Tensor,
+    ) -> tuple[torch.Tensor | TensorDict, ...]:
         """Filter a ``[B, T]`` replay sequence; returns :data:`WORLD_MODEL_OUTPUTS`."""
-        if is_first.dim() == observation.dim() - len(self.observation_shape) + 1:
+        if is_first.dim() == prev_action.dim():  # [B, T, 1]
             is_first = is_first.squeeze(-1)
         out = self.rssm.observe(self.embed(observation), prev_action, is_first)
         features = torch.cat([out["stoch"], out["deter"]], -1)

@@ -294,6 +294,14 @@ class DreamerV3ActorLoss(LossModule):
         """Lower bound of the return scale."""
         return self.retnorm.min_scale
 
+    def _return_scale(self, returns: torch.Tensor) -> torch.Tensor:
+        """The 0-dim divisor of the advantages; in training mode, first moves the EMA."""
+        if not self.return_normalization:
+            return torch.ones((), dtype=returns.dtype, device=returns.device)
+        if self.training:
+            self.retnorm.update(returns)
+        return self.retnorm.scale().to(returns)
+
     # ----------------------------------------------------------- value estimator
     def make_value_estimator(
         self, value_type: ValueEstimators | None = None, **hyperparams: Any
@@ -563,12 +571,7 @@ class DreamerV3ActorLoss(LossModule):
         else:
             weight = torch.ones_like(returns)
 
-        if self.return_normalization:
-            if self.training:
-                self.retnorm.update(returns)
-            scale = self.retnorm.scale().to(returns)
-        else:
-            scale = torch.ones((), dtype=returns.dtype, device=returns.device)
+        scale = self._return_scale(returns)
         entropy, log_prob = self._entropy_and_log_prob(imagined, batch)
         if entropy is None:
             entropy = torch.zeros_like(returns)

@@ -47,7 +47,8 @@ class DreamerAgent(nn.Module):
     the slow critic moves toward the critic (EMA 0.02).
 
     Args:
-        observation_shape: ``(D,)`` or ``(H, W, C)``.
+        observation_shape: ``(D,)``, ``(H, W, C)``, or a dict of them by key (a dict
+            observation: a reconstruction head per key).
         action_dim: Number of discrete actions, or the continuous action size.
         discrete: Discrete (one-hot, REINFORCE) or continuous (bounded normal,
             gradients through the world model) actions.
@@ -65,7 +66,7 @@ class DreamerAgent(nn.Module):
 
     def __init__(
         self,
-        observation_shape: tuple[int, ...],
+        observation_shape: tuple[int, ...] | dict[str, tuple[int, ...]],
         action_dim: int,
         *,
         discrete: bool,
@@ -98,7 +99,15 @@ class DreamerAgent(nn.Module):
             _STATE,
             ["state_value_logits", "state_value"],
         )
-        image = self.world_model.is_image
+        shapes = self.world_model.observation_shape
+        if self.world_model.is_dict:  # one reconstruction head per key
+            names = sorted(shapes)
+            targets: object = [("observation", k) for k in names]
+            predictions: object = [("reconstruction", "observation", k) for k in names]
+            squash: object = [len(shapes[k]) == 1 for k in names]
+        else:
+            targets, predictions = "observation", ("reconstruction", "observation")
+            squash = not self.world_model.is_image
         # The replay batch (official per-step layout) goes under "next", where
         # the TorchRL-style model loss reads targets and world-model outputs.
         self.model_loss = DreamerV3ModelLoss(
@@ -108,12 +117,12 @@ class DreamerAgent(nn.Module):
                 [unravel_key(("next", key)) for key in WORLD_MODEL_OUTPUTS],
             ),
             unimix=0.0,  # the RSSM's logits include its unimix already
-            reco_symlog=not image,
-            symlog_predictions=True,  # the vector decoder predicts in symlog space
+            reco_symlog=squash,  # vectors: symlog MSE; images: MSE of pixels / 255
+            symlog_predictions=True,  # the vector decoders predict in symlog space
         )
         self.model_loss.set_keys(
-            pixels="observation",
-            reco_pixels=("reconstruction", "observation"),
+            pixels=targets,
+            reco_pixels=predictions,
             continue_pred="continuation_logits",
             done="is_last",
             terminated="is_terminal",

@@ -15,7 +15,7 @@ from typing import Any
 
 from torchdreamer.modules.size import ModelSize
 
-__all__ = ["MAX_TRAIN_RATIO", "PRESETS", "Config", "ModelSize", "field_docs"]
+__all__ = ["MAX_TRAIN_RATIO", "PRESETS", "SUITE_PRESETS", "Config", "ModelSize", "field_docs"]
 
 #: Largest ``train_ratio`` accepted: 64 times the official maximum (1024).
 MAX_TRAIN_RATIO = 65536.0
@@ -39,6 +39,36 @@ PRESETS: dict[str, ModelSize] = {
     "size400m": ModelSize(deter=12288, hidden=1536, classes=96, units=1536, cnn_depth=96),
 }
 
+#: The official per-suite run settings (``dreamerv3/configs.yaml``: the ``atari100k``,
+#: ``atari``, ``crafter``, ``dmc_proprio`` and ``dmc_vision`` blocks), as the values of
+#: :class:`Config` fields that ``Config(suite=...)`` (``--suite``) starts from. ``steps``
+#: counts agent steps over all environments, each step repeating the action as the suite's
+#: adapter does (Atari 4, DMC and Crafter 1); ``env`` is the task used when none is given.
+#: ``atari`` keeps ``image_size`` 64: the official 96 is not a side our CNN takes (4 * 2**k).
+SUITE_PRESETS: dict[str, dict[str, Any]] = {
+    name: dict(zip(("env", "steps", "num_envs", "train_ratio", "preset", "obs"), row, strict=True))
+    for name, row in {
+        "atari100k": ("atari100k:pong", 110_000, 1, 256.0, "size200m", "image"),
+        "atari": ("atari:pong", 51_000_000, 16, 32.0, "size200m", "image"),
+        "crafter": ("crafter", 1_100_000, 1, 512.0, "size200m", "image"),
+        "dmc_proprio": ("dmc:walker_walk", 1_100_000, 16, 1024.0, "size1m", "proprio"),
+        "dmc_vision": ("dmc:walker_walk", 1_100_000, 16, 256.0, "size200m", "image"),
+    }.items()
+}
+
+#: The values of the fields a suite preset sets, when no suite is named.
+_GENERAL = {
+    "env": "CartPole-v1",
+    "steps": 100_000,
+    "num_envs": 16,
+    "train_ratio": 32.0,
+    "preset": "small",
+    "obs": "auto",
+}
+
+#: Observation kinds ``obs`` accepts.
+OBSERVATIONS = ("auto", "proprio", "image", "both")
+
 
 @dataclass
 class Config:
@@ -53,16 +83,38 @@ class Config:
         Traceback (most recent call last):
         ...
         ValueError: unknown preset 'XXL'; choose one of ['size100m', 'size12m', ..., 'small'].
+
+        A suite preset sets the official run settings; fields given explicitly win:
+
+        >>> config = Config(suite="atari100k", env="atari100k:breakout", steps=5000)
+        >>> config.env, config.steps, config.num_envs, config.train_ratio, config.preset
+        ('atari100k:breakout', 5000, 1, 256.0, 'size200m')
+        >>> Config(suite="crafter", env="dmc:walker_walk")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: suite 'crafter' is for the env crafter; got env 'dmc:walker_walk' ...
     """
 
-    env: str = "CartPole-v1"
-    """Gymnasium id: vector or image observations, discrete or continuous actions."""
-    preset: str = "small"
-    """Network sizes: a name in :data:`PRESETS`, in any case."""
-    steps: int = 100_000
+    env: str = None  # type: ignore[assignment]
+    """Gymnasium id (vector or image observations, discrete or continuous actions), a
+    benchmark-suite id (``atari100k:pong``, ``atari:pong``, ``dmc:walker_walk``,
+    ``crafter``) or ``module:EnvId``. A ``suite`` sets its task."""
+    preset: str = None  # type: ignore[assignment]
+    """Network sizes: a name in :data:`PRESETS`, in any case. A ``suite`` sets
+    its size."""
+    suite: str = ""
+    """An official per-suite preset: ``atari100k``, ``atari``, ``crafter``,
+    ``dmc_proprio`` or ``dmc_vision``. It sets ``env`` (its task), ``steps``,
+    ``num_envs``, ``train_ratio``, ``preset`` and ``obs`` as the official configs do;
+    each of them given explicitly overrides it. Empty: none."""
+    obs: str = None  # type: ignore[assignment]
+    """The observation of a DMC task: ``proprio`` (its readings as one vector),
+    ``image`` (a render), ``both`` (the two as a dict observation) or ``auto``
+    (proprio). Other environments have one kind and take ``auto``. A ``suite`` sets it."""
+    steps: int = None  # type: ignore[assignment]
     """Environment steps to train for, summed over the parallel environments (and
     processes): the run stops at ``steps`` or at the next multiple of the environment
-    count above it."""
+    count above it. A ``suite`` sets it."""
     seed: int = 0
     """Seeds torch, the environments and the replay sampling."""
     device: str = "cpu"
@@ -70,15 +122,15 @@ class Config:
     image_size: int = 64
     """Side of the square images the agent sees (official 64): image observations of
     another size are resized to it. A power of two times 4, e.g. 32, 64 or 128."""
-    num_envs: int = 16
-    """Environments stepped together (official 16)."""
+    num_envs: int = None  # type: ignore[assignment]
+    """Environments stepped together (official 16). A ``suite`` sets it."""
     batch_size: int = 16
     """Replay sequences per update (official 16)."""
     batch_length: int = 64
     """Steps per replay sequence (official 64)."""
-    train_ratio: float = 32.0
+    train_ratio: float = None  # type: ignore[assignment]
     """Replayed steps per environment step (official 32 for CartPole-class tasks; at
-    most 65536)."""
+    most 65536). A ``suite`` sets it."""
     replay_capacity: int = 1_000_000
     """Replay rows kept, over all environments; the oldest are dropped first."""
     replay_on_disk: bool = False
@@ -117,13 +169,28 @@ class Config:
     """Environment steps between metric rows."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (one is also written at exit)."""
+    eval_every: int = 10_000
+    """Environment steps between evaluations of the policy (0: none). Each plays
+    ``eval_episodes`` episodes on environments of its own, taking the policy's most
+    likely action, and writes their scores to ``eval.csv``, TensorBoard (``eval/score``)
+    and the learning curve, and a GIF of its first episode to ``LOGDIR/videos`` and
+    TensorBoard. Its random draws are its own: training goes on exactly as without it."""
+    eval_episodes: int = 4
+    """Episodes per evaluation."""
+    eval_sample: bool = False
+    """Sample the evaluation's actions, as in training, instead of the most likely one."""
+    eval_video: bool = True
+    """Write each evaluation's GIF (vector-observation environments are rendered)."""
     threads: int = 0
     """CPU threads torch computes with (0 = automatic)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run."""
 
     def __post_init__(self) -> None:
+        self._apply_suite()
         self._check_types()
+        if self.obs not in OBSERVATIONS:
+            raise ValueError(f"obs must be one of {list(OBSERVATIONS)}, got {self.obs!r}.")
         canonical = {name.lower(): name for name in PRESETS}
         if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
@@ -139,6 +206,28 @@ class Config:
             raise ValueError(
                 f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
                 f"{self.batch_length} steps per environment ({self.num_envs} envs)."
+            )
+
+    def _apply_suite(self) -> None:
+        """Fields left unset (``None``) take the suite preset's value, or the general one."""
+        if isinstance(self.suite, str):
+            self.suite = self.suite.lower()
+        if not isinstance(self.suite, str) or (self.suite and self.suite not in SUITE_PRESETS):
+            raise ValueError(
+                f"unknown suite {self.suite!r}; choose one of {sorted(SUITE_PRESETS)} or ''."
+            )
+        values = SUITE_PRESETS[self.suite] if self.suite else _GENERAL
+        for name, value in values.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.suite and not isinstance(self.env, str):
+            return  # _check_types names the wrong type
+        if self.suite and self.env.partition(":")[0] != values["env"].partition(":")[0]:
+            family = values["env"].partition(":")[0]
+            example = values["env"] if ":" not in values["env"] else f"{family}:<task>"
+            raise ValueError(
+                f"suite {self.suite!r} is for the env {example}; got env {self.env!r} (drop "
+                "--suite, or pick the suite of that env)."
             )
 
     def _check_types(self) -> None:
@@ -167,7 +256,17 @@ class Config:
         return PRESETS[self.preset]
 
     #: Fields that may differ when a run is resumed (they do not change what is learnt).
-    RESUMABLE = ("steps", "device", "log_every", "checkpoint_every", "threads")
+    RESUMABLE = (
+        "steps",
+        "device",
+        "log_every",
+        "checkpoint_every",
+        "threads",
+        "eval_every",
+        "eval_episodes",
+        "eval_sample",
+        "eval_video",
+    )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -225,6 +324,8 @@ _RANGES = (
     ("batch_length", _at_least(2), _any),
     ("imagination_horizon", _at_least(1), _any),
     ("log_every", _at_least(1), _any),
+    ("eval_every", _at_least(0), _any),
+    ("eval_episodes", _at_least(1), _any),
     ("checkpoint_every", _at_least(1), _any),
     ("seed", _at_least(0), _any),
     ("warmup", _at_least(0), _any),
@@ -267,8 +368,8 @@ def field_docs(cls: type = Config) -> dict[str, str]:
 
     Examples:
         >>> from torchdreamer.training.config import field_docs
-        >>> field_docs()["num_envs"]
-        'Environments stepped together (official 16).'
+        >>> field_docs()["batch_size"]
+        'Replay sequences per update (official 16).'
 
     """
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -12,24 +13,33 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec as EnvSpecOfGym
+from tensordict import TensorDictBase
 from torchrl.envs import GymWrapper
 
 from torchdreamer.training.suites import is_suite_id, make_suite_env
 
-__all__ = ["EnvSpec", "ResizeImage", "make_env"]
+__all__ = ["EnvSpec", "RecordFrames", "ResizeImage", "make_env", "recorder"]
 
 
 @dataclass(frozen=True)
 class EnvSpec:
     """What the agent needs to know of an environment."""
 
-    observation_shape: tuple[int, ...]
-    """``(D,)`` for vectors, ``(H, W, C)`` for ``uint8`` images."""
+    observation_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
+    """``(D,)`` for vectors, ``(H, W, C)`` for ``uint8`` images, or a dict of them by key
+    (a ``Dict`` observation space)."""
     discrete: bool
     action_dim: int
     """Number of actions (discrete) or the action vector's size (continuous)."""
     action_low: tuple[float, ...] = ()
     action_high: tuple[float, ...] = ()
+
+    def observation_of(self, td: TensorDictBase) -> torch.Tensor | TensorDictBase:
+        """The observation in a TorchRL step: ``observation``, or a tensordict of the
+        ``Dict`` space's keys (TorchRL writes each at the root)."""
+        if isinstance(self.observation_shape, dict):
+            return td.select(*self.observation_shape)
+        return td.get("observation")
 
     def to_env_action(self, action: torch.Tensor) -> torch.Tensor:
         """Agent action (one-hot, or in ``[-1, 1]``) to what the environment takes."""
@@ -81,6 +91,73 @@ class ResizeImage(gym.ObservationWrapper):
         return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+class RecordFrames(gym.Wrapper):
+    """Keeps the frames of the first episode it runs, for a video.
+
+    A frame is the observation itself when the environment gives images, else
+    ``env.render()`` (the environment must be made with ``render_mode="rgb_array"``).
+    Recording stops at the end of the first episode or after ``limit`` frames. When
+    the environment cannot render (``render()`` returns nothing, or the package it
+    renders with is missing), no frames are kept and :attr:`unavailable` says why.
+
+    Examples:
+        >>> import gymnasium as gym
+        >>> from torchdreamer.training.envs import RecordFrames
+        >>> env = RecordFrames(gym.make("CartPole-v1"))  # made without render_mode
+        >>> _ = env.reset(seed=0)
+        >>> len(env.frames), env.unavailable  # doctest: +ELLIPSIS
+        (0, 'CartPole-v1 renders no frames (render() returned None)...')
+    """
+
+    def __init__(self, env: gym.Env, limit: int = 500) -> None:
+        super().__init__(env)
+        self.frames: list[np.ndarray] = []
+        self.limit = limit
+        self.unavailable: str | None = None
+        self._image = _is_image(env.observation_space)
+        self._recording = True
+
+    def restart(self) -> None:
+        """Forget the frames kept so far and record the next episode (from its reset)."""
+        self.frames.clear()
+        self.unavailable = None
+        self._recording = True
+
+    def reset(self, **kwargs: object) -> tuple[object, dict]:
+        observation, info = self.env.reset(**kwargs)
+        self._keep(observation)
+        return observation, info
+
+    def step(self, action: object) -> tuple[object, float, bool, bool, dict]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._keep(observation)
+        if terminated or truncated:
+            self._recording = False
+        return observation, reward, terminated, truncated, info
+
+    def _keep(self, observation: object) -> None:
+        if not self._recording or len(self.frames) >= self.limit:
+            return
+        if self._image:
+            self.frames.append(np.array(observation))
+            return
+        name = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
+        try:
+            frame = self.env.render()
+        except Exception as error:  # a video is optional: the run goes on, told why
+            self.unavailable = f"{name} cannot render ({_one_line(error)})"
+        else:
+            if isinstance(frame, np.ndarray) and frame.ndim == 3:
+                self.frames.append(frame)
+                return
+            self.unavailable = (
+                f"{name} renders no frames (render() returned "
+                f"{type(frame).__name__ if frame is not None else None}); its observations "
+                "are not images"
+            )
+        self._recording = False
+
+
 def _is_image(space: gym.Space) -> bool:
     return (
         isinstance(space, gym.spaces.Box)
@@ -90,19 +167,46 @@ def _is_image(space: gym.Space) -> bool:
     )
 
 
-def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> EnvSpec:
-    if not isinstance(observation_space, gym.spaces.Box):
+#: Keys TorchRL writes beside a ``Dict`` observation's own, which those may not take.
+_RESERVED = ("action", "reward", "done", "terminated", "truncated", "next")
+
+
+def _shape_of(env_id: str, space: gym.Space, where: str = "") -> tuple[int, ...]:
+    if not isinstance(space, gym.spaces.Box):
         raise ValueError(
-            f"{env_id}: the observation space is {observation_space}; torchdreamer supports "
-            "a Box of a vector (D,) or of a channel-last image (H, W, C)."
+            f"{env_id}: the observation space{where} is {space}; torchdreamer supports "
+            "a Box of a vector (D,) or of a channel-last image (H, W, C), or a Dict of them."
         )
-    shape = tuple(observation_space.shape)
-    if not (len(shape) == 1 or _is_image(observation_space)):
+    shape = tuple(space.shape)
+    if not (len(shape) == 1 or _is_image(space)):
         raise ValueError(
-            f"{env_id}: the observation space is a Box of shape {shape} and dtype "
-            f"{observation_space.dtype}; torchdreamer supports vectors (D,) and uint8 "
+            f"{env_id}: the observation space{where} is a Box of shape {shape} and dtype "
+            f"{space.dtype}; torchdreamer supports vectors (D,) and uint8 "
             "channel-last images (H, W, 1 or 3)."
         )
+    return shape
+
+
+def _observation_shape(
+    env_id: str, space: gym.Space
+) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+    if not isinstance(space, gym.spaces.Dict):
+        return _shape_of(env_id, space)
+    if not space.spaces:
+        raise ValueError(f"{env_id}: the observation space is an empty Dict.")
+    taken = sorted(set(space.spaces) & set(_RESERVED))
+    if taken:
+        raise ValueError(
+            f"{env_id}: the Dict observation's keys {taken} are names TorchRL uses for its "
+            "own entries; rename them in the environment."
+        )
+    return {
+        key: _shape_of(env_id, value, f" of key {key!r}") for key, value in space.spaces.items()
+    }
+
+
+def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> EnvSpec:
+    shape = _observation_shape(env_id, observation_space)
     if isinstance(action_space, gym.spaces.Discrete):
         return EnvSpec(shape, discrete=True, action_dim=int(action_space.n))
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
@@ -224,32 +328,67 @@ def _fit(image_size: int) -> Callable[[gym.Env], gym.Env]:
     return fit
 
 
-def _gym_vector(env_id: str, num_envs: int, image_size: int) -> gym.vector.VectorEnv:
+def _gym_copy(gym_spec: EnvSpecOfGym, image_size: int, record: bool) -> gym.Env:
+    """One copy of a registered environment; ``record``: rendering, with its frames kept."""
+    env = gym.make(gym_spec)
+    renders = "rgb_array" in env.metadata.get("render_modes", ())
+    if record and renders and not _is_image(env.observation_space):
+        env.close()
+        # Off-screen frames need no display; without this SDL (pygame, classic control)
+        # complains on stderr that it has none.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        env = gym.make(gym_spec, render_mode="rgb_array")
+    env = _fit(image_size)(env)
+    return RecordFrames(env) if record else env
+
+
+def _suite_copy(env_id: str, seed: int, image_size: int, obs: str, record: bool) -> gym.Env:
+    env = make_suite_env(env_id, seed, image_size, obs)
+    return RecordFrames(env) if record else env
+
+
+def _vector(makers: list[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
+    return gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def _gym_vector(env_id: str, num_envs: int, image_size: int, record: bool) -> gym.vector.VectorEnv:
     gym_spec = _registered(env_id)
+    makers = [partial(_gym_copy, gym_spec, image_size, record and i == 0) for i in range(num_envs)]
     try:
-        return gym.make_vec(
-            gym_spec,
-            num_envs=num_envs,
-            vectorization_mode="sync",
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-            wrappers=[_fit(image_size)],
-        )
+        return _vector(makers)
     except (gym.error.DependencyNotInstalled, ImportError) as error:
         raise _missing_dependency(env_id, gym_spec, error) from error
 
 
 def _suite_vector(
-    env_id: str, num_envs: int, seed: int, image_size: int, obs: str
+    env_id: str, num_envs: int, seed: int, image_size: int, obs: str, record: bool
 ) -> gym.vector.VectorEnv:
-    makers = [partial(make_suite_env, env_id, seed + i, image_size, obs) for i in range(num_envs)]
+    makers = [
+        partial(_suite_copy, env_id, seed + i, image_size, obs, record and i == 0)
+        for i in range(num_envs)
+    ]
     try:
-        return gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        return _vector(makers)
     except ImportError as error:  # the suite's package: the message names its extra
         raise ValueError(str(error)) from error
 
 
+def recorder(env: GymWrapper) -> RecordFrames:
+    """The :class:`RecordFrames` of the first copy of an env made with ``record=True``."""
+    first = env.envs[0]  # GymWrapper forwards to the gymnasium vector env's copies
+    if not isinstance(first, RecordFrames):
+        raise ValueError("this environment was not made with make_env(..., record=True).")
+    return first
+
+
 def make_env(
-    env_id: str, num_envs: int, seed: int, image_size: int = 64, obs: str = "auto"
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    image_size: int = 64,
+    obs: str = "auto",
+    *,
+    record: bool = False,
 ) -> tuple[GymWrapper, EnvSpec]:
     """``num_envs`` copies of ``env_id`` stepped together, and their :class:`EnvSpec`.
 
@@ -267,6 +406,8 @@ def make_env(
     when an episode ends, and are wrapped as one TorchRL environment with
     batch size ``[num_envs]``. Image observations of another size than
     ``image_size x image_size`` are resized to it (:class:`ResizeImage`).
+    ``record=True`` keeps the frames of the first copy's first episode
+    (:class:`RecordFrames`, reached through :func:`recorder`), for a video.
 
     Examples:
         >>> from torchdreamer.training.envs import make_env
@@ -281,9 +422,9 @@ def make_env(
 
     """
     if is_suite_id(env_id):
-        vector = _suite_vector(env_id, num_envs, seed, image_size, obs)
+        vector = _suite_vector(env_id, num_envs, seed, image_size, obs, record)
     else:
-        vector = _gym_vector(env_id, num_envs, image_size)
+        vector = _gym_vector(env_id, num_envs, image_size, record)
     spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
     env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)

@@ -7,12 +7,17 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from torchdreamer.training.runner import Episode
 
-__all__ = ["RunLog", "plot_curve", "read_episodes", "read_rows"]
+__all__ = ["RunLog", "plot_curve", "read_episodes", "read_evaluations", "read_rows", "write_gif"]
 
 EPISODES = "episodes.csv"
 METRICS = "metrics.csv"
+EVALUATIONS = "eval.csv"
+#: Folder of the evaluation GIFs: ``eval_<env step>.gif``, ``dream_<env step>.gif``.
+VIDEOS = "videos"
 
 
 def _truncate(path: Path, env_step: int, columns: tuple[str, ...] = ()) -> None:
@@ -40,6 +45,16 @@ def _rewrite(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(partial, path)
+
+
+def _append(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    """Append ``rows`` to the CSV at ``path``, writing ``header`` first if it is new."""
+    new = not path.exists()
+    with open(path, "a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(header)
+        writer.writerows(rows)
 
 
 class RunLog:
@@ -74,6 +89,7 @@ class RunLog:
         if resume_step is not None:
             _truncate(self.logdir / METRICS, resume_step)
             _truncate(self.logdir / EPISODES, resume_step, columns=("env",))
+            _truncate(self.logdir / EVALUATIONS, resume_step)
         # TensorBoard drops the events at or after purge_step: those after resume_step.
         self.writer = SummaryWriter(
             str(self.logdir / "tensorboard"),
@@ -82,15 +98,42 @@ class RunLog:
         self._metric_fields: list[str] | None = None
 
     def episode(self, episode: Episode) -> None:
-        path = self.logdir / EPISODES
-        new = not path.exists()
-        with open(path, "a", newline="") as file:
-            writer = csv.writer(file)
-            if new:
-                writer.writerow(["env_step", "score", "length", "env"])
-            writer.writerow([episode.env_step, f"{episode.score:.6g}", episode.length, episode.env])
+        row = [episode.env_step, f"{episode.score:.6g}", episode.length, episode.env]
+        _append(self.logdir / EPISODES, ["env_step", "score", "length", "env"], [row])
         self.writer.add_scalar("episode/score", episode.score, episode.env_step)
         self.writer.add_scalar("episode/length", episode.length, episode.env_step)
+
+    def evaluation(self, env_step: int, episodes: list[Episode], frames: list) -> Path | None:
+        """An evaluation at ``env_step``: a row per episode, the mean score and length in
+        TensorBoard, and the GIF of ``frames`` (if any) in ``videos/`` and TensorBoard."""
+        rows = [
+            [env_step, index, f"{episode.score:.6g}", episode.length]
+            for index, episode in enumerate(episodes)
+        ]
+        _append(self.logdir / EVALUATIONS, ["env_step", "episode", "score", "length"], rows)
+        scores = [episode.score for episode in episodes]
+        self.writer.add_scalar("eval/score", sum(scores) / len(scores), env_step)
+        lengths = [episode.length for episode in episodes]
+        self.writer.add_scalar("eval/length", sum(lengths) / len(lengths), env_step)
+        return self.video("eval", frames, env_step, tag="eval/video") if frames else None
+
+    def video(self, name: str, frames: list, env_step: int, *, tag: str) -> Path:
+        """``videos/<name>_<env_step>.gif`` of ``frames``, and in TensorBoard under ``tag``."""
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        gif = write_gif(self.logdir / VIDEOS / f"{name}_{env_step}.gif", frames)
+
+        with Image.open(gif) as image:
+            width, height = image.size
+        encoded = Summary.Image(
+            height=height, width=width, colorspace=3, encoded_image_string=gif.read_bytes()
+        )
+        # TensorBoard shows a GIF image summary as a video. add_video would encode one
+        # again with moviepy; the file writer takes the GIF already written instead.
+        summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
+        self.writer._get_file_writer().add_summary(summary, env_step)
+        return gif
 
     def metrics(self, env_step: int, values: dict[str, float]) -> None:
         path = self.logdir / METRICS
@@ -144,6 +187,14 @@ def read_episodes(logdir: Path) -> list[Episode]:
         ]
 
 
+def read_evaluations(logdir: Path) -> dict[int, list[float]]:
+    """The scores of each evaluation in ``eval.csv``, by env step."""
+    evaluations: dict[int, list[float]] = {}
+    for row in read_rows(Path(logdir) / EVALUATIONS):
+        evaluations.setdefault(int(row["env_step"]), []).append(float(row["score"]))
+    return evaluations
+
+
 def plot_curve(logdir: Path, title: str) -> Path | None:
     """``learning_curve.png``: each episode's score and the mean of the last 10."""
     episodes = read_episodes(logdir)
@@ -163,6 +214,14 @@ def plot_curve(logdir: Path, title: str) -> Path | None:
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(steps, scores, ".", alpha=0.3, label="episode score")
     axes.plot(steps, mean10, label="mean of the last 10")
+    evaluations = read_evaluations(logdir)
+    if evaluations:
+        axes.plot(
+            list(evaluations),
+            [sum(s) / len(s) for s in evaluations.values()],
+            "o-",
+            label=f"evaluation (mean of {len(next(iter(evaluations.values())))})",
+        )
     axes.set_xlabel("environment steps")
     axes.set_ylabel("score")
     axes.set_title(title)
@@ -171,4 +230,49 @@ def plot_curve(logdir: Path, title: str) -> Path | None:
     path = Path(logdir) / "learning_curve.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return path
+
+
+def write_gif(
+    path: Path, frames: list[np.ndarray], fps: float = 30.0, largest: int = 256, least: int = 128
+) -> Path:
+    """Write ``frames`` (``[H, W, C]`` uint8, C = 1 or 3) as a looping GIF at ``path``.
+
+    Frames whose longer side exceeds ``largest`` pixels are shrunk to it (Pillow's box
+    filter); frames whose longer side is below ``least`` are enlarged by a whole factor,
+    pixels kept sharp. Identical consecutive frames are stored once, for longer.
+
+    Examples:
+        >>> import tempfile, imageio.v3 as iio, numpy as np
+        >>> from pathlib import Path
+        >>> from torchdreamer.training.logs import write_gif
+        >>> frames = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(5)]
+        >>> path = write_gif(Path(tempfile.mkdtemp()) / "video.gif", frames)
+        >>> iio.imread(path).shape  # five frames, enlarged twice
+        (5, 128, 128, 3)
+    """
+    import imageio.v3 as iio
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("a video needs at least one frame.")
+    height, width = frames[0].shape[:2]
+    longest = max(height, width)
+    if longest > largest:
+        size = (round(width * largest / longest), round(height * largest / longest))
+        resample = Image.Resampling.BOX
+    else:
+        factor = max(1, least // longest)
+        size, resample = (width * factor, height * factor), Image.Resampling.NEAREST
+    images = [
+        np.asarray(
+            Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).resize(
+                size, resample
+            )
+        )
+        for frame in frames
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.stack(images), duration=1000 / fps, loop=0)
     return path

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from torchdreamer.training.checkpoint import (
 )
 from torchdreamer.training.config import Config
 from torchdreamer.training.envs import make_env
-from torchdreamer.training.logs import RunLog, plot_curve
+from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
+from torchdreamer.training.logs import RunLog, plot_curve, write_gif
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.threads import configure_threads
@@ -290,7 +292,7 @@ def _available_memory() -> int | None:
 
 def check_replay_memory(
     config: Config,
-    observation_shape: tuple[int, ...],
+    observation_shape: tuple[int, ...] | dict[str, tuple[int, ...]],
     action_dim: int,
     available: int | None = None,
     processes: int = 1,
@@ -318,8 +320,12 @@ more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g
 or --replay-on-disk.
 
     """
-    image = len(observation_shape) == 3
-    row = math.prod(observation_shape) * (1 if image else 4) + 4 * action_dim + 4 + 3
+    shapes = (
+        observation_shape.values() if isinstance(observation_shape, dict) else [observation_shape]
+    )
+    # uint8 images, float32 vectors; then the action, the reward and three flags.
+    pixels = sum(math.prod(shape) * (1 if len(shape) == 3 else 4) for shape in shapes)
+    row = pixels + 4 * action_dim + 4 + 3
     rows = min(config.replay_capacity, config.steps)
     needed = rows * row * processes
     on_disk = config.replay_on_disk
@@ -329,13 +335,19 @@ or --replay-on-disk.
         room = "disk space free there" if on_disk else "memory available"
         advice = "" if on_disk else " or --replay-on-disk"
         raise ValueError(
-            f"the replay would reach {rows} rows of {tuple(observation_shape)} observations"
+            f"the replay would reach {rows} rows of {_described(observation_shape)} observations"
             f"{f' in each of {processes} processes' if processes > 1 else ''}: "
             f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of {room}; "
             f"pass a smaller --replay-capacity (e.g. {available // 2 // row // processes:d})"
             f"{advice}."
         )
     return needed
+
+
+def _described(shape: tuple[int, ...] | dict[str, tuple[int, ...]]) -> str:
+    if isinstance(shape, dict):
+        return "{" + ", ".join(f"{k}: {tuple(v)}" for k, v in shape.items()) + "}"
+    return str(tuple(shape))
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -549,6 +561,10 @@ class _Progress:
         fields.append(f"score {score} mean10 {_mean(recent):.4g}")
         bar.set_postfix_str(", ".join(fields), refresh=True)
 
+    def note(self, text: str) -> None:
+        """A line on stderr, above the bar."""
+        self._guard(tqdm.write, text, sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             self._guard(self._bar.close)
@@ -589,6 +605,7 @@ class _Training:
         self.logged_step = state.env_step
         self.saved_step = state.env_step if resume_point else None
         self._window = (time.perf_counter(), state.env_step, state.updates)
+        self._told_no_video = False
 
     def collect(self) -> None:
         """One step of every environment of every rank, into the replay."""
@@ -653,6 +670,34 @@ class _Training:
             values = {"updates": state.updates, "wall_time": state.wall_time}
             score = {"score_mean10": _mean(state.recent)}
             self.log.metrics(state.env_step, {**values, **score, **rates, **self.last})
+
+    def evaluate(self, bar: _Progress) -> None:
+        """Score the policy on environments of its own (rank 0; the others go on)."""
+        if self.log is None:
+            return
+        config, step = self.config, self.state.env_step
+        result = evaluate_policy(
+            self.agent,
+            config.env,
+            config.eval_episodes,
+            seed=config.seed + 2 * 10**9 + step,
+            image_size=config.image_size,
+            obs=config.obs,
+            sample=config.eval_sample,
+            video=config.eval_video,
+        )
+        self.log.evaluation(step, result.episodes, result.frames)
+        replay = self.state.replay
+        if config.eval_video and self.agent.world_model.is_image:
+            if replay.can_sample(config.batch_length):
+                # Four replayed sequences and the model's draws, apart from training's.
+                with own_draws(self.device, config.seed + step):
+                    generator = torch.Generator().manual_seed(config.seed + step)
+                    batch = replay.sample(4, config.batch_length, generator=generator)
+                    self.log.video("dream", dream(self.agent, batch), step, tag="eval/dream")
+        if config.eval_video and not result.frames and not self._told_no_video:
+            bar.note(f"torchdreamer: no evaluation videos: {result.unavailable}.")
+            self._told_no_video = True
 
     def snapshot(self) -> None:
         """The checkpoint: rank 0's counters and networks, every rank's replay."""
@@ -750,7 +795,7 @@ def _train(
     _seed(config.seed)  # the same initial networks on every rank
     # Environments restart on resume; a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + start + ranks.rank * config.num_envs
-    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size)
+    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size, config.obs)
     try:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         check_replay_memory(
@@ -815,7 +860,9 @@ def _loop(
     bar = _Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
     log_now = Every(config.log_every, initial=False)
     checkpoint_now = Every(config.checkpoint_every, initial=False)
-    log_now(state.env_step), checkpoint_now(state.env_step)  # count from the start step
+    evaluate_now = Every(config.eval_every, initial=False)  # 0: never
+    # Count from the start step.
+    log_now(state.env_step), checkpoint_now(state.env_step), evaluate_now(state.env_step)
     started = time.perf_counter() - state.wall_time
     stopped_by = None
     failed = False
@@ -830,6 +877,8 @@ def _loop(
             bar.show(state, training.scores())
             if log_now(state.env_step):
                 training.record()
+            if evaluate_now(state.env_step):
+                training.evaluate(bar)
             if checkpoint_now(state.env_step):
                 training.snapshot()
             if stopping or (stop.requested and not ranks.distributed):
@@ -859,11 +908,14 @@ def evaluate(
     device: str = "cpu",
     sample: bool = False,
     threads: int | None = None,
+    video: Path | None = None,
 ) -> list[float]:
     """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores.
 
     ``threads`` defaults to the run's ``config.threads``. The checkpoint's
-    checksum and its config are checked against ``config.json`` first.
+    checksum and its config are checked against ``config.json`` first. The
+    episodes are played as :func:`~torchdreamer.training.evaluation.evaluate_policy`
+    plays them; ``video`` names a GIF to write of the first one.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
@@ -882,20 +934,25 @@ def evaluate(
             f"{logdir / CHECKPOINT} was written with another config than {logdir / CONFIG} "
             f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore {CONFIG}."
         )
-    env, spec = make_env(config.env, 1, config.seed + 10**9, config.image_size)
-    try:
-        agent = DreamerAgent(
-            spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-        ).to(config.device)
-        agent.load_state_dict(checkpoint["agent"])
-        agent.eval()
-        runner = EnvRunner(env, spec, agent)
-        scores: list[float] = []
-        step = 0
-        while len(scores) < episodes:
-            step += 1
-            _, ended = runner.step(step, explore=sample)
-            scores.extend(e.score for e in ended)
-    finally:
-        env.close()
-    return scores[:episodes]
+    probe, spec = make_env(config.env, 1, config.seed, config.image_size, config.obs)
+    probe.close()
+    agent = DreamerAgent(
+        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
+    ).to(config.device)
+    agent.load_state_dict(checkpoint["agent"])
+    agent.eval()
+    result = evaluate_policy(
+        agent,
+        config.env,
+        episodes,
+        seed=config.seed + 10**9,
+        image_size=config.image_size,
+        obs=config.obs,
+        sample=sample,
+        video=video is not None,
+    )
+    if video is not None:
+        if not result.frames:
+            raise ValueError(f"no video: {result.unavailable}.")
+        write_gif(video, result.frames)
+    return result.scores

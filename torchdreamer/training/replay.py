@@ -242,19 +242,25 @@ class SequenceReplay:
     def can_sample(self, length: int) -> bool:
         return bool((self.written - self.oldest >= length).any())
 
-    def sample(self, batch_size: int, length: int) -> TensorDict:
-        """``[batch_size, length]`` windows, uniform over every start in every stream."""
+    def sample(
+        self, batch_size: int, length: int, *, generator: torch.Generator | None = None
+    ) -> TensorDict:
+        """``[batch_size, length]`` windows, uniform over every start in every stream.
+
+        The draws come from the replay's generator, or from ``generator`` when given
+        (a look at the data that must leave training's draws as they are).
+        """
+        generator = self.generator if generator is None else generator
         if self.storage is None or not self.can_sample(length):
             raise RuntimeError(f"no stream holds {length} steps yet; add more before sampling.")
         kept = self.written - self.oldest
         starts_per_env = (kept - length + 1).clamp(min=0)
         # Uniform over all valid (env, start) pairs: env weighted by its start count.
         env = torch.multinomial(
-            starts_per_env.double(), batch_size, replacement=True, generator=self.generator
+            starts_per_env.double(), batch_size, replacement=True, generator=generator
         )
         offset = (
-            torch.rand(batch_size, generator=self.generator, dtype=torch.float64)
-            * starts_per_env[env]
+            torch.rand(batch_size, generator=generator, dtype=torch.float64) * starts_per_env[env]
         ).long()
         steps = self.oldest[env].unsqueeze(1) + offset.unsqueeze(1) + torch.arange(length)
         return self.storage[env.unsqueeze(1), steps % self.per_env]

@@ -112,7 +112,7 @@ class EnvRunner:
             that ended on this step.
         """
         n = self.num_envs
-        observation = self.td.get("observation")
+        observation = self.spec.observation_of(self.td)
         none = torch.zeros(n, dtype=torch.bool)
         every = torch.ones(n, dtype=torch.bool)
         # The row of the current observation; prev_action is the state's action.
@@ -135,7 +135,9 @@ class EnvRunner:
         if done.any():
             # The final observation of each ended episode, flagged last (and
             # terminal if the task ended rather than timed out).
-            final = self._rows(nxt.get("observation"), action, reward, none, done, terminated)
+            final = self._rows(
+                self.spec.observation_of(nxt), action, reward, none, done, terminated
+            )
             additions.append((final, done))
             for e in done.nonzero().squeeze(-1).tolist():
                 episodes.append(

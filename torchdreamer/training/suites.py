@@ -13,8 +13,8 @@ actions are ``Discrete`` or a ``Box`` in ``[-1, 1]``. ``terminated`` marks the e
 task (game over, death, a DMC discount of 0), ``truncated`` a time limit. Rewards are the
 suite's own, unclipped, summed over the repeated steps.
 
-:data:`SUITE_PRESETS` holds the official per-suite run settings and :data:`MODEL_SIZES` the
-official model sizes they name.
+The official per-suite run settings are :data:`torchdreamer.training.config.SUITE_PRESETS`
+(``torchdreamer train --suite atari100k``).
 """
 
 from __future__ import annotations
@@ -28,61 +28,12 @@ import gymnasium as gym
 import numpy as np
 
 __all__ = [
-    "MODEL_SIZES",
-    "SUITE_PRESETS",
     "AtariEnv",
     "CrafterEnv",
     "DMCEnv",
     "is_suite_id",
     "make_suite_env",
 ]
-
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    "size1m": {"deter": 512, "hidden": 64, "classes": 4, "depth": 4, "units": 64},
-    "size12m": {"deter": 2048, "hidden": 256, "classes": 16, "depth": 16, "units": 256},
-    "size25m": {"deter": 3072, "hidden": 384, "classes": 24, "depth": 24, "units": 384},
-    "size50m": {"deter": 4096, "hidden": 512, "classes": 32, "depth": 32, "units": 512},
-    "size100m": {"deter": 6144, "hidden": 768, "classes": 48, "depth": 48, "units": 768},
-    "size200m": {"deter": 8192, "hidden": 1024, "classes": 64, "depth": 64, "units": 1024},
-    "size400m": {"deter": 12288, "hidden": 1536, "classes": 96, "depth": 96, "units": 1536},
-}
-"""The official model sizes: RSSM ``deter``/``hidden``/``classes`` (``stoch`` stays 32), the
-CNN ``depth`` and the MLP ``units``. The official defaults are ``size200m``."""
-
-_PRESET_FIELDS = (
-    "task",
-    "steps",
-    "envs",
-    "train_ratio",
-    "model_size",
-    "repeat",
-    "image_size",
-    "obs",
-)
-SUITE_PRESETS: dict[str, dict[str, object]] = {
-    name: dict(zip(_PRESET_FIELDS, row, strict=True))
-    for name, row in {
-        "atari100k": ("atari100k:pong", 110_000, 1, 256, "size200m", 4, 64, "image"),
-        "atari": ("atari:pong", 51_000_000, 16, 32, "size200m", 4, 96, "image"),
-        "crafter": ("crafter", 1_100_000, 1, 512, "size200m", 1, 64, "image"),
-        "dmc_proprio": ("dmc:walker_walk", 1_100_000, 16, 1024, "size1m", 1, 64, "proprio"),
-        "dmc_vision": ("dmc:walker_walk", 1_100_000, 16, 256, "size200m", 1, 64, "image"),
-    }.items()
-}
-"""The official per-suite presets (``dreamerv3/configs.yaml``): ``steps`` counts agent steps
-over all environments (each one ``repeat`` simulator steps), ``envs`` environments step
-together, ``train_ratio`` replayed steps are trained on per agent step, ``model_size`` names
-an entry of :data:`MODEL_SIZES`. Batch size 16 and length 64 are the same for all.
-
-Examples:
-    >>> from torchdreamer.training.suites import MODEL_SIZES, SUITE_PRESETS
-    >>> preset = SUITE_PRESETS["atari100k"]
-    >>> preset["steps"], preset["envs"], preset["train_ratio"], preset["repeat"]
-    (110000, 1, 256, 4)
-    >>> MODEL_SIZES[SUITE_PRESETS["dmc_proprio"]["model_size"]]["deter"]
-    512
-
-"""
 
 
 def _require(module: str, extra: str) -> types.ModuleType:
@@ -287,8 +238,9 @@ class DMCEnv(gym.Env):
     ``ball_in_cup_catch``, ...). ``obs="proprio"`` gives all the task's readings as one
     float32 vector: each reading flattened (C order), concatenated in the sorted order of
     their names (the official encoder's order); ``obs="image"`` gives a ``size`` RGB render
-    from camera ``camera`` (-1: the official choice, 2 for quadruped, else 0). Proprio and
-    image together would need dict observations, which the agent does not take yet.
+    from camera ``camera`` (-1: the official choice, 2 for quadruped, else 0);
+    ``obs="both"`` gives the two as a ``Dict`` observation with keys ``proprio`` and
+    ``image``.
 
     Actions are in ``[-1, 1]`` per dimension, mapped linearly onto the task's bounds
     (clipped there first; a non-finite action raises). Each step repeats the action
@@ -313,7 +265,8 @@ class DMCEnv(gym.Env):
 
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
+    render_mode = "rgb_array"
 
     def __init__(
         self,
@@ -325,13 +278,8 @@ class DMCEnv(gym.Env):
         camera: int = -1,
         seed: int | None = None,
     ) -> None:
-        if obs == "both":
-            raise ValueError(
-                "obs='both' (proprio and image together) needs dict observations, which "
-                "torchdreamer's agent does not support yet; pass obs='proprio' or obs='image'"
-            )
-        if obs not in ("proprio", "image"):
-            raise ValueError(f"obs must be 'proprio' or 'image' for DMC; got {obs!r}")
+        if obs not in ("proprio", "image", "both"):
+            raise ValueError(f"obs must be 'proprio', 'image' or 'both' for DMC; got {obs!r}")
         if not isinstance(repeat, int) or repeat < 1:
             raise ValueError(f"repeat must be an int >= 1; got {repeat!r}")
         self._suite = _import_dm_control_suite()
@@ -345,11 +293,15 @@ class DMCEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
         readings = self._env.observation_spec()
         self.keys = tuple(sorted(readings, key=lambda k: k.replace("/", "_")))
+        size_ = sum(int(np.prod(readings[k].shape)) for k in self.keys)
+        proprio = gym.spaces.Box(-np.inf, np.inf, (size_,), np.float32)
         if obs == "proprio":
-            size_ = sum(int(np.prod(readings[k].shape)) for k in self.keys)
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size_,), np.float32)
+            self.observation_space = proprio
         else:
-            self.observation_space = _image_space(self.size, 3)
+            image = _image_space(self.size, 3)
+            self.observation_space = (
+                image if obs == "image" else gym.spaces.Dict(proprio=proprio, image=image)
+            )
             try:
                 self._render()
             except Exception as error:  # the GL backend fails only when first used
@@ -398,11 +350,16 @@ class DMCEnv(gym.Env):
         height, width = self.size
         return self._env.physics.render(height, width, camera_id=self.camera)
 
-    def _observation(self, step: object) -> np.ndarray:
+    def render(self) -> np.ndarray:
+        """The current ``size`` RGB view from the official camera (for videos)."""
+        return self._render()
+
+    def _observation(self, step: object) -> np.ndarray | dict[str, np.ndarray]:
         if self.obs == "image":
             return self._render()
         readings = step.observation
-        return np.concatenate([np.ravel(readings[k]) for k in self.keys]).astype(np.float32)
+        proprio = np.concatenate([np.ravel(readings[k]) for k in self.keys]).astype(np.float32)
+        return proprio if self.obs == "proprio" else {"proprio": proprio, "image": self._render()}
 
 
 class CrafterEnv(gym.Env):
@@ -488,8 +445,8 @@ def make_suite_env(
     ``atari100k:<game>`` and ``atari:<game>`` (:class:`AtariEnv` with the official settings
     of each), ``dmc:<domain>_<task>`` (:class:`DMCEnv`) and ``crafter`` (:class:`CrafterEnv`).
     ``image_size`` overrides the official image side (64; 96 for ``atari``), ``obs`` picks
-    the DMC observation (``"auto"``: proprio; ``"proprio"`` or ``"image"``); the other suites
-    only have images. A missing suite package raises an ImportError naming the extra.
+    the DMC observation (``"auto"``: proprio; ``"proprio"``, ``"image"`` or ``"both"``); the
+    other suites only have images. A missing suite package raises an ImportError naming the extra.
 
     Examples:
         >>> from torchdreamer.training.suites import make_suite_env
@@ -507,7 +464,7 @@ def make_suite_env(
         return None
     suite, _, name = env_id.partition(":")
     if obs not in ("auto", "proprio", "image", "both"):
-        raise ValueError(f"obs must be 'auto', 'proprio' or 'image'; got {obs!r}")
+        raise ValueError(f"obs must be 'auto', 'proprio', 'image' or 'both'; got {obs!r}")
     if suite != "dmc" and obs not in ("auto", "image"):
         raise ValueError(f"{env_id}: only image observations exist; got obs={obs!r}")
     if suite == "crafter":

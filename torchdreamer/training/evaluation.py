@@ -1,0 +1,160 @@
+"""Evaluating the policy: episodes on environments of their own, their scores and a video."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+
+from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.envs import make_env, recorder
+from torchdreamer.training.runner import EnvRunner, Episode
+
+__all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws"]
+
+
+class Evaluation:
+    """The outcome of :func:`evaluate_policy`: its episodes and the first one's frames."""
+
+    def __init__(
+        self, episodes: list[Episode], frames: list[np.ndarray], unavailable: str | None
+    ) -> None:
+        self.episodes = episodes
+        self.frames = frames
+        """The first episode's frames (``[H, W, C]`` uint8), empty when none could be made."""
+        self.unavailable = unavailable
+        """Why there are no frames, when there are none."""
+
+    @property
+    def scores(self) -> list[float]:
+        return [episode.score for episode in self.episodes]
+
+
+@contextmanager
+def own_draws(device: torch.device, seed: int) -> Iterator[None]:
+    """Inside the block torch draws from streams seeded by ``seed`` (the CPU's, and
+    ``device``'s when it is a GPU); after it, the streams are as they were before."""
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(seed)
+        yield
+
+
+def evaluate_policy(
+    agent: DreamerAgent,
+    env_id: str,
+    episodes: int,
+    *,
+    seed: int,
+    image_size: int = 64,
+    obs: str = "auto",
+    sample: bool = False,
+    video: bool = False,
+    parallel: int = 16,
+) -> Evaluation:
+    """Play ``episodes`` episodes of ``env_id`` with ``agent``'s policy on fresh environments.
+
+    The policy takes its most likely action (``sample=True``: it samples, as in training).
+    Up to ``parallel`` copies run together and each plays its share of the episodes in
+    turn; the episodes are reported copy by copy and round by round, so which episodes
+    count does not depend on how long they last. The draws come from a generator seeded
+    by ``seed`` inside a forked RNG: an evaluation in the middle of training leaves the
+    training's random streams as they were. ``video=True`` keeps the frames of the first
+    episode (:class:`~torchdreamer.training.envs.RecordFrames`).
+
+    Examples:
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> from torchdreamer.training.evaluation import evaluate_policy
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+        >>> result = evaluate_policy(agent, "CartPole-v1", 3, seed=0, video=True)
+        >>> len(result.scores), result.frames[0].shape  # CartPole rendered
+        (3, (400, 600, 3))
+        >>> len(result.frames) == result.episodes[0].length + 1  # the reset, then each step
+        True
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    copies = min(episodes, parallel)
+    share = [episodes // copies + (i < episodes % copies) for i in range(copies)]
+    device = next(agent.parameters()).device
+    # Making the env draws too (TorchRL steps it once to learn its specs).
+    with own_draws(device, seed):
+        env, spec = make_env(env_id, copies, seed, image_size, obs, record=video)
+        try:
+            frames = recorder(env) if video else None
+            if frames is not None:
+                frames.restart()
+            runner = EnvRunner(env, spec, agent)
+            played: list[list[Episode]] = [[] for _ in range(copies)]
+            step = 0
+            while any(len(done) < want for done, want in zip(played, share, strict=True)):
+                step += 1
+                _, ended = runner.step(step, explore=sample)
+                for episode in ended:
+                    if len(played[episode.env]) < share[episode.env]:
+                        played[episode.env].append(episode)
+        finally:
+            env.close()
+    ordered = [played[i][r] for r in range(max(share)) for i in range(copies) if r < share[i]]
+    if frames is None:
+        return Evaluation(ordered, [], "no video was asked for")
+    return Evaluation(ordered, list(frames.frames), frames.unavailable)
+
+
+@torch.no_grad()
+def dream(agent: DreamerAgent, batch: TensorDictBase, context: int = 5) -> list[np.ndarray]:
+    """The world model's open-loop prediction of replayed image sequences, as video frames.
+
+    The model filters the first ``context`` observations of each ``[B, T]`` sequence, then
+    predicts the rest from its prior alone, fed the sequence's own actions (the official
+    report's ``openloop`` view). Frame ``t`` shows every sequence side by side as a column
+    of three: the truth, the model (its reconstruction over the context, its prediction
+    after it) and the error ``(model - truth + 1) / 2``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> from torchdreamer.training.evaluation import dream
+        >>> agent = DreamerAgent((16, 16, 3), 2, discrete=True, config=Config())
+        >>> batch = TensorDict(
+        ...     observation=torch.randint(0, 256, (2, 8, 16, 16, 3), dtype=torch.uint8),
+        ...     prev_action=torch.zeros(2, 8, 2),
+        ...     is_first=torch.zeros(2, 8, dtype=torch.bool),
+        ...     batch_size=[2, 8],
+        ... )
+        >>> frames = dream(agent, batch, context=3)
+        >>> len(frames), frames[0].shape, frames[0].dtype  # 3 rows of 16, 2 columns of 16
+        (8, (48, 32, 3), dtype('uint8'))
+    """
+    model = agent.world_model
+    if not model.is_image:
+        raise ValueError("dream() shows image observations; this world model reads vectors.")
+    device = next(agent.parameters()).device
+    batch = batch.to(device)
+    truth = batch.get("observation")
+    action = batch.get("prev_action")
+    is_first = batch.get("is_first").reshape(truth.shape[:2])
+    steps = truth.shape[1]
+    if not 1 <= context < steps:
+        raise ValueError(f"context must be in [1, {steps - 1}] for {steps}-step sequences.")
+    seen = model.rssm.observe(
+        model.embed(truth[:, :context]), action[:, :context], is_first[:, :context]
+    )
+    stoch, deter = seen["stoch"][:, -1], seen["deter"][:, -1]
+    stochs, deters = [seen["stoch"]], [seen["deter"]]
+    for t in range(context, steps):
+        stoch, deter, _ = model.rssm.img_step(stoch, deter, action[:, t])
+        stochs.append(stoch.unsqueeze(1))
+        deters.append(deter.unsqueeze(1))
+    predicted = model.decode(torch.cat(stochs, 1), torch.cat(deters, 1)).clamp(0, 1)
+    real = truth.float() / 255
+    error = (predicted - real + 1) / 2
+    # [B, T, H, W, C] x 3 -> [T, 3 * H, B * W, C]
+    rows = torch.stack([real, predicted, error], 2)  # [B, T, 3, H, W, C]
+    grid = rows.permute(1, 2, 3, 0, 4, 5).flatten(1, 2).flatten(2, 3)
+    frames = (grid * 255).round().to(torch.uint8).cpu().numpy()
+    return list(frames)
