@@ -176,3 +176,15 @@ def test_an_image_run_writes_the_policy_and_dream_videos(tmp_path):
     assert dreamed.shape[0] >= 2 and dreamed.shape[2] / dreamed.shape[1] == pytest.approx(4 / 3)
     events = tensorboard_events(logdir)
     assert [image.step for image in events.Images("eval/dream")] == [48]
+
+
+def test_a_stop_request_abandons_an_evaluation():
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 3  # three steps, then the request comes
+
+    assert evaluate_policy(agent, "CartPole-v1", 2, seed=0, stop=stop) is None
+    assert len(asked) == 4

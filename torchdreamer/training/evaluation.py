@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -54,7 +54,8 @@ def evaluate_policy(
     sample: bool = False,
     video: bool = False,
     parallel: int = 16,
-) -> Evaluation:
+    stop: Callable[[], bool] | None = None,
+) -> Evaluation | None:
     """Play ``episodes`` episodes of ``env_id`` with ``agent``'s policy on fresh environments.
 
     The policy takes its most likely action (``sample=True``: it samples, as in training).
@@ -63,7 +64,9 @@ def evaluate_policy(
     count does not depend on how long they last. The draws come from a generator seeded
     by ``seed`` inside a forked RNG: an evaluation in the middle of training leaves the
     training's random streams as they were. ``video=True`` keeps the frames of the first
-    episode (:class:`~torchdreamer.training.envs.RecordFrames`).
+    episode (:class:`~torchdreamer.training.envs.RecordFrames`). ``stop`` is asked before
+    every step: once it returns True the evaluation is abandoned and ``None`` returned
+    (a Ctrl-C during a long evaluation stops the run as promptly as during training).
 
     Examples:
         >>> from torchdreamer.training import Config, DreamerAgent
@@ -91,6 +94,8 @@ def evaluate_policy(
             played: list[list[Episode]] = [[] for _ in range(copies)]
             step = 0
             while any(len(done) < want for done, want in zip(played, share, strict=True)):
+                if stop is not None and stop():
+                    return None
                 step += 1
                 _, ended = runner.step(step, explore=sample)
                 for episode in ended:

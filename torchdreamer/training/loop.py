@@ -671,8 +671,9 @@ class _Training:
             score = {"score_mean10": _mean(state.recent)}
             self.log.metrics(state.env_step, {**values, **score, **rates, **self.last})
 
-    def evaluate(self, bar: _Progress) -> None:
-        """Score the policy on environments of its own (rank 0; the others go on)."""
+    def evaluate(self, bar: _Progress, stop: _Stop) -> None:
+        """Score the policy on environments of its own (rank 0; the others go on); a stop
+        request abandons it."""
         if self.log is None:
             return
         config, step = self.config, self.state.env_step
@@ -685,7 +686,10 @@ class _Training:
             obs=config.obs,
             sample=config.eval_sample,
             video=config.eval_video,
+            stop=lambda: stop.requested,
         )
+        if result is None:
+            return
         self.log.evaluation(step, result.episodes, result.frames)
         replay = self.state.replay
         if config.eval_video and self.agent.world_model.is_image:
@@ -878,7 +882,7 @@ def _loop(
             if log_now(state.env_step):
                 training.record()
             if evaluate_now(state.env_step):
-                training.evaluate(bar)
+                training.evaluate(bar, stop)
             if checkpoint_now(state.env_step):
                 training.snapshot()
             if stopping or (stop.requested and not ranks.distributed):
