@@ -141,21 +141,24 @@ class RecordFrames(gym.Wrapper):
         if self._image:
             self.frames.append(np.array(observation))
             return
-        name = self.env.spec.id if self.env.spec is not None else type(self.env.unwrapped).__name__
         try:
             frame = self.env.render()
         except Exception as error:  # a video is optional: the run goes on, told why
-            self.unavailable = f"{name} cannot render ({_one_line(error)})"
+            self.unavailable = f"{self._name()} cannot render ({_one_line(error)})"
         else:
             if isinstance(frame, np.ndarray) and frame.ndim == 3:
                 self.frames.append(frame)
                 return
             self.unavailable = (
-                f"{name} renders no frames (render() returned "
+                f"{self._name()} renders no frames (render() returned "
                 f"{type(frame).__name__ if frame is not None else None}); its observations "
                 "are not images"
             )
         self._recording = False
+
+    def _name(self) -> str:
+        spec = self.env.spec
+        return spec.id if spec is not None else type(self.env.unwrapped).__name__
 
 
 def _is_image(space: gym.Space) -> bool:

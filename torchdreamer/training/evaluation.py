@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,17 +17,15 @@ from torchdreamer.training.runner import EnvRunner, Episode
 __all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws"]
 
 
+@dataclass
 class Evaluation:
     """The outcome of :func:`evaluate_policy`: its episodes and the first one's frames."""
 
-    def __init__(
-        self, episodes: list[Episode], frames: list[np.ndarray], unavailable: str | None
-    ) -> None:
-        self.episodes = episodes
-        self.frames = frames
-        """The first episode's frames (``[H, W, C]`` uint8), empty when none could be made."""
-        self.unavailable = unavailable
-        """Why there are no frames, when there are none."""
+    episodes: list[Episode]
+    frames: list[np.ndarray]
+    """The first episode's frames (``[H, W, C]`` uint8), empty when none could be made."""
+    unavailable: str | None
+    """Why there are no frames, when there are none."""
 
     @property
     def scores(self) -> list[float]:

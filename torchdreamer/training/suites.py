@@ -303,7 +303,7 @@ class DMCEnv(gym.Env):
                 image if obs == "image" else gym.spaces.Dict(proprio=proprio, image=image)
             )
             try:
-                self._render()
+                self.render()
             except Exception as error:  # the GL backend fails only when first used
                 raise RuntimeError(_render_help(os.environ["MUJOCO_GL"], error)) from error
 
@@ -346,20 +346,17 @@ class DMCEnv(gym.Env):
         truncated = bool(step.last() and not terminated)
         return self._observation(step), float(reward), terminated, truncated, {}
 
-    def _render(self) -> np.ndarray:
+    def render(self) -> np.ndarray:
+        """The current ``size`` RGB view from the official camera (the image observation)."""
         height, width = self.size
         return self._env.physics.render(height, width, camera_id=self.camera)
 
-    def render(self) -> np.ndarray:
-        """The current ``size`` RGB view from the official camera (for videos)."""
-        return self._render()
-
     def _observation(self, step: object) -> np.ndarray | dict[str, np.ndarray]:
         if self.obs == "image":
-            return self._render()
+            return self.render()
         readings = step.observation
         proprio = np.concatenate([np.ravel(readings[k]) for k in self.keys]).astype(np.float32)
-        return proprio if self.obs == "proprio" else {"proprio": proprio, "image": self._render()}
+        return proprio if self.obs == "proprio" else {"proprio": proprio, "image": self.render()}
 
 
 class CrafterEnv(gym.Env):
