@@ -28,8 +28,8 @@ from pathlib import Path
 THRESHOLDS = (100, 300, 400, 450)
 
 
-def run(seed: int, minutes: float, outdir: Path, extra: list[str]) -> Path:
-    logdir = outdir / f"seed{seed}"
+def run(seed: int, minutes: float, logdir: Path, extra: list[str]) -> Path:
+    """``torchdreamer train`` into ``logdir``, stopped by SIGTERM after ``minutes``."""
     command = [
         sys.executable,
         "-m",
@@ -148,7 +148,9 @@ def main() -> None:
     else:
         args.outdir.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        logdirs = [run(seed, args.minutes, args.outdir, extra) for seed in args.seeds]
+        logdirs = [
+            run(seed, args.minutes, args.outdir / f"seed{seed}", extra) for seed in args.seeds
+        ]
         print(f"all runs: {time.time() - started:.0f} s")
         outdir = args.outdir
     report([summarize(Path(d)) for d in logdirs], outdir)

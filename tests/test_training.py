@@ -19,7 +19,8 @@ from torchdreamer.training.envs import make_env
 from torchdreamer.training.optim import DreamerV3Optimizer
 from torchdreamer.training.runner import EnvRunner
 
-TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16"]
+# Eager: these runs are about the loop (tests/test_compiled.py: compiled runs).
+TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--compile", "off"]
 
 
 def run_cli(*args, timeout=240):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import re
 import signal
 import sys
@@ -18,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from torchdreamer.training.config import PRESETS, SUITE_PRESETS, Config, field_docs
+from torchdreamer.training.config import (
+    COMPILE_MODES,
+    PRESETS,
+    SUITE_PRESETS,
+    Config,
+    field_docs,
+)
+from torchdreamer.training.console import say
 
 __all__ = ["main"]
 
@@ -30,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (the usage is in ``--help``)."""
 
     def error(self, message: str) -> NoReturn:
-        _say(f"{self.prog}: error: {message} (see {self.prog} --help)", sys.stderr)
+        say(f"{self.prog}: error: {message} (see {self.prog} --help)", sys.stderr)
         raise SystemExit(2)
 
 
@@ -103,6 +109,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             )
             continue
         kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
+        if item.name == "compile":
+            parser.add_argument(
+                flag,
+                choices=COMPILE_MODES,
+                default=None,
+                help=f"{_help(docs.get(item.name, ''))} (default: {default})",
+            )
+            continue
         parser.add_argument(
             flag,
             type=kind,
@@ -195,19 +209,6 @@ def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
     return config, logdir, False
 
 
-def _say(text: str, file: Any = None) -> None:
-    """Print ``text``; a closed pipe or terminal is not an error (the run's files are
-    what matters), and later writes to that stream go nowhere."""
-    file = sys.stdout if file is None else file
-    try:
-        print(text, file=file, flush=True)
-    except (OSError, ValueError):
-        try:  # no "Exception ignored" from the interpreter flushing it at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
-        except (OSError, ValueError):
-            pass
-
-
 def _message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and not isinstance(error, FileNotFoundError):
         return f"{error.strerror or error}: {error.filename}"
@@ -224,25 +225,25 @@ def _train(args: argparse.Namespace) -> int:
         try:
             config, logdir, resume = distributed.run_on_main(lambda: _config(args))
             if config.suite and not resume and ranks.is_main:
-                _say(_suite_line(config, _given(args)))
+                say(_suite_line(config, _given(args)))
             summary = train(config, logdir, resume=resume, progress=not args.no_progress)
         finally:
             distributed.shutdown()
     except (ValueError, OSError) as error:
         if ranks.is_main:
-            _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
+            say(f"torchdreamer: error: {_message(error)}", sys.stderr)
         return 2
     except StoppedBeforeStart as stopped:
         if ranks.is_main:
-            _say(f"torchdreamer: {stopped}", sys.stderr)
+            say(f"torchdreamer: {stopped}", sys.stderr)
         return 128 + stopped.signum
     if ranks.is_main:
-        _say(summary.line(config))
+        say(summary.line(config))
         written = "logs and checkpoint" + (f", {summary.curve.name}" if summary.curve else "")
-        _say(f"{written} in {logdir}")
+        say(f"{written} in {logdir}")
         if summary.stopped_by is not None:
             name = signal.Signals(summary.stopped_by).name
-            _say(
+            say(
                 f"stopped at step {summary.env_step} by {name}; checkpoint saved; resume with "
                 f"`torchdreamer train --resume {logdir}`"
             )
@@ -257,16 +258,16 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.logdir, args.episodes, args.device, args.sample, args.threads, args.video
         )
     except (ValueError, OSError) as error:
-        _say(f"torchdreamer: error: {_message(error)}", sys.stderr)
+        say(f"torchdreamer: error: {_message(error)}", sys.stderr)
         return 2
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    _say(
+    say(
         f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
         f"min {min(scores):.1f}, max {max(scores):.1f}"
     )
     if args.video is not None:
-        _say(f"video of the first episode in {args.video}")
+        say(f"video of the first episode in {args.video}")
     return 0
 
 
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
     except KeyboardInterrupt:  # before training started or after it ended: nothing to save
-        _say("torchdreamer: interrupted outside training; no run state was lost", sys.stderr)
+        say("torchdreamer: interrupted outside training; no run state was lost", sys.stderr)
         return 130
 
 

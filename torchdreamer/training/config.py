@@ -69,6 +69,9 @@ _GENERAL = {
 #: Observation kinds ``obs`` accepts.
 OBSERVATIONS = ("auto", "proprio", "image", "both")
 
+#: Values ``compile`` accepts.
+COMPILE_MODES = ("auto", "on", "off")
+
 
 @dataclass
 class Config:
@@ -183,6 +186,11 @@ class Config:
     """Write each evaluation's GIF (vector-observation environments are rendered)."""
     threads: int = 0
     """CPU threads torch computes with (0 = automatic)."""
+    compile: str = "auto"
+    """Compile the update's hot regions with ``torch.compile`` (inductor): ``on``,
+    ``off``, or ``auto``: compiled on CPU for vector observations and runs planned to
+    make at least 1,000 updates (where the compile time is repaid); eager for images (no
+    faster), on CUDA and under torchrun (not measured there yet)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run."""
 
@@ -191,6 +199,8 @@ class Config:
         self._check_types()
         if self.obs not in OBSERVATIONS:
             raise ValueError(f"obs must be one of {list(OBSERVATIONS)}, got {self.obs!r}.")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}.")
         canonical = {name.lower(): name for name in PRESETS}
         if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
@@ -262,6 +272,7 @@ class Config:
         "log_every",
         "checkpoint_every",
         "threads",
+        "compile",
         "eval_every",
         "eval_episodes",
         "eval_sample",

@@ -30,7 +30,9 @@ from torchdreamer.training.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from torchdreamer.training.compiled import compile_agent, compiles, has_images
 from torchdreamer.training.config import Config
+from torchdreamer.training.console import say
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
 from torchdreamer.training.logs import RunLog, plot_curve, write_gif
@@ -830,6 +832,11 @@ def _train(
             agent.load_state_dict(checkpoint["agent"])
             agent.optimizer.load_state_dict(checkpoint["optimizer"])
             state.load_state_dict(checkpoint, own, ranks.world_size)
+        compiled, why = compiles(config, device, has_images(agent), ranks.distributed)
+        if compiled:
+            compile_agent(agent)
+        if ranks.is_main:
+            say(f"update: {'compiled' if compiled else 'eager'} ({why})")
         # A resumed run with no checkpoint yet starts over: its old rows go too.
         resume_step = state.env_step if resume else None
         log = RunLog(logdir, resume_step=resume_step) if ranks.is_main else None

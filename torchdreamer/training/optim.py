@@ -125,35 +125,74 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
                 self._update(group, params, step, lr)
         return loss
 
+    #: Pass the per-step scalars (learning rate, bias corrections) to :meth:`_laprop` as
+    #: 0-dim tensors: a compiled ``_laprop`` (``training/compiled.py``) then stays one
+    #: graph instead of recompiling for every new step count.
+    scalars_as_tensors = False
+
     def _update(
         self, group: dict[str, Any], params: list[torch.Tensor], step: int, lr: float
     ) -> None:
-        grads = [p.grad.float() for p in params]
-        if group["agc"]:
-            # u / max(|g|, u): 1 below the limit, the clip above it.
-            limits = torch._foreach_norm([p.float() for p in params])
-            torch._foreach_clamp_min_(limits, group["parameter_norm_min"])
-            torch._foreach_mul_(limits, group["agc"])
-            scales = torch._foreach_div(
-                limits, torch._foreach_maximum(torch._foreach_norm(grads), limits)
-            )
-            grads = torch._foreach_mul(grads, scales)
         states = [self.state[p] for p in params]
         for state, p in zip(states, params, strict=True):
             if not state:
                 state["rms"] = torch.zeros_like(p, dtype=torch.float32)
                 state["momentum"] = torch.zeros_like(p, dtype=torch.float32)
-        rms = [s["rms"] for s in states]
-        momentum = [s["momentum"] for s in states]
         beta1, beta2 = group["beta1"], group["beta2"]
+        scalars: tuple[Any, ...] = (lr, 1 - beta2**step, 1 - beta1**step)
+        if self.scalars_as_tensors:
+            device = params[0].device
+            scalars = tuple(torch.tensor(x, dtype=torch.float32, device=device) for x in scalars)
+        self._laprop(
+            params,
+            [p.grad for p in params],
+            [s["rms"] for s in states],
+            [s["momentum"] for s in states],
+            group["agc"],
+            group["parameter_norm_min"],
+            beta1,
+            beta2,
+            group["eps"],
+            *scalars,
+        )
+
+    @staticmethod
+    def _laprop(
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        rms: list[torch.Tensor],
+        momentum: list[torch.Tensor],
+        agc: float,
+        parameter_norm_min: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        lr: float | torch.Tensor,
+        rms_correction: float | torch.Tensor,
+        momentum_correction: float | torch.Tensor,
+    ) -> None:
+        """Steps 1-3 of the class docstring on same-device, same-dtype tensors, in place."""
+        grads = [g.float() for g in grads]
+        if agc:
+            # u / max(|g|, u): 1 below the limit, the clip above it.
+            limits = torch._foreach_norm([p.float() for p in params])
+            torch._foreach_clamp_min_(limits, parameter_norm_min)
+            torch._foreach_mul_(limits, agc)
+            scales = torch._foreach_div(
+                limits, torch._foreach_maximum(torch._foreach_norm(grads), limits)
+            )
+            grads = torch._foreach_mul(grads, scales)
         torch._foreach_mul_(rms, beta2)
         torch._foreach_addcmul_(rms, grads, grads, value=1 - beta2)
-        denom = torch._foreach_div(rms, 1 - beta2**step)
+        denom = torch._foreach_div(rms, rms_correction)
         torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_add_(denom, eps)
         torch._foreach_mul_(momentum, beta1)
         torch._foreach_add_(momentum, torch._foreach_div(grads, denom), alpha=1 - beta1)
-        updates = torch._foreach_div(momentum, 1 - beta1**step)
+        updates = torch._foreach_div(momentum, momentum_correction)
         if params[0].dtype != torch.float32:
             updates = [u.to(p.dtype) for u, p in zip(updates, params, strict=True)]
-        torch._foreach_add_(params, updates, alpha=-lr)
+        if isinstance(lr, torch.Tensor):
+            torch._foreach_add_(params, torch._foreach_mul(updates, -lr))
+        else:
+            torch._foreach_add_(params, updates, alpha=-lr)

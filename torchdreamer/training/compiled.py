@@ -1,0 +1,121 @@
+"""The agent's hot regions under ``torch.compile``: a fast path beside the eager code.
+
+An update runs the RSSM's filtering step 64 times (the replay sequence) and its prior
+step 15 times (imagination), each a few small matmuls and many pointwise operators,
+then every head on the results. :func:`compile_agent` compiles those regions with
+inductor, in place: :meth:`RSSM.obs_step` and :meth:`RSSM.img_step` (each step's
+matmuls, norms, gates, unimix and Gumbel sampling as one graph) and the forward of
+every network outside the RSSM (encoder, decoder, reward, continuation, actor, critic),
+and the optimiser's arithmetic (:meth:`DreamerV3Optimizer._laprop`).
+What is compiled is the same code as the eager path: nothing is rewritten here.
+
+Random draws stay eager (inductor's ``fallback_random``), so a compiled update draws
+exactly what an eager one draws; the two then agree to float32 rounding
+(``tests/test_compiled.py``). Graphs are made per shape and grad mode on first use
+(update, acting, evaluation) and reused after: no graph breaks, no recompilation in
+steady state (tested with ``torch._dynamo`` counters).
+
+:func:`compiles` decides ``Config.compile``'s ``auto`` from measurements
+(``benchmarks/compiled_update.py``): on CPU with vector observations, compiled when the
+run makes enough updates to repay the compile time; eager for image observations (the
+convolutions dominate: compiled is no faster) and on CUDA until a GPU has been measured
+(``--compile on`` tries it).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+import torch._inductor.config
+from torch import nn
+
+from torchdreamer.modules import MultiDecoder, MultiEncoder
+from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.config import Config
+
+__all__ = ["BREAK_EVEN_UPDATES", "compile_agent", "compiles", "has_images"]
+
+#: Updates after which a compiled CPU run has caught up with an eager one: the compile
+#: time over the time saved per update (``benchmarks/compiled_update.py``, 2-core CPU,
+#: preset ``small``: rounded up). ``auto`` compiles runs planned to make more.
+BREAK_EVEN_UPDATES = 1000
+
+
+def compiles(
+    config: Config, device: torch.device, images: bool, distributed: bool = False
+) -> tuple[bool, str]:
+    """Whether ``config.compile`` compiles the update on ``device``, and why; ``images``:
+    whether the observations hold images, ``distributed``: whether ``torchrun`` started
+    the run."""
+    if config.compile == "on":
+        return True, "--compile on"
+    if config.compile == "off":
+        return False, "--compile off"
+    if distributed:
+        return False, "auto, under torchrun: compiled is not measured there yet"
+    if device.type != "cpu":
+        return False, f"auto, on {device.type}: compiled is not measured there yet"
+    if images:
+        # Measured (benchmarks/compiled_update.py --image): the convolutions dominate,
+        # and the compiled update is no faster.
+        return False, "auto, image observations: compiled is no faster on CPU"
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        return False, "auto: inductor needs a C++ compiler; install g++ to compile"
+    updates = config.steps * config.train_ratio / (config.batch_size * config.batch_length)
+    if updates < BREAK_EVEN_UPDATES:
+        return False, f"auto: {updates:.0f} updates planned, < {BREAK_EVEN_UPDATES}"
+    return True, f"auto: {updates:.0f} updates planned, >= {BREAK_EVEN_UPDATES}"
+
+
+def has_images(agent: DreamerAgent) -> bool:
+    """Whether ``agent`` sees images (alone or as keys of a dict observation)."""
+    shape = agent.world_model.observation_shape
+    shapes = shape.values() if isinstance(shape, dict) else [shape]
+    return any(len(s) == 3 for s in shapes)
+
+
+def _networks(agent: DreamerAgent) -> list[nn.Module]:
+    """The networks outside the RSSM whose forward is compiled (a dict observation's
+    encoder and decoder build tensordicts: their MLP and CNN parts are compiled)."""
+    model = agent.world_model
+    networks = []
+    for coder in (model.encoder, model.decoder):
+        if isinstance(coder, MultiEncoder | MultiDecoder):
+            networks += [getattr(coder, part) for part in ("mlp", "cnn") if hasattr(coder, part)]
+        else:
+            networks.append(coder)
+    heads = [agent.actor.module[0].module, agent.critic.module]
+    return [*networks, model.reward, model.continuation, *heads]
+
+
+def compile_agent(agent: DreamerAgent) -> DreamerAgent:
+    """Compile ``agent``'s hot regions in place (see the module); returns ``agent``.
+
+    Parameters, buffers and ``state_dict`` are untouched: a checkpoint of a compiled
+    agent loads into an eager one and back.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> from torchdreamer.training.compiled import compile_agent
+        >>> agent = compile_agent(DreamerAgent((4,), 2, discrete=True, config=Config()))
+        >>> state = agent.initial_state(3)
+        >>> action, state = agent.act(torch.randn(3, 4), torch.ones(3, dtype=torch.bool), state)
+        >>> action.shape
+        torch.Size([3, 2])
+    """
+    # Inductor would otherwise draw its own random numbers in place of torch's.
+    torch._inductor.config.fallback_random = True
+    rssm = agent.world_model.rssm
+    # Bound methods replaced on the instance: observe() and the imagination
+    # environment call self.obs_step / rssm.img_step, and now reach the compiled ones.
+    rssm.obs_step = torch.compile(rssm.obs_step)
+    rssm.img_step = torch.compile(rssm.img_step)
+    for network in _networks(agent):
+        network.compile()
+    # The optimiser's multi-tensor arithmetic: one fused graph instead of a dozen
+    # operators per parameter tensor.
+    agent.optimizer.scalars_as_tensors = True
+    agent.optimizer._laprop = torch.compile(agent.optimizer._laprop)
+    return agent
