@@ -172,7 +172,7 @@ def test_a_compiled_run_trains_and_says_so(tmp_path):
         timeout=600,  # subprocess.run kills the run at the timeout
     )
     assert result.returncode == 0, result.stderr
-    assert "update: compiled (--compile on)" in result.stdout
+    assert "; update compiled (--compile on)" in result.stdout
     rows = list(csv.DictReader((logdir / "metrics.csv").read_text().splitlines()))
     assert int(rows[-1]["updates"]) > 0
     evaluations = list(csv.DictReader((logdir / "eval.csv").read_text().splitlines()))

@@ -71,6 +71,8 @@ class Summary:
     """The signal (SIGINT, SIGTERM) that stopped the run early, or None."""
     curve: Path | None = None
     """The learning curve written at the end (None before any episode ended)."""
+    update: str = ""
+    """How the update ran, and why: e.g. ``compiled (auto: 3125 updates planned, >= 1000)``."""
 
     def line(self, config: Config) -> str:
         speed = self.env_step / max(self.wall_time, 1e-9)
@@ -79,7 +81,7 @@ class Summary:
             f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
             f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
             f"steps/s, {rate:.2f} updates/s); mean score of the last 10 episodes "
-            f"{self.mean_score:.1f}"
+            f"{self.mean_score:.1f}; update {self.update}"
         )
 
 
@@ -835,8 +837,9 @@ def _train(
         compiled, why = compiles(config, device, has_images(agent), ranks.distributed)
         if compiled:
             compile_agent(agent)
-        if ranks.is_main:
-            say(f"update: {'compiled' if compiled else 'eager'} ({why})")
+        update = f"{'compiled' if compiled else 'eager'} ({why})"
+        if ranks.is_main and progress:  # before the first update, which compiles
+            say(f"update: {update}")
         # A resumed run with no checkpoint yet starts over: its old rows go too.
         resume_step = state.env_step if resume else None
         log = RunLog(logdir, resume_step=resume_step) if ranks.is_main else None
@@ -848,7 +851,13 @@ def _train(
     if ranks.is_main:
         curve = plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
     return Summary(
-        state.env_step, state.updates, state.wall_time, _mean(state.recent), stopped_by, curve
+        state.env_step,
+        state.updates,
+        state.wall_time,
+        _mean(state.recent),
+        stopped_by,
+        curve,
+        update,
     )
 
 
