@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from torchdreamer.training.logs import running_mean
+
 THRESHOLDS = (100, 300, 400, 450)
 
 
@@ -72,12 +74,9 @@ def summarize(logdir: Path) -> dict[str, object]:
                 return t0 + (t1 - t0) * (step - s0) / max(s1 - s0, 1)
         return clock[-1][1] if step > clock[-1][0] else clock[0][1] * step / max(clock[0][0], 1)
 
-    scores = [float(e["score"]) for e in episodes]
-    points = []
-    for i, episode in enumerate(episodes):
-        window = scores[max(0, i - 9) : i + 1]
-        if len(window) == 10:
-            points.append((wall(int(episode["env_step"])), sum(window) / 10))
+    means = running_mean([float(e["score"]) for e in episodes])
+    # Full windows only: from the 10th episode on.
+    points = [(wall(int(e["env_step"])), m) for e, m in zip(episodes, means, strict=True)][9:]
     first = {}
     for threshold in THRESHOLDS:
         first[threshold] = next((t for t, m in points if m >= threshold), None)

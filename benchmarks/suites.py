@@ -36,7 +36,11 @@ from learning import read, run  # noqa: E402
 from random_policy import random_scores  # noqa: E402
 
 from torchdreamer.training.config import SUITE_PRESETS  # noqa: E402
-from torchdreamer.training.logs import read_episodes, read_evaluations  # noqa: E402
+from torchdreamer.training.logs import (  # noqa: E402
+    read_episodes,
+    read_evaluations,
+    running_mean,
+)
 
 #: Environments ``learn`` runs by default: the random-policy episodes for each (Crafter's
 #: resets build a world in about a second) and the arguments that differ from the
@@ -113,9 +117,10 @@ def speeds(args: argparse.Namespace, extra: list[str]) -> None:
 
 def summarize(logdir: Path) -> dict[str, object]:
     metrics = read(logdir / "metrics.csv")
-    scores = [e.score for e in read_episodes(logdir)]
-    steps = [e.env_step for e in read_episodes(logdir)]
-    mean10 = [statistics.mean(scores[max(0, i - 9) : i + 1]) for i in range(len(scores))]
+    episodes = read_episodes(logdir)
+    scores = [e.score for e in episodes]
+    steps = [e.env_step for e in episodes]
+    mean10 = running_mean(scores)
     last = metrics[-1]
     evaluations = {s: statistics.mean(v) for s, v in sorted(read_evaluations(logdir).items())}
     return {

@@ -109,21 +109,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             )
             continue
         kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
-        if item.name == "compile":
-            parser.add_argument(
-                flag,
-                choices=COMPILE_MODES,
-                default=None,
-                help=f"{_help(docs.get(item.name, ''))} (default: {default})",
-            )
-            continue
+        choices = {"preset": tuple(PRESETS), "compile": COMPILE_MODES}.get(item.name)
         parser.add_argument(
             flag,
             type=kind,
+            # Checked by argparse for compile; preset's _preset takes any case.
+            choices=COMPILE_MODES if item.name == "compile" else None,
             default=None,  # None: not given (a resumed run keeps its saved value)
             metavar=_METAVARS.get(str(item.type), item.name.upper())
-            if item.name != "preset"
-            else "{" + ",".join(PRESETS) + "}",
+            if choices is None
+            else "{" + ",".join(choices) + "}",
             help=f"{_help(docs.get(item.name, ''))} (default: {default})",
         )
 

@@ -18,8 +18,8 @@ steady state (tested with ``torch._dynamo`` counters).
 :func:`compiles` decides ``Config.compile``'s ``auto`` from measurements
 (``benchmarks/compiled_update.py``): on CPU with vector observations, compiled when the
 run makes enough updates to repay the compile time; eager for image observations (the
-convolutions dominate: compiled is no faster) and on CUDA until a GPU has been measured
-(``--compile on`` tries it).
+convolutions dominate: compiled is no faster), on CUDA and under ``torchrun`` until they
+have been measured (``--compile on`` tries them).
 """
 
 from __future__ import annotations
@@ -70,9 +70,8 @@ def compiles(
 
 def has_images(agent: DreamerAgent) -> bool:
     """Whether ``agent`` sees images (alone or as keys of a dict observation)."""
-    shape = agent.world_model.observation_shape
-    shapes = shape.values() if isinstance(shape, dict) else [shape]
-    return any(len(s) == 3 for s in shapes)
+    model = agent.world_model
+    return model.is_image or (model.is_dict and bool(model.encoder.image_keys))
 
 
 def _networks(agent: DreamerAgent) -> list[nn.Module]:

@@ -11,7 +11,15 @@ import numpy as np
 
 from torchdreamer.training.runner import Episode
 
-__all__ = ["RunLog", "plot_curve", "read_episodes", "read_evaluations", "read_rows", "write_gif"]
+__all__ = [
+    "RunLog",
+    "plot_curve",
+    "read_episodes",
+    "read_evaluations",
+    "read_rows",
+    "running_mean",
+    "write_gif",
+]
 
 EPISODES = "episodes.csv"
 METRICS = "metrics.csv"
@@ -195,6 +203,20 @@ def read_evaluations(logdir: Path) -> dict[int, list[float]]:
     return evaluations
 
 
+def running_mean(scores: list[float], window: int = 10) -> list[float]:
+    """Each score's mean with the ``window - 1`` before it (fewer at the start).
+
+    Examples:
+        >>> from torchdreamer.training.logs import running_mean
+        >>> running_mean([1.0, 2.0, 3.0, 4.0], window=2)
+        [1.0, 1.5, 2.5, 3.5]
+    """
+    return [
+        sum(scores[max(0, i - window + 1) : i + 1]) / len(scores[max(0, i - window + 1) : i + 1])
+        for i in range(len(scores))
+    ]
+
+
 def plot_curve(logdir: Path, title: str) -> Path | None:
     """``learning_curve.png``: each episode's score and the mean of the last 10."""
     episodes = read_episodes(logdir)
@@ -207,10 +229,7 @@ def plot_curve(logdir: Path, title: str) -> Path | None:
 
     steps = [e.env_step for e in episodes]
     scores = [e.score for e in episodes]
-    mean10 = [
-        sum(scores[max(0, i - 9) : i + 1]) / len(scores[max(0, i - 9) : i + 1])
-        for i in range(len(scores))
-    ]
+    mean10 = running_mean(scores)
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(steps, scores, ".", alpha=0.3, label="episode score")
     axes.plot(steps, mean10, label="mean of the last 10")
