@@ -47,7 +47,19 @@ def compiles(
 ) -> tuple[bool, str]:
     """Whether ``config.compile`` compiles the update on ``device``, and why; ``images``:
     whether the observations hold images, ``distributed``: whether ``torchrun`` started
-    the run."""
+    the run.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training import Config
+        >>> from torchdreamer.training.compiled import compiles
+        >>> compiles(Config(compile="on"), torch.device("cpu"), images=True)
+        (True, '--compile on')
+        >>> compiles(Config(), torch.device("cpu"), images=True)
+        (False, 'auto, image observations: compiled is no faster on CPU')
+        >>> compiles(Config(steps=1000), torch.device("cuda"), images=False)[1]
+        'auto, on cuda: compiled is not measured there yet'
+    """
     if config.compile == "on":
         return True, "--compile on"
     if config.compile == "off":
@@ -69,7 +81,15 @@ def compiles(
 
 
 def has_images(agent: DreamerAgent) -> bool:
-    """Whether ``agent`` sees images (alone or as keys of a dict observation)."""
+    """Whether ``agent`` sees images (alone or as keys of a dict observation).
+
+    Examples:
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> from torchdreamer.training.compiled import has_images
+        >>> has_images(DreamerAgent({"joints": (3,), "camera": (16, 16, 3)}, 2,
+        ...                         discrete=True, config=Config()))
+        True
+    """
     model = agent.world_model
     return model.is_image or (model.is_dict and bool(model.encoder.image_keys))
 

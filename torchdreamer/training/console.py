@@ -11,7 +11,13 @@ __all__ = ["say"]
 
 def say(text: str, file: Any = None) -> None:
     """Print ``text``; a closed pipe or terminal is not an error (the run's files are
-    what matters), and later writes to that stream go nowhere."""
+    what matters), and later writes to that stream go nowhere.
+
+    Examples:
+        >>> from torchdreamer.training.console import say
+        >>> say("update: eager (--compile off)")
+        update: eager (--compile off)
+    """
     file = sys.stdout if file is None else file
     try:
         print(text, file=file, flush=True)
