@@ -44,13 +44,13 @@ from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
 
 
-def operators(agent: DreamerAgent, batch) -> int:
-    """Kernels of one update: leaf ATen calls that compute (views and metadata reads
+def operators(step) -> int:
+    """Kernels of one ``step()``: leaf ATen calls that compute (views and metadata reads
     excluded, as in ``actor_value_update.py``) plus inductor's fused kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        agent.update(batch)
+        step()
 
     def counted(event) -> bool:
         if "cpp_fused" in event.name:  # e.g. graph_1_cpp_fused_add_mean_mul_pow_rsqrt_silu_1
@@ -60,6 +60,39 @@ def operators(agent: DreamerAgent, batch) -> int:
         return not any(child.name.startswith("aten::") for child in event.cpu_children)
 
     return sum(counted(e) for e in prof.events())
+
+
+def measure(step, warmup: int, updates: int) -> dict[str, float]:
+    """Time ``step()`` (one whole update): the first call (with any compiling), then the
+    median of ``updates`` calls after ``warmup``; operators of one call; peak RSS."""
+    started = time.perf_counter()
+    step()
+    first = time.perf_counter() - started
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(updates):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return {
+        "first_s": first,
+        "update_s": statistics.median(times),
+        "operators": operators(step),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def in_fresh_process(script: str, *arguments: str) -> dict[str, float]:
+    """``script --child ARGUMENTS`` in a new process with an empty inductor cache (so the
+    compile time measured is a first run's); the JSON object it printed last."""
+    command = [sys.executable, script, "--child", *arguments]
+    with tempfile.TemporaryDirectory() as cache:
+        environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        out = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def image_batch(b: int = 16, t: int = 64, actions: int = 17) -> TensorDict:
@@ -80,23 +113,7 @@ def child(mode: str, preset: str, warmup: int, updates: int, image: bool) -> Non
         # Each inductor kernel recorded by name in the profiler.
         torch._inductor.config.cpp.enable_kernel_profile = True
         compile_agent(agent)
-    started = time.perf_counter()
-    agent.update(batch)
-    first = time.perf_counter() - started
-    for _ in range(warmup):
-        agent.update(batch)
-    times = []
-    for _ in range(updates):
-        started = time.perf_counter()
-        agent.update(batch)
-        times.append(time.perf_counter() - started)
-    result = {
-        "first_s": first,
-        "update_s": statistics.median(times),
-        "operators": operators(agent, batch),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    print(json.dumps(result))
+    print(json.dumps(measure(lambda: agent.update(batch), warmup, updates)))
 
 
 def main() -> None:
@@ -116,25 +133,9 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"eager": [], "compiled": []}
         for _ in range(args.rounds):
             for mode in results:
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    mode,
-                    preset,
-                    "--warmup",
-                    str(args.warmup),
-                    "--updates",
-                    str(args.updates),
-                    *(["--image"] if args.image else []),
-                ]
-                # A fresh inductor cache: the compile time measured is a first run's.
-                with tempfile.TemporaryDirectory() as cache:
-                    environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-                    out = subprocess.run(
-                        command, capture_output=True, text=True, check=True, env=environment
-                    )
-                results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                options = ["--warmup", str(args.warmup), "--updates", str(args.updates)]
+                options += ["--image"] if args.image else []
+                results[mode].append(in_fresh_process(__file__, mode, preset, *options))
         median = {
             mode: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
             for mode, rows in results.items()

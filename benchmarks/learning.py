@@ -53,6 +53,10 @@ def run(seed: int, minutes: float, logdir: Path, extra: list[str]) -> Path:
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGTERM)  # clean stop: checkpoint, logs, curve
         process.wait()
+    if process.returncode < 0 and -process.returncode != signal.SIGTERM:
+        name = signal.Signals(-process.returncode).name
+        why = " (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else ""
+        print(f"torchdreamer train was killed by {name}{why}", flush=True)
     return logdir
 
 
