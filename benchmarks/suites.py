@@ -106,7 +106,7 @@ def speeds(args: argparse.Namespace, extra: list[str]) -> None:
         preset = SUITE_PRESETS[suite]
         head = f"| {suite} | {preset['preset']} | {preset['num_envs']} | {preset['train_ratio']:g}"
         if result is None:
-            print(f"{head} | no update finished (why: the run's output above) | | | |")
+            print(f"{head} | no update finished (a killed run says so where it ran) | | | |")
             continue
         print(
             f"{head} | {result['env_steps_per_s']:.2f} | {result['updates_per_s']:.3f} | "

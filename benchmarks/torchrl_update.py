@@ -50,6 +50,11 @@ from torchdreamer.training.config import PRESETS  # noqa: E402
 OBSERVATIONS, ACTIONS, BATCH, LENGTH, HORIZON, BINS = 4, 2, 16, 64, 15, 255
 
 
+def count(*modules: torch.nn.Module) -> int:
+    """Parameters of ``modules`` together."""
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
 def torchrl_learner(preset: str):
     """TorchRL's DreamerV3 at ``preset``'s widths: (loss, parameters by part)."""
     from torchrl.data import Composite, OneHot, Unbounded
@@ -177,13 +182,13 @@ def torchrl_learner(preset: str):
     )
     loss = DreamerV3Loss(model_loss, actor_loss, value_loss)
     parts = {
-        "RSSM": sum(p.numel() for m in (prior, posterior) for p in m.parameters()),
-        "encoder": sum(p.numel() for p in encoder.parameters()),
-        "decoder": sum(p.numel() for p in decoder.parameters()),
-        "reward": sum(p.numel() for p in reward.parameters()),
-        "continuation": sum(p.numel() for p in continuation.parameters()),
-        "actor": sum(p.numel() for p in actor.parameters()),
-        "critic": sum(p.numel() for p in critic_net.parameters()),
+        "RSSM": count(prior, posterior),
+        "encoder": count(encoder),
+        "decoder": count(decoder),
+        "reward": count(reward),
+        "continuation": count(continuation),
+        "actor": count(actor),
+        "critic": count(critic_net),
     }
     return loss, parts
 
@@ -227,7 +232,6 @@ def torchrl_step(preset: str, compiled: bool):
     sample = torchrl_sample(preset)
     started = time.perf_counter()
     if compiled:  # TorchRL compiles in warmup(), one forward and backward, no step
-        torch._inductor.config.cpp.enable_kernel_profile = True
         stepper.warmup(sample)
     return (lambda: stepper.step(None, sample)), parts, time.perf_counter() - started
 
@@ -235,20 +239,17 @@ def torchrl_step(preset: str, compiled: bool):
 def our_step(preset: str, compiled: bool):
     agent = DreamerAgent((OBSERVATIONS,), ACTIONS, discrete=True, config=Config(preset=preset))
     if compiled:
-        torch._inductor.config.cpp.enable_kernel_profile = True
         compile_agent(agent)
     batch = replay_batch(BATCH, LENGTH)
+    model = agent.world_model
     parts = {
-        name: sum(p.numel() for p in module.parameters())
-        for name, module in (
-            ("RSSM", agent.world_model.rssm),
-            ("encoder", agent.world_model.encoder),
-            ("decoder", agent.world_model.decoder),
-            ("reward", agent.world_model.reward),
-            ("continuation", agent.world_model.continuation),
-            ("actor", agent.actor),
-            ("critic", agent.critic),
-        )
+        "RSSM": count(model.rssm),
+        "encoder": count(model.encoder),
+        "decoder": count(model.decoder),
+        "reward": count(model.reward),
+        "continuation": count(model.continuation),
+        "actor": count(agent.actor),
+        "critic": count(agent.critic),
     }
     return (lambda: agent.update(batch)), parts, 0.0  # ours compiles in its first update
 
@@ -259,6 +260,8 @@ MODES = ("eager", "compiled")
 
 def child(side: str, mode: str, preset: str, warmup: int, updates: int) -> None:
     torch.manual_seed(0)
+    if mode == "compiled":  # each inductor kernel recorded by name, for operators()
+        torch._inductor.config.cpp.enable_kernel_profile = True
     step, parts, setup_s = SIDES[side](preset, mode == "compiled")
     result = measure(step, warmup, updates)
     result["first_s"] += setup_s

@@ -212,8 +212,7 @@ def running_mean(scores: list[float], window: int = 10) -> list[float]:
         [1.0, 1.5, 2.5, 3.5]
     """
     return [
-        sum(scores[max(0, i - window + 1) : i + 1]) / len(scores[max(0, i - window + 1) : i + 1])
-        for i in range(len(scores))
+        sum(scores[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(scores))
     ]
 
 
