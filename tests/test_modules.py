@@ -182,11 +182,12 @@ def test_is_first_resets_state_and_action(rssm):
     stoch, deter = torch.randn(4, 15), torch.randn(4, 12)
     action, embed = torch.randn(4, 2), torch.randn(4, 6)
     first = torch.tensor([True, False, True, False])
-    _, deter_out, post, prior = rssm.obs_step(stoch, deter, action, embed, first)
+    _, deter_out, post = rssm.obs_step(stoch, deter, action, embed, first)
     zero_stoch, zero_deter = rssm.initial(torch.Size([4]))
-    _, deter_fresh, post_fresh, prior_fresh = rssm.obs_step(
+    _, deter_fresh, post_fresh = rssm.obs_step(
         zero_stoch, zero_deter, torch.zeros(4, 2), embed, torch.zeros(4, dtype=torch.bool)
     )
+    prior, prior_fresh = rssm.prior(deter_out), rssm.prior(deter_fresh)
     for got, fresh in ((deter_out, deter_fresh), (post, post_fresh), (prior, prior_fresh)):
         torch.testing.assert_close(got[first], fresh[first])
         assert not torch.allclose(got[~first], fresh[~first])

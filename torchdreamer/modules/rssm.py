@@ -119,6 +119,8 @@ class RSSM(nn.Module):
         self.categoricals = size.categoricals
         self.stoch_size = size.stoch_size
         self.unimix = unimix
+        #: Steps per :meth:`obs_steps` call in :meth:`observe` (see there).
+        self.chunk = 8
         self.core = BlockGRU(self.stoch_size, action_dim, size)
         self.prior_net = MLP(size.deter, self.stoch_size, size.hidden, size.img_layers)
         self.posterior_net = MLP(
@@ -150,12 +152,16 @@ class RSSM(nn.Module):
         # (probs - probs.detach()) is exactly 0: the values stay exact one-hots.
         return (one_hot + (probs - probs.detach())).flatten(-2)
 
+    def prior(self, deter: torch.Tensor) -> torch.Tensor:
+        """The prior's logits ``[..., categoricals, classes]`` at ``deter``."""
+        return self._logits(self.prior_net(deter))
+
     def img_step(
         self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of the prior: ``(stoch', deter', prior_logits)``."""
         deter = self.core(deter, stoch, action.to(stoch.dtype))
-        prior_logits = self._logits(self.prior_net(deter))
+        prior_logits = self.prior(deter)
         return self.sample(prior_logits), deter, prior_logits
 
     def obs_step(
@@ -165,16 +171,37 @@ class RSSM(nn.Module):
         prev_action: torch.Tensor,
         embed: torch.Tensor,
         is_first: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One filtering step: ``(stoch', deter', posterior_logits, prior_logits)``.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One filtering step: ``(stoch', deter', posterior_logits)``.
 
-        Where ``is_first``, the previous state and action are reset to zero first.
+        Where ``is_first``, the previous state and action are reset to zero first. The
+        prior at ``deter'`` is not computed (acting needs none; :meth:`observe` computes
+        it for the whole sequence at once, as :meth:`prior`).
         """
         keep = (~is_first).unsqueeze(-1).to(stoch.dtype)
         stoch, deter, prev_action = stoch * keep, deter * keep, prev_action * keep
-        _, deter, prior_logits = self.img_step(stoch, deter, prev_action)
+        deter = self.core(deter, stoch, prev_action.to(stoch.dtype))
         posterior_logits = self._logits(self.posterior_net(torch.cat([deter, embed], -1)))
-        return self.sample(posterior_logits), deter, posterior_logits, prior_logits
+        return self.sample(posterior_logits), deter, posterior_logits
+
+    def obs_steps(
+        self,
+        stoch: torch.Tensor,
+        deter: torch.Tensor,
+        prev_action: torch.Tensor,
+        embed: torch.Tensor,
+        is_first: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`obs_step` along a ``[B, K]`` chunk: ``stoch``, ``deter`` and
+        ``posterior_logits``, each ``[B, K, ...]``."""
+        steps = []
+        for t in range(embed.shape[1]):
+            stoch, deter, post = self.obs_step(
+                stoch, deter, prev_action[:, t], embed[:, t], is_first[:, t]
+            )
+            steps.append((stoch, deter, post))
+        stochs, deters, posts = (torch.stack(column, 1) for column in zip(*steps, strict=True))
+        return stochs, deters, posts
 
     def observe(
         self,
@@ -184,6 +211,12 @@ class RSSM(nn.Module):
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Filter a ``[B, T]`` sequence.
+
+        The steps run as :meth:`obs_steps` over chunks of :attr:`chunk` steps: one
+        compiled graph per chunk (``training/compiled.py``), so that a compiled update
+        makes few calls and accumulates each parameter's gradient once per chunk
+        rather than once per step, without unrolling all ``T`` steps into one graph.
+        The prior is computed once, on all the ``deter`` states.
 
         Args:
             embed: ``[B, T, embed_dim]`` observation embeddings.
@@ -197,12 +230,17 @@ class RSSM(nn.Module):
         """
         batch = embed.shape[:1]
         stoch, deter = self.initial(batch, embed.device) if state is None else state
-        steps = []
-        for t in range(embed.shape[1]):
-            stoch, deter, post, prior = self.obs_step(
-                stoch, deter, prev_action[:, t], embed[:, t], is_first[:, t]
-            )
-            steps.append((stoch, deter, post, prior))
-        names = ("stoch", "deter", "posterior_logits", "prior_logits")
-        columns = zip(*steps, strict=True)
-        return {name: torch.stack(parts, 1) for name, parts in zip(names, columns, strict=True)}
+        chunks = []
+        for start in range(0, embed.shape[1], self.chunk):
+            part = slice(start, start + self.chunk)
+            inputs = prev_action[:, part], embed[:, part], is_first[:, part]
+            chunk = self.obs_steps(stoch, deter, *inputs)
+            stoch, deter = chunk[0][:, -1], chunk[1][:, -1]
+            chunks.append(chunk)
+        stochs, deters, posts = (torch.cat(column, 1) for column in zip(*chunks, strict=True))
+        return {
+            "stoch": stochs,
+            "deter": deters,
+            "posterior_logits": posts,
+            "prior_logits": self.prior(deters),
+        }

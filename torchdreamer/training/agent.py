@@ -241,7 +241,7 @@ class DreamerAgent(nn.Module):
         state, which remembers the action as the next step's previous action.
         """
         rssm = self.world_model.rssm
-        stoch, deter, _, _ = rssm.obs_step(
+        stoch, deter, _ = rssm.obs_step(
             state["state"],
             state["belief"],
             state["action"],

@@ -3,10 +3,12 @@
 An update runs the RSSM's filtering step 64 times (the replay sequence) and its prior
 step 15 times (imagination), each a few small matmuls and many pointwise operators,
 then every head on the results. :func:`compile_agent` compiles those regions with
-inductor, in place: :meth:`RSSM.obs_step` and :meth:`RSSM.img_step` (each step's
-matmuls, norms, gates, unimix and Gumbel sampling as one graph) and the forward of
-every network outside the RSSM (encoder, decoder, reward, continuation, actor, critic),
-and the optimiser's arithmetic (:meth:`DreamerV3Optimizer._laprop`).
+inductor, in place: :meth:`RSSM.obs_steps` (8 filtering steps as one graph: their
+matmuls, norms, gates, unimix and Gumbel sampling, and in the backward one gradient per
+parameter instead of 8), :meth:`RSSM.img_step` and :meth:`RSSM.obs_step` (one step, for
+imagination and acting), the forward of every network outside the RSSM (encoder,
+decoder, reward, continuation, actor, critic), and the optimiser's arithmetic
+(:meth:`DreamerV3Optimizer._laprop`).
 What is compiled is the same code as the eager path: nothing is rewritten here.
 
 Random draws stay eager (inductor's ``fallback_random``), so a compiled update draws
@@ -127,8 +129,11 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     # Inductor would otherwise draw its own random numbers in place of torch's.
     torch._inductor.config.fallback_random = True
     rssm = agent.world_model.rssm
-    # Bound methods replaced on the instance: observe() and the imagination
-    # environment call self.obs_step / rssm.img_step, and now reach the compiled ones.
+    # Bound methods replaced on the instance: observe(), act() and the imagination
+    # environment call self.obs_steps / rssm.obs_step / rssm.img_step, and now reach
+    # the compiled ones. obs_steps is compiled from the eager obs_step (dynamo traces
+    # through it), before obs_step itself is replaced for acting.
+    rssm.obs_steps = torch.compile(rssm.obs_steps)
     rssm.obs_step = torch.compile(rssm.obs_step)
     rssm.img_step = torch.compile(rssm.img_step)
     for network in _networks(agent):
