@@ -153,7 +153,15 @@ class RSSM(nn.Module):
         return (one_hot + (probs - probs.detach())).flatten(-2)
 
     def prior(self, deter: torch.Tensor) -> torch.Tensor:
-        """The prior's logits ``[..., categoricals, classes]`` at ``deter``."""
+        """The prior's logits ``[..., categoricals, classes]`` at ``deter``.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.modules import RSSM, ModelSize
+            >>> size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4)
+            >>> RSSM(action_dim=2, embed_dim=8, size=size).prior(torch.zeros(3, 5, 16)).shape
+            torch.Size([3, 5, 4, 4])
+        """
         return self._logits(self.prior_net(deter))
 
     def img_step(
@@ -193,7 +201,20 @@ class RSSM(nn.Module):
         is_first: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`obs_step` along a ``[B, K]`` chunk: ``stoch``, ``deter`` and
-        ``posterior_logits``, each ``[B, K, ...]``."""
+        ``posterior_logits``, each ``[B, K, ...]``.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.modules import RSSM, ModelSize
+            >>> size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4)
+            >>> rssm = RSSM(action_dim=2, embed_dim=8, size=size)
+            >>> stoch, deter = rssm.initial(torch.Size([3]))
+            >>> action, embed = torch.randn(3, 5, 2), torch.randn(3, 5, 8)
+            >>> first = torch.zeros(3, 5, dtype=torch.bool)
+            >>> out = rssm.obs_steps(stoch, deter, action, embed, first)
+            >>> [part.shape for part in out]
+            [torch.Size([3, 5, 16]), torch.Size([3, 5, 16]), torch.Size([3, 5, 4, 4])]
+        """
         steps = []
         for t in range(embed.shape[1]):
             stoch, deter, post = self.obs_step(

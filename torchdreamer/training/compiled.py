@@ -132,8 +132,8 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     rssm = agent.world_model.rssm
     # Bound methods replaced on the instance: observe(), act() and the imagination
     # environment call self.obs_steps / rssm.obs_step / rssm.img_step, and now reach
-    # the compiled ones. obs_steps is compiled from the eager obs_step (dynamo traces
-    # through it), before obs_step itself is replaced for acting.
+    # the compiled ones. The compiled obs_steps calls the compiled obs_step, which
+    # dynamo traces through: a chunk of steps is still one graph.
     rssm.obs_steps = torch.compile(rssm.obs_steps)
     rssm.obs_step = torch.compile(rssm.obs_step)
     rssm.img_step = torch.compile(rssm.img_step)
