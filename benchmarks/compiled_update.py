@@ -10,8 +10,10 @@ processes alternating over ``--rounds``:
 * the median time of one update after ``--warmup`` updates, over ``--updates``;
 * operators per update: the torch profiler's leaf ATen calls that compute (views and
   metadata reads excluded) plus the fused kernels inductor generated, each recorded by
-  name: each would be a kernel launch on a GPU;
-* peak resident memory of the process.
+  name: each would be a kernel launch on a GPU (compiled: counted once per preset, in a
+  process of its own with inductor's kernel profiling on, which the timed compiled
+  processes leave off);
+* peak resident memory of the process, before the profiler runs.
 
 It prints a table per preset with the medians over rounds and compiled / eager, and the
 break-even: after how many updates the compiled run has caught up with the eager one.
@@ -64,7 +66,7 @@ def operators(step) -> int:
 
 def measure(step, warmup: int, updates: int) -> dict[str, float]:
     """Time ``step()`` (one whole update): the first call (with any compiling), then the
-    median of ``updates`` calls after ``warmup``; operators of one call; peak RSS."""
+    median of ``updates`` calls after ``warmup``; peak RSS; operators of one call."""
     started = time.perf_counter()
     step()
     first = time.perf_counter() - started
@@ -75,11 +77,12 @@ def measure(step, warmup: int, updates: int) -> dict[str, float]:
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "first_s": first,
         "update_s": statistics.median(times),
+        "peak_rss_mib": peak_rss_mib,
         "operators": operators(step),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -109,9 +112,10 @@ def child(mode: str, preset: str, warmup: int, updates: int, image: bool) -> Non
     shape, actions = ((64, 64, 3), 17) if image else ((4,), 2)
     agent = DreamerAgent(shape, actions, discrete=True, config=Config(preset=preset))
     batch = image_batch() if image else replay_batch()
-    if mode == "compiled":
-        # Each inductor kernel recorded by name in the profiler.
+    if mode == "counted":
+        # Each inductor kernel recorded by name in the profiler (a cost in every kernel).
         torch._inductor.config.cpp.enable_kernel_profile = True
+    if mode in ("compiled", "counted"):
         compile_agent(agent)
     print(json.dumps(measure(lambda: agent.update(batch), warmup, updates)))
 
@@ -141,6 +145,8 @@ def main() -> None:
             for mode, rows in results.items()
         }
         eager, compiled = median["eager"], median["compiled"]
+        options = ["--warmup", "1", "--updates", "1"] + (["--image"] if args.image else [])
+        compiled["operators"] = in_fresh_process(__file__, "counted", preset, *options)["operators"]
         compile_s = compiled["first_s"] - eager["update_s"]
         saved = eager["update_s"] - compiled["update_s"]
         shapes = "Crafter shapes" if args.image else "CartPole shapes"

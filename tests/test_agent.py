@@ -254,8 +254,14 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     batch = batch_for(shape, 2, image=image)
     batch["is_terminal"][1, 3] = batch["is_last"][1, 3] = True
 
+    # Whether each critic call records a graph: with REINFORCE (discrete) the actor
+    # loss's critic pass, with its gradient, is the value loss's too; then the slow
+    # critic, the replay critic and its slow critic.
+    calls = []
+    agent.critic.module.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(1)
     total, metrics = agent.losses(batch)
+    assert calls == ([True, False, True, False] if discrete else [True, True, False, True, False])
     torch.manual_seed(1)
     old = _old_composition(old_agent, batch)
 

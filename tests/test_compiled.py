@@ -105,15 +105,24 @@ def test_compiled_updates_match_eager_for_20_updates(agents):
         # Inductor sums in another order: float32 rounding.
         for name, value in expected.items():
             assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (update, name)
-        # Each update's movement, compared as one vector: Adam divides by the root of
-        # each gradient's second moment, so single components with tiny gradients move
-        # by their rounding; the whole movement agrees to float32 rounding.
-        names = list(before)
+        # The movement, as one vector (LaProp scales each component by its own
+        # gradient's size, so every network counts). It divides each gradient by the
+        # root of its second moment (eps 1e-20): at the first update every component
+        # moves by +-lr whatever its size, so a component whose gradient is rounding
+        # noise around zero moves by +-lr at random. Those, the components whose two
+        # gradients (update() leaves them set) differ in sign, are left out (seen: one
+        # component, in the GRU's first layer, on a 2-core AMD EPYC); the others move
+        # alike to float32 rounding.
         mine, theirs = dict(compiled.named_parameters()), dict(eager.named_parameters())
+        names = list(before)
+        same_sign = torch.cat(
+            [(mine[n].grad.sign() == theirs[n].grad.sign()).flatten() for n in names]
+        )
+        assert (~same_sign).sum() <= max(1, same_sign.numel() // 10_000), update
         expected_move = torch.cat([(theirs[n] - before[n]).flatten() for n in names])
         got_move = torch.cat([(mine[n] - before[n]).flatten() for n in names])
-        relative = (got_move - expected_move).norm() / expected_move.norm()
-        assert relative < 1e-3, (update, relative)
+        error = (got_move - expected_move)[same_sign].norm() / expected_move.norm()
+        assert error < 1e-3, (update, error)
     # Acting draws the same actions.
     _synchronise(compiled, eager)
     assert torch.equal(_act(compiled, 3, 7), _act(eager, 3, 7))
@@ -134,6 +143,35 @@ def test_no_graph_breaks_and_no_recompiles_in_steady_state(agents):
             _act(compiled, 6, seed)  # a new acting batch size reuses the dynamic graph
     assert counters["stats"]["unique_graphs"] == graphs
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_the_fused_imagination_is_the_generic_rollout():
+    """Uncompiled, the fused rollout draws and computes what the actor loss's generic
+    rollout (tensordict modules, imagination environment, ``step_mdp``) does, bit for
+    bit, under the same keys and dtypes."""
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchdreamer.training.compiled import _Imagination
+
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=4))
+    rssm = agent.world_model.rssm
+    start = TensorDict(
+        state=torch.randn(6, rssm.stoch_size),
+        belief=torch.randn(6, rssm.deter_size),
+        batch_size=[6],
+    )
+    fused = _Imagination(agent)
+    fused.step = fused._step
+    with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
+        torch.manual_seed(3)
+        expected = agent.actor_loss._imagine(start)
+        torch.manual_seed(3)
+        got = fused(start)
+    assert got.batch_size == expected.batch_size == (6, 4)
+    assert set(got.keys(True, True)) == set(expected.keys(True, True))
+    for key in expected.keys(True, True):
+        assert got[key].dtype == expected[key].dtype, key
+        assert torch.equal(got[key], expected[key]), key
 
 
 def test_a_compiled_agents_state_dict_loads_into_an_eager_one(agents):

@@ -114,7 +114,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             flag,
             type=kind,
             # Checked by argparse for compile; preset's _preset takes any case.
-            choices=COMPILE_MODES if item.name == "compile" else None,
+            choices=choices if item.name == "compile" else None,
             default=None,  # None: not given (a resumed run keeps its saved value)
             metavar=_METAVARS.get(str(item.type), item.name.upper())
             if choices is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -464,9 +464,8 @@ class DreamerV3ActorLoss(LossModule):
             self._grids[key] = TwoHot(num_bins, device=device)
         return self._grids[key]
 
-    def _values(self, states: TensorDictBase, batch: torch.Size) -> torch.Tensor:
-        """The critic's decoded value of each state, ``batch`` shaped."""
-        output = call_module(self.value_model, states)
+    def _values(self, output: Mapping[NestedKey, torch.Tensor], batch: torch.Size) -> torch.Tensor:
+        """The decoded value in the critic's ``output``, ``batch`` shaped."""
         value = output.get(unravel_key(self.tensor_keys.value), None)
         if value is None:
             logits = output.get(unravel_key(self.tensor_keys.value_logits), None)
@@ -533,6 +532,23 @@ class DreamerV3ActorLoss(LossModule):
             trajectory with ``lambda_target`` and ``discount_weight`` (and the
             continuations, see the class docstring).
         """
+        loss_td, imagined, _ = self._forward(tensordict)
+        return loss_td, imagined
+
+    def _forward(
+        self, tensordict: TensorDictBase, keep_value_output: bool = False
+    ) -> tuple[TensorDict, TensorDictBase, Mapping[NestedKey, torch.Tensor] | None]:
+        """:meth:`forward`, and with ``keep_value_output`` (REINFORCE only) also the
+        critic's output on ``s_0 .. s_{H-1}`` with its parameter gradient, for
+        :class:`~torchdreamer.DreamerV3ValueLoss` to train on: one critic pass over
+        the imagined states instead of two. The critic is then not frozen; the
+        actor reads its values detached. Otherwise the third item is ``None``.
+        """
+        if keep_value_output and not self.use_reinforce:
+            raise ValueError(
+                "keep_value_output needs use_reinforce=True: with reparameterised "
+                "gradients the actor loss differentiates through the critic's values."
+            )
         keys = self.tensor_keys
         start = tensordict.select(keys.state, keys.belief, strict=False).detach()
         if unravel_key(keys.state) not in start.keys(True):
@@ -541,12 +557,15 @@ class DreamerV3ActorLoss(LossModule):
                 "states or set_keys(state=...)."
             )
         estimator = self.value_estimator
-        borrowed = (self.model_based_env, self.value_model, self.continuation_model)
+        borrowed = [self.model_based_env, self.continuation_model]
+        if not keep_value_output:
+            borrowed.append(self.value_model)
+        grad = torch.is_grad_enabled()
         # With REINFORCE nothing below needs a gradient: returns only enter the
         # stop-gradient advantage and the policy is re-evaluated on detached
         # states (the official sg(imagined features)). Building no graph through
         # H world-model steps saves its time and memory.
-        track = torch.is_grad_enabled() and not self.use_reinforce
+        track = grad and not self.use_reinforce
         with (
             frozen(*borrowed),
             set_exploration_type(ExplorationType.RANDOM),
@@ -558,7 +577,12 @@ class DreamerV3ActorLoss(LossModule):
             last = imagined[..., -1].get("next").select(*imagined.keys(), strict=False)
             states = torch.cat([imagined.select(*last.keys(True)), last.unsqueeze(-1)], dim=-1)
             states_batch = states.batch_size
-            value = self._values(states, states_batch)
+            # A kept output carries the critic's parameter gradient for the value loss.
+            with torch.set_grad_enabled(track or (grad and keep_value_output)):
+                output = call_module(self.value_model, states)
+            value = self._values(output, states_batch)
+            if keep_value_output:
+                value = value.detach()
             continuation = self._continuations(states, states_batch)
             reward = imagined.get(("next", keys.reward))
             reward = per_step(reward, batch, "The imagined reward")
@@ -600,7 +624,17 @@ class DreamerV3ActorLoss(LossModule):
             "continuation_mean": live[..., 1:].detach().mean(),
             "lambda_target_mean": returns.detach().mean(),
         }
-        return TensorDict(metrics, batch_size=[]), imagined
+        kept = _first_steps(output, len(batch) - 1, batch[-1]) if keep_value_output else None
+        return TensorDict(metrics, batch_size=[]), imagined, kept
+
+
+def _first_steps(
+    output: Mapping[NestedKey, torch.Tensor], dim: int, steps: int
+) -> Mapping[NestedKey, torch.Tensor]:
+    """The first ``steps`` entries of every output along the time dimension ``dim``."""
+    if isinstance(output, TensorDictBase):
+        return output[(slice(None),) * dim + (slice(0, steps),)]
+    return {key: tensor.narrow(dim, 0, steps) for key, tensor in output.items()}
 
 
 def _as_torchrl_state(

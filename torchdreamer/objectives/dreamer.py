@@ -10,6 +10,9 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
+from torchdreamer.objectives.actor import DreamerV3ActorLoss
+from torchdreamer.objectives.value import DreamerV3ValueLoss
+
 __all__ = ["DreamerV3Loss"]
 
 
@@ -27,7 +30,10 @@ class DreamerV3Loss(LossModule):
     2. every posterior state ``("next", "state")``/``("next", "belief")``,
        detached, starts an imagined trajectory, on which ``actor_loss`` gives
        ``loss_actor`` and the λ-returns;
-    3. ``value_loss`` trains the critic on those returns (``loss_value``);
+    3. ``value_loss`` trains the critic on those returns (``loss_value``); with
+       REINFORCE and this package's two losses of one critic, on the critic
+       output the actor loss computed for its returns (the same states, one
+       critic pass instead of two), otherwise by calling the critic again;
     4. the replay value loss trains the critic on the replayed sequence itself,
        bootstrapped by each state's first imagined return, through the
        posterior features with their gradient (the official ``repval_grad``),
@@ -161,6 +167,15 @@ class DreamerV3Loss(LossModule):
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
+    def _shares_critic(self) -> bool:
+        """Whether the value loss can train on the actor loss's critic output (item 3)."""
+        return (
+            isinstance(self.actor_loss, DreamerV3ActorLoss)
+            and isinstance(self.value_loss, DreamerV3ValueLoss)
+            and self.actor_loss.use_reinforce
+            and self.actor_loss.value_model is self.value_loss.value_model
+        )
+
     def _replay_value(
         self,
         sample: TensorDictBase,
@@ -197,8 +212,12 @@ class DreamerV3Loss(LossModule):
                 "DreamerV3Loss starts imagination from it (set_keys(state=...))."
             )
         starts = features.detach().reshape(-1)
-        actor_td, imagined = self.actor_loss(starts)
-        value_td, _ = self.value_loss(imagined.detach())
+        if self._shares_critic():
+            actor_td, imagined, output = self.actor_loss._forward(starts, keep_value_output=True)
+            value_td, _ = self.value_loss._forward(imagined, output)
+        else:
+            actor_td, imagined = self.actor_loss(starts)
+            value_td, _ = self.value_loss(imagined.detach())
         result = model_td.apply(torch.squeeze)
         result.update(actor_td).update(value_td)
         if self.replay_value_loss_weight:

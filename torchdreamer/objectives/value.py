@@ -510,6 +510,15 @@ class DreamerV3ValueLoss(LossModule):
             ``value_slow_loss`` (the weighted slow-critic term, zero without a
             slow critic, as in TorchRL). The second item is the input, unchanged.
         """
+        return self._forward(tensordict)
+
+    def _forward(
+        self,
+        tensordict: TensorDictBase,
+        output: Mapping[NestedKey, torch.Tensor] | None = None,
+    ) -> tuple[TensorDict, TensorDictBase]:
+        """:meth:`forward`, on the value model's ``output`` for ``tensordict`` when
+        given (the actor loss's, see ``DreamerV3ActorLoss._forward``), else its own."""
         keys = self.tensor_keys
         target = tensordict.get(keys.lambda_target, None)
         if target is None:
@@ -528,7 +537,8 @@ class DreamerV3ValueLoss(LossModule):
         self._check_finite(target, keys.lambda_target)
 
         head = self._output()
-        output = call_module(self.value_model, tensordict)
+        if output is None:
+            output = call_module(self.value_model, tensordict)
         prediction = self._prediction(head, output, batch)
         self._check_finite(prediction, keys.value)
 

@@ -7,9 +7,11 @@ inductor, in place: :meth:`RSSM.obs_steps` (8 filtering steps as one graph: thei
 matmuls, norms, gates, unimix and Gumbel sampling, and in the backward one gradient per
 parameter instead of 8), :meth:`RSSM.img_step` and :meth:`RSSM.obs_step` (one step, for
 imagination and acting), the forward of every network outside the RSSM (encoder,
-decoder, reward, continuation, actor, critic), and the optimiser's arithmetic
-(:meth:`DreamerV3Optimizer._laprop`).
-What is compiled is the same code as the eager path: nothing is rewritten here.
+decoder, reward, continuation, actor, critic), the optimiser's arithmetic
+(:meth:`DreamerV3Optimizer._laprop`) and, for discrete actions, the actor loss's
+imagination: one graph per imagined step (actor, sample, prior step, reward) in place of
+the generic rollout's tensordict modules (:class:`_Imagination`, tested equal to it).
+What is compiled is the same code as the eager path: nothing else is rewritten here.
 
 Random draws stay eager (inductor's ``fallback_random``), so a compiled update draws
 exactly what an eager one draws; the two then agree to float32 rounding
@@ -30,6 +32,7 @@ import shutil
 
 import torch
 import torch._inductor.config
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from torchdreamer.modules import MultiDecoder, MultiEncoder
@@ -111,6 +114,59 @@ def _networks(agent: DreamerAgent) -> list[nn.Module]:
     return [*networks, model.reward, model.continuation, *heads]
 
 
+class _Imagination:
+    """The actor loss's imagination for a discrete agent, one compiled graph per step.
+
+    The generic rollout (``DreamerV3ActorLoss._imagine``) runs the actor's tensordict
+    modules, the imagination environment and ``step_mdp`` at every step: several
+    tensordicts per step around a few small matmuls. Here one step (the actor head,
+    its one-hot sample, the prior step and the reward head) is a function of tensors,
+    compiled as one graph, and the steps are stacked into the same ``[*batch, H]``
+    trajectory with the same draws.
+    """
+
+    def __init__(self, agent: DreamerAgent) -> None:
+        logits_module, sampler = agent.actor.module
+        self.head = logits_module.module
+        (self.logits_key,) = logits_module.out_keys
+        self.distribution = sampler.distribution_class
+        self.rssm, self.reward = agent.world_model.rssm, agent.world_model.reward
+        self.loss = agent.actor_loss
+        self.step = torch.compile(self._step)
+
+    def _step(self, stoch: torch.Tensor, deter: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.head(stoch, deter)
+        action = self.distribution(logits=logits, validate_args=False).sample()
+        next_stoch, next_deter, _ = self.rssm.img_step(stoch, deter, action)
+        _, reward = self.reward(next_stoch, next_deter)
+        return logits, action, next_stoch, next_deter, reward
+
+    def __call__(self, start: TensorDictBase) -> TensorDictBase:
+        keys = self.loss.tensor_keys
+        stoch, deter = start.get(keys.state), start.get(keys.belief)
+        steps = []
+        for _ in range(self.loss.imagination_horizon):
+            logits, action, next_stoch, next_deter, reward = self.step(stoch, deter)
+            steps.append((stoch, deter, logits, action, next_stoch, next_deter, reward))
+            stoch, deter = next_stoch, next_deter
+        dim = start.ndim
+        stoch, deter, logits, action, next_stoch, next_deter, reward = (
+            torch.stack(tensors, dim) for tensors in zip(*steps, strict=True)
+        )
+        batch = (*start.batch_size, len(steps))
+        reached = {keys.state: next_stoch, keys.belief: next_deter, keys.reward: reward}
+        return TensorDict(
+            {
+                keys.state: stoch,
+                keys.belief: deter,
+                self.logits_key: logits,
+                keys.action: action,
+                "next": TensorDict(reached, batch_size=batch),
+            },
+            batch_size=batch,
+        )
+
+
 def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     """Compile ``agent``'s hot regions in place (see the module); returns ``agent``.
 
@@ -143,4 +199,6 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     # operators per parameter tensor.
     agent.optimizer.scalars_as_tensors = True
     agent.optimizer._laprop = torch.compile(agent.optimizer._laprop)
+    if agent.discrete:
+        agent.actor_loss._imagine = _Imagination(agent)
     return agent
