@@ -6,14 +6,16 @@ from it (``PYTHONPATH``), builds ``DreamerAgent((4,), 2, discrete=True,
 config=Config(preset=...))`` (CartPole shapes) with seed 0, and times ``--n``
 calls of ``agent.update(batch)`` on one random 16 x 64 replay batch (this
 checkout's ``agent_throughput.replay_batch``, the same at both commits) after 3
-warm-up updates. The two commits alternate round by round, so both see the same
-background load. Printed: each round's median, the median over rounds per
-commit, and the ratio new / old (below 1 is faster).
+warm-up updates. With ``--compile``, ``compile_agent`` first (the compile falls
+in the warm-up: each commit's graphs come from the shared inductor cache once
+made). The two commits alternate round by round, so both see the same
+background load. Printed: each round's median and the process's peak RSS, the
+median over rounds per commit, and the ratio new / old (below 1 is faster).
 
 The preset must build the same networks at both commits for the ratio to
 measure the code rather than the model.
 
-Run: ``python benchmarks/commits.py OLD NEW --preset small --rounds 5 --n 10``.
+Run: ``python benchmarks/commits.py OLD NEW --preset small --rounds 5 --n 10 [--compile]``.
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, statistics, sys, time
+import json, resource, statistics, sys, time
 import torch
 from torchdreamer.training import Config, DreamerAgent
 
-preset, n, benchmarks = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+preset, n, benchmarks, compiled = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 sys.path.insert(0, benchmarks)
 from agent_throughput import replay_batch  # this checkout's batch, at either commit
 
 torch.manual_seed(0)
 agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))
+if compiled:
+    from torchdreamer.training.compiled import compile_agent
+
+    compile_agent(agent)
 batch = replay_batch()
 for _ in range(3):
     agent.update(batch)
@@ -47,7 +53,8 @@ for _ in range(n):
     agent.update(batch)
     times.append(time.perf_counter() - start)
 params = sum(p.numel() for p in agent.trainable_parameters())
-print(json.dumps({"median": statistics.median(times), "params": params}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"median": statistics.median(times), "params": params, "rss": rss}))
 """
 
 
@@ -59,10 +66,11 @@ def worktree(repo: Path, ref: str, folder: Path) -> Path:
     return path
 
 
-def time_once(tree: Path, preset: str, n: int) -> dict:
+def time_once(tree: Path, preset: str, n: int, compiled: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    benchmarks = str(Path(__file__).resolve().parent)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, preset, str(n), str(Path(__file__).resolve().parent)],
+        [sys.executable, "-c", CHILD, preset, str(n), benchmarks, str(int(compiled))],
         env=env, cwd=tree, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -75,21 +83,23 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=10, help="timed updates per process")
+    parser.add_argument("--compile", action="store_true", help="compile_agent() at both commits")
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
-    print(f"preset {args.preset}, {args.n} updates per process, threads: {threads}")
+    mode = "compiled" if args.compile else "eager"
+    print(f"preset {args.preset}, {mode}, {args.n} updates per process, threads: {threads}")
     with tempfile.TemporaryDirectory() as folder:
         trees = {ref: worktree(repo, ref, Path(folder)) for ref in (args.old, args.new)}
         try:
             medians: dict[str, list[float]] = {ref: [] for ref in trees}
             for round_ in range(args.rounds):
                 for ref, tree in trees.items():
-                    result = time_once(tree, args.preset, args.n)
+                    result = time_once(tree, args.preset, args.n, args.compile)
                     medians[ref].append(result["median"])
                     print(
                         f"round {round_}: {ref:>10s} {result['median'] * 1e3:8.1f} ms "
-                        f"({result['params']:,} parameters)",
+                        f"({result['params']:,} parameters, peak RSS {result['rss']:,.0f} MiB)",
                         flush=True,
                     )
         finally:

@@ -62,6 +62,28 @@ def test_mlp_blocks_and_zero_output():
     assert torch.equal(mlp(torch.randn(4, 5)), torch.zeros(4, 3))
 
 
+def test_mlp_input_in_parts_is_the_concatenated_input():
+    # mlp(a, b) must be mlp(cat([a, b])) written out: the first layer on the joined
+    # input, in float64, and the same gradient on the whole first weight.
+    torch.manual_seed(0)
+    mlp = MLP(7, 3, hidden=8, layers=2).double()
+    a, b = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    linear, norm = mlp[0], mlp[1]
+    z = torch.cat([a, b], -1) @ linear.weight.T + linear.bias
+    z = z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-4) * norm.weight
+    first = z * torch.sigmoid(z)
+    rest = first
+    for layer in list(mlp)[3:]:
+        rest = layer(rest)
+    out = mlp(a, b)
+    torch.testing.assert_close(out, rest, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(out.square().sum(), linear.weight)
+    (expected,) = torch.autograd.grad(rest.square().sum(), linear.weight)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"sizes \[4, 2\], 6 in all; the MLP takes 7"):
+        mlp(a, b[:, :2])
+
+
 def test_heads_start_at_zero_and_learn():
     head = TwoHotHead(6, hidden=16)
     logits, value = head(torch.randn(8, 6))

@@ -19,10 +19,6 @@ __all__ = [
 ]
 
 
-def _joined(features: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return features[0] if len(features) == 1 else torch.cat(features, dim=-1)
-
-
 class TwoHotHead(nn.Module):
     """A scalar predicted as a categorical over the two-hot bins (reward, critic).
 
@@ -49,7 +45,7 @@ class TwoHotHead(nn.Module):
         self.register_buffer("bins", TwoHot(num_bins).bins)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.mlp(_joined(features))
+        logits = self.mlp(*features)
         return logits, TwoHot(self.bins).decode(logits).unsqueeze(-1)
 
 
@@ -69,7 +65,7 @@ class ContinuationHead(nn.Module):
         self.mlp = MLP(in_features, 1, hidden, layers)
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logit = self.mlp(_joined(features))
+        logit = self.mlp(*features)
         return logit, torch.sigmoid(logit)
 
 
@@ -104,7 +100,7 @@ class CategoricalActorHead(nn.Module):
         self.unimix = unimix
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        return unimix_logits(self.mlp(_joined(features)), self.unimix)
+        return unimix_logits(self.mlp(*features), self.unimix)
 
 
 class BoundedNormalActorHead(nn.Module):
@@ -142,7 +138,7 @@ class BoundedNormalActorHead(nn.Module):
         self.min_std, self.max_std = min_std, max_std
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, spread = self.mlp(_joined(features)).chunk(2, dim=-1)
+        mean, spread = self.mlp(*features).chunk(2, dim=-1)
         scale = (self.max_std - self.min_std) * torch.sigmoid(spread + 2.0) + self.min_std
         return torch.tanh(mean), scale
 

@@ -126,6 +126,11 @@ def dreamer_init_(module: nn.Module, scale: float = 1.0) -> nn.Module:
 class MLP(nn.Sequential):
     """``layers`` x (Linear -> RMSNorm -> SiLU), then an optional output Linear.
 
+    The input may come in parts along the last dimension, ``mlp(stoch, deter)`` for
+    ``mlp(torch.cat([stoch, deter], -1))``: the first layer then maps each part with its
+    own columns of the weight and sums, so the concatenation is never made (over the
+    16 x 1,024 imagined states of a ``size1m`` update it is a 42 MB copy per head call).
+
     Args:
         in_features: Input size.
         out_features: Output size, or ``None`` to end on the last hidden layer.
@@ -142,6 +147,9 @@ class MLP(nn.Sequential):
         torch.Size([3, 4])
         >>> MLP(6, 4, hidden=32, layers=2, outscale=0.0)(torch.randn(3, 6)).abs().max().item()
         0.0
+        >>> mlp, a, b = MLP(6, 4, hidden=32, layers=2), torch.randn(3, 2), torch.randn(3, 4)
+        >>> torch.allclose(mlp(a, b), mlp(torch.cat([a, b], -1)), atol=1e-6)
+        True
     """
 
     def __init__(
@@ -163,3 +171,22 @@ class MLP(nn.Sequential):
         if out_features is not None:
             self.append(dreamer_init_(nn.Linear(width, out_features), scale=outscale))
         self.out_features = out_features if out_features is not None else width
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        if len(parts) == 1 or not len(self):
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            return super().forward(x)
+        first = self[0]
+        if sum(part.shape[-1] for part in parts) != first.in_features:
+            raise ValueError(
+                f"The input parts have sizes {[part.shape[-1] for part in parts]}, "
+                f"{sum(part.shape[-1] for part in parts)} in all; the MLP takes "
+                f"{first.in_features} features."
+            )
+        weights = first.weight.split([part.shape[-1] for part in parts], dim=1)
+        x = nn.functional.linear(parts[0], weights[0], first.bias)
+        for part, weight in zip(parts[1:], weights[1:], strict=True):
+            x = x + nn.functional.linear(part, weight)
+        for layer in list(self)[1:]:
+            x = layer(x)
+        return x

@@ -189,7 +189,7 @@ class RSSM(nn.Module):
         keep = (~is_first).unsqueeze(-1).to(stoch.dtype)
         stoch, deter, prev_action = stoch * keep, deter * keep, prev_action * keep
         deter = self.core(deter, stoch, prev_action.to(stoch.dtype))
-        posterior_logits = self._logits(self.posterior_net(torch.cat([deter, embed], -1)))
+        posterior_logits = self._logits(self.posterior_net(deter, embed))
         return self.sample(posterior_logits), deter, posterior_logits
 
     def obs_steps(

@@ -134,7 +134,7 @@ class MultiDecoder(nn.Module):
         batch = stoch.shape[:-1]
         out = {}
         if self.vector_keys:
-            vector = self.mlp(torch.cat([stoch, deter], -1))
+            vector = self.mlp(stoch, deter)
             sizes = [self.shapes[k][0] for k in self.vector_keys]
             out.update(zip(self.vector_keys, vector.split(sizes, -1), strict=True))
         if self.image_keys:
@@ -235,9 +235,7 @@ class WorldModel(nn.Module):
 
     def decode(self, stoch: torch.Tensor, deter: torch.Tensor) -> torch.Tensor | TensorDict:
         """The reconstruction of the observation from the latent state."""
-        if self.is_dict or self.is_image:
-            return self.decoder(stoch, deter)
-        return self.decoder(torch.cat([stoch, deter], -1))
+        return self.decoder(stoch, deter)
 
     def forward(
         self,
@@ -249,9 +247,8 @@ class WorldModel(nn.Module):
         if is_first.dim() == prev_action.dim():  # [B, T, 1]
             is_first = is_first.squeeze(-1)
         out = self.rssm.observe(self.embed(observation), prev_action, is_first)
-        features = torch.cat([out["stoch"], out["deter"]], -1)
-        reward_logits, _ = self.reward(features)
-        continuation_logit, _ = self.continuation(features)
+        reward_logits, _ = self.reward(out["stoch"], out["deter"])
+        continuation_logit, _ = self.continuation(out["stoch"], out["deter"])
         return (
             out["posterior_logits"],
             out["prior_logits"],
