@@ -78,7 +78,7 @@ def test_the_decoder_gives_each_key_its_own_slice():
     stoch, deter = torch.randn(2, 5, 16), torch.randn(2, 5, 32)
     out = decoder(stoch, deter)
     assert {k: tuple(v.shape[2:]) for k, v in out.items()} == SHAPES
-    vector = decoder.mlp(torch.cat([stoch, deter], -1))
+    vector = decoder.mlp(stoch, deter)
     torch.testing.assert_close(torch.cat([out["a"], out["b"]], -1), vector, rtol=0, atol=0)
     image = decoder.cnn(stoch, deter)
     torch.testing.assert_close(torch.cat([out["cam"], out["depth"]], -1), image, rtol=0, atol=0)
