@@ -176,14 +176,13 @@ class MLP(nn.Sequential):
         if len(parts) == 1 or not len(self):
             x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
             return super().forward(x)
-        first = self[0]
-        if sum(part.shape[-1] for part in parts) != first.in_features:
+        first, sizes = self[0], [part.shape[-1] for part in parts]
+        if sum(sizes) != first.in_features:
             raise ValueError(
-                f"The input parts have sizes {[part.shape[-1] for part in parts]}, "
-                f"{sum(part.shape[-1] for part in parts)} in all; the MLP takes "
+                f"The input parts have sizes {sizes}, {sum(sizes)} in all; the MLP takes "
                 f"{first.in_features} features."
             )
-        weights = first.weight.split([part.shape[-1] for part in parts], dim=1)
+        weights = first.weight.split(sizes, dim=1)
         x = nn.functional.linear(parts[0], weights[0], first.bias)
         for part, weight in zip(parts[1:], weights[1:], strict=True):
             x = x + nn.functional.linear(part, weight)
