@@ -35,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_throughput import replay_batch  # noqa: E402
+from compiled_update import measure  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
@@ -87,15 +88,9 @@ def main() -> None:
     if args.compile:
         compile_agent(agent)
     batch = replay_batch()
-    for _ in range(args.warmup):
-        agent.update(batch)
-    # The update's own time, unprofiled (the profiler slows every operator down).
-    times = []
-    for _ in range(args.updates):
-        started = time.perf_counter()
-        agent.update(batch)
-        times.append(time.perf_counter() - started)
-    update = statistics.median(times)
+    # The update's own time, unprofiled (the profiler slows every operator down); the
+    # first of the warm-up updates compiles.
+    update = measure(lambda: agent.update(batch), args.warmup - 1, args.updates)["update_s"]
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.updates):
             agent.update(batch)

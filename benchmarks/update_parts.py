@@ -70,15 +70,16 @@ def main() -> None:
         (agent.world_model.rssm, "observe", "observe loop"),
         (agent.actor_loss, "_forward", "actor loss"),
         (agent.actor_loss, "_imagine", "imagination"),
+        (agent.critic.module, "forward", "critic network (all calls)"),
         (agent.value_loss, "_forward", "value loss"),
         (agent.value_loss, "replay_value_loss", "replay value loss"),
         (agent.optimizer, "step", "optimiser step"),
         (agent.slow_critic, "step", "slow-critic EMA"),
     ]
-    if not args.compile:
+    if args.compile:
         # Compiled, the critic's forward runs inside its compiled graph, where a timer
         # would break the graph (dynamo cannot trace time.perf_counter).
-        parts.insert(6, (agent.critic.module, "forward", "critic network (all calls)"))
+        parts = [part for part in parts if part[0] is not agent.critic.module]
     for owner, name, label in parts:
         timed(owner, name, label, times)
     batch = replay_batch()
