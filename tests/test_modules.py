@@ -28,6 +28,7 @@ from torchdreamer.modules import (
     ContinuationHead,
     ImaginationEnv,
     ModelSize,
+    RMSNorm,
     TwoHotHead,
     WorldModel,
     dreamer_init_,
@@ -58,7 +59,7 @@ def test_init_is_truncated_normal_with_unit_fan_in_variance(layer, fan_in):
 def test_mlp_blocks_and_zero_output():
     mlp = MLP(5, 3, hidden=8, layers=2, outscale=0.0)
     kinds = [type(m) for m in mlp]
-    assert kinds == [nn.Linear, nn.RMSNorm, nn.SiLU, nn.Linear, nn.RMSNorm, nn.SiLU, nn.Linear]
+    assert kinds == [nn.Linear, RMSNorm, nn.SiLU, nn.Linear, RMSNorm, nn.SiLU, nn.Linear]
     assert torch.equal(mlp(torch.randn(4, 5)), torch.zeros(4, 3))
 
 
@@ -82,6 +83,39 @@ def test_mlp_input_in_parts_is_the_concatenated_input():
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"sizes \[4, 2\], 6 in all; the MLP takes 7"):
         mlp(a, b[:, :2])
+
+
+def test_rmsnorm_takes_bfloat16_statistics_in_float32():
+    # The formula in float64, rounded once to bfloat16, against the norm of the same
+    # bfloat16 input: within one bfloat16 rounding (its float32 arithmetic is far finer).
+    torch.manual_seed(0)
+    norm = RMSNorm(64, eps=1e-4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(32, 64) * 3).bfloat16()
+    wide = x.double()
+    expected = wide / torch.sqrt(wide.pow(2).mean(-1, keepdim=True) + 1e-4) * norm.weight.double()
+    out = norm(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, rtol=2**-8, atol=0)
+    # In the weight's dtype the casts are no-ops: nn.RMSNorm's numbers exactly.
+    plain = nn.RMSNorm(64, eps=1e-4)
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(32, 64)
+    assert torch.equal(norm(x), plain(x))
+
+
+def test_mlp_outputs_are_float32_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    head, trunk = MLP(6, 3, hidden=32, layers=2), MLP(6, None, hidden=32, layers=2)
+    a, b = torch.randn(64, 2), torch.randn(64, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, features = head(a, b), trunk(torch.cat([a, b], -1))
+    # An output layer returns the parameters' dtype; a trunk what it computed in.
+    assert out.dtype == torch.float32 and features.dtype == torch.bfloat16
+    # Three bfloat16 products and norms deep: close to float32 at bfloat16's precision.
+    torch.testing.assert_close(out, head(a, b), rtol=2**-5, atol=2**-5)
+    assert head.double()(a.double(), b.double()).dtype == torch.float64
 
 
 def test_heads_start_at_zero_and_learn():

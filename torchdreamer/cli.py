@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from torchdreamer.training.config import (
     COMPILE_MODES,
+    PRECISIONS,
     PRESETS,
     SUITE_PRESETS,
     Config,
@@ -109,12 +110,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             )
             continue
         kind = _preset if item.name == "preset" else _TYPES[str(item.type)]
-        choices = {"preset": tuple(PRESETS), "compile": COMPILE_MODES}.get(item.name)
+        choices = {
+            "preset": tuple(PRESETS),
+            "compile": COMPILE_MODES,
+            "precision": PRECISIONS,
+        }.get(item.name)
         parser.add_argument(
             flag,
             type=kind,
-            # Checked by argparse for compile; preset's _preset takes any case.
-            choices=choices if item.name == "compile" else None,
+            # Checked by argparse, except preset: its _preset takes any case.
+            choices=choices if item.name != "preset" else None,
             default=None,  # None: not given (a resumed run keeps its saved value)
             metavar=_METAVARS.get(str(item.type), item.name.upper())
             if choices is None

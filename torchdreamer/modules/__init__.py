@@ -22,7 +22,13 @@ if TYPE_CHECKING:
         TwoHotHead,
     )
     from torchdreamer.modules.imagination import ImaginationEnv
-    from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_, sample_one_hot
+    from torchdreamer.modules.layers import (
+        MLP,
+        BlockLinear,
+        RMSNorm,
+        dreamer_init_,
+        sample_one_hot,
+    )
     from torchdreamer.modules.rssm import RSSM, BlockGRU
     from torchdreamer.modules.size import ModelSize
     from torchdreamer.modules.world_model import (
@@ -48,6 +54,7 @@ __all__ = [
     "MultiDecoder",
     "MultiEncoder",
     "OneHotCategorical",
+    "RMSNorm",
     "TwoHotHead",
     "WorldModel",
     "dreamer_init_",
@@ -70,6 +77,7 @@ _HOMES = {
     "MultiDecoder": "torchdreamer.modules.world_model",
     "MultiEncoder": "torchdreamer.modules.world_model",
     "OneHotCategorical": "torchdreamer.modules.heads",
+    "RMSNorm": "torchdreamer.modules.layers",
     "RSSM": "torchdreamer.modules.rssm",
     "TwoHotHead": "torchdreamer.modules.heads",
     "WORLD_MODEL_OUTPUTS": "torchdreamer.modules.world_model",

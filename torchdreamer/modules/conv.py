@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchdreamer.modules.layers import MLP, BlockLinear, dreamer_init_
+from torchdreamer.modules.layers import MLP, BlockLinear, RMSNorm, dreamer_init_
 from torchdreamer.modules.size import ModelSize
 
 __all__ = ["ConvDecoder", "ConvEncoder"]
 
 
-class _ChannelRMSNorm(nn.RMSNorm):
+class _ChannelRMSNorm(RMSNorm):
     """RMSNorm over the channels of a ``[N, C, H, W]`` map."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ class ConvDecoder(nn.Module):
         area = height * width * channels[-1]
         self.from_deter = BlockLinear(deter_size, area, self.blocks)
         self.from_stoch = MLP(stoch_size, area, 2 * size.units, layers=1)
-        self.norm = nn.RMSNorm(channels[-1], eps=1e-4)
+        self.norm = RMSNorm(channels[-1], eps=1e-4)
         layers: list[nn.Module] = []
         width_in = channels[-1]
         for width_out in reversed(channels[:-1]):
@@ -139,5 +139,6 @@ class ConvDecoder(nn.Module):
         x0 = x0.permute(0, 2, 3, 1, 4).reshape(-1, height, width, channels)
         x1 = self.from_stoch(stoch.reshape(-1, stoch.shape[-1])).view(-1, height, width, channels)
         x = nn.functional.silu(self.norm(x0 + x1)).movedim(-1, 1)
-        image = torch.sigmoid(self.net(x)).movedim(1, -1)
+        # In the parameters' dtype, as the MLP heads return theirs (bfloat16 autocast).
+        image = torch.sigmoid(self.net(x).to(self.norm.weight.dtype)).movedim(1, -1)
         return image.reshape(*batch, *self.image_shape)

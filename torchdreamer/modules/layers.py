@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MLP", "BlockLinear", "dreamer_init_", "sample_one_hot"]
+__all__ = ["MLP", "BlockLinear", "RMSNorm", "dreamer_init_", "sample_one_hot"]
 
 #: 1 / std of a standard normal truncated at ±2: keeps the intended variance.
 TRUNCATION_CORRECTION = 1.1368
@@ -123,6 +123,28 @@ def dreamer_init_(module: nn.Module, scale: float = 1.0) -> nn.Module:
     return module
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` computed in its weight's dtype and returned in its input's dtype.
+
+    Under ``torch.autocast`` to bfloat16 (``Config(precision="bfloat16")``) a layer's
+    activations arrive in bfloat16; their mean square, its reciprocal root and the scale
+    are then taken in float32, as the official ``Norm`` does, and the result goes on in
+    bfloat16. Without autocast both casts are no-ops.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import RMSNorm
+        >>> x = torch.randn(3, 8)
+        >>> norm = RMSNorm(8)
+        >>> norm(x.bfloat16()).dtype, torch.equal(norm(x), torch.nn.RMSNorm(8)(x))
+        (torch.bfloat16, True)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype if self.weight is None else self.weight.dtype
+        return super().forward(x.to(dtype)).to(x.dtype)
+
+
 class MLP(nn.Sequential):
     """``layers`` x (Linear -> RMSNorm -> SiLU), then an optional output Linear.
 
@@ -130,6 +152,11 @@ class MLP(nn.Sequential):
     ``mlp(torch.cat([stoch, deter], -1))``: the first layer then maps each part with its
     own columns of the weight and sums, so the concatenation is never made (over the
     16 x 1,024 imagined states of a ``size1m`` update it is a 42 MB copy per head call).
+
+    An output layer's result is returned in the parameters' dtype: under bfloat16
+    autocast the layers compute in bfloat16 and the predictions, logits and
+    distribution parameters the heads make of it are float32, as the official heads
+    cast their outputs. An MLP that ends on a hidden layer returns what it computed in.
 
     Args:
         in_features: Input size.
@@ -164,15 +191,20 @@ class MLP(nn.Sequential):
         blocks: list[nn.Module] = []
         width = in_features
         for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.RMSNorm(hidden, eps=eps), nn.SiLU()]
+            blocks += [nn.Linear(width, hidden), RMSNorm(hidden, eps=eps), nn.SiLU()]
             width = hidden
         super().__init__(*blocks)
         dreamer_init_(self)
         if out_features is not None:
             self.append(dreamer_init_(nn.Linear(width, out_features), scale=outscale))
         self.out_features = out_features if out_features is not None else width
+        self.has_output = out_features is not None
 
     def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        x = self._layers(*parts)
+        return x.to(self[-1].weight.dtype) if self.has_output else x
+
+    def _layers(self, *parts: torch.Tensor) -> torch.Tensor:
         if len(parts) == 1 or not len(self):
             x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
             return super().forward(x)

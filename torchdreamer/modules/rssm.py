@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from torchdreamer.functional import unimix_logits
-from torchdreamer.modules.layers import MLP, BlockLinear, sample_one_hot
+from torchdreamer.modules.layers import MLP, BlockLinear, RMSNorm, sample_one_hot
 from torchdreamer.modules.size import ModelSize
 
 __all__ = ["RSSM", "BlockGRU"]
@@ -53,7 +53,7 @@ class BlockGRU(nn.Module):
         self.hidden_layers = nn.ModuleList()
         for _ in range(size.dyn_layers):
             self.hidden_layers.append(BlockLinear(width, deter, blocks))
-            self.hidden_layers.append(nn.RMSNorm(deter, eps=1e-4))
+            self.hidden_layers.append(RMSNorm(deter, eps=1e-4))
             width = deter
         self.gates = BlockLinear(width, 3 * deter, blocks)
 

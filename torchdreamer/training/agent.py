@@ -175,6 +175,22 @@ class DreamerAgent(nn.Module):
             warmup_steps=config.warmup,
         )
 
+    def autocast(self) -> torch.autocast:
+        """The context the networks compute in: ``torch.autocast`` to bfloat16 on the
+        agent's device under ``Config(precision="bfloat16")``, a disabled one otherwise.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.training import Config, DreamerAgent
+            >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(precision="bfloat16"))
+            >>> with agent.autocast():
+            ...     torch.randn(2, 3) @ torch.randn(3, 4)  # doctest: +ELLIPSIS
+            tensor(..., dtype=torch.bfloat16)
+        """
+        device = next(self.parameters()).device.type
+        bfloat16 = self.config.precision == "bfloat16"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """World model, actor and critic parameters (the slow critic is a buffer)."""
         modules = (self.world_model, self.actor, self.critic)
@@ -188,7 +204,8 @@ class DreamerAgent(nn.Module):
         (``observation``, ``prev_action``, ``is_first``, ``reward``, ``is_last``,
         ``is_terminal``); :class:`~torchdreamer.DreamerV3Loss` computes the terms.
         """
-        result = self.dreamer_loss(TensorDict({"next": batch}, batch_size=batch.batch_size))
+        with self.autocast():
+            result = self.dreamer_loss(TensorDict({"next": batch}, batch_size=batch.batch_size))
         terms = {k: v for k, v in result.items() if k.startswith("loss_")}
         total = sum(terms.values())
         context = self.dreamer_loss.tensor_keys.replay_context
@@ -241,15 +258,16 @@ class DreamerAgent(nn.Module):
         state, which remembers the action as the next step's previous action.
         """
         rssm = self.world_model.rssm
-        stoch, deter, _ = rssm.obs_step(
-            state["state"],
-            state["belief"],
-            state["action"],
-            self.world_model.embed(observation),
-            is_first,
-        )
-        td = TensorDict(state=stoch, belief=deter, batch_size=state.batch_size)
-        dist = self.actor.get_dist(td)
+        with self.autocast():
+            stoch, deter, _ = rssm.obs_step(
+                state["state"],
+                state["belief"],
+                state["action"],
+                self.world_model.embed(observation),
+                is_first,
+            )
+            td = TensorDict(state=stoch, belief=deter, batch_size=state.batch_size)
+            dist = self.actor.get_dist(td)
         if explore:
             action = dist.sample()
         elif self.discrete:

@@ -72,6 +72,9 @@ OBSERVATIONS = ("auto", "proprio", "image", "both")
 #: Values ``compile`` accepts.
 COMPILE_MODES = ("auto", "on", "off")
 
+#: Values ``precision`` accepts.
+PRECISIONS = ("float32", "bfloat16")
+
 
 @dataclass
 class Config:
@@ -191,6 +194,12 @@ class Config:
     ``off``, or ``auto``: compiled on CPU for vector observations and runs planned to
     make at least 1,000 updates (where the compile time is repaid); eager for images (no
     faster), on CUDA and under torchrun (not measured there yet)."""
+    precision: str = "float32"
+    """Dtype of the networks' computation: ``float32``, or ``bfloat16`` (the official
+    ``compute_dtype``): the update's losses and acting run under ``torch.autocast``, so
+    matrix products and convolutions take bfloat16 inputs and layers' activations stay
+    in it; parameters, optimiser state, norms' statistics, the heads' outputs
+    (predictions, logits), the recurrent state and the losses stay float32."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run."""
 
@@ -201,6 +210,10 @@ class Config:
             raise ValueError(f"obs must be one of {list(OBSERVATIONS)}, got {self.obs!r}.")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}."
+            )
         canonical = {name.lower(): name for name in PRESETS}
         if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
@@ -265,7 +278,8 @@ class Config:
     def size(self) -> ModelSize:
         return PRESETS[self.preset]
 
-    #: Fields that may differ when a run is resumed (they do not change what is learnt).
+    #: Fields that may differ when a run is resumed: where and how the same learning runs
+    #: (device, threads, compiling, the compute dtype), not what it learns.
     RESUMABLE = (
         "steps",
         "device",
@@ -273,6 +287,7 @@ class Config:
         "checkpoint_every",
         "threads",
         "compile",
+        "precision",
         "eval_every",
         "eval_episodes",
         "eval_sample",

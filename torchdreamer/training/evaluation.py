@@ -145,16 +145,17 @@ def dream(agent: DreamerAgent, batch: TensorDictBase, context: int = 5) -> list[
     steps = truth.shape[1]
     if not 1 <= context < steps:
         raise ValueError(f"context must be in [1, {steps - 1}] for {steps}-step sequences.")
-    seen = model.rssm.observe(
-        model.embed(truth[:, :context]), action[:, :context], is_first[:, :context]
-    )
-    stoch, deter = seen["stoch"][:, -1], seen["deter"][:, -1]
-    stochs, deters = [seen["stoch"]], [seen["deter"]]
-    for t in range(context, steps):
-        stoch, deter, _ = model.rssm.img_step(stoch, deter, action[:, t])
-        stochs.append(stoch.unsqueeze(1))
-        deters.append(deter.unsqueeze(1))
-    predicted = model.decode(torch.cat(stochs, 1), torch.cat(deters, 1)).clamp(0, 1)
+    with agent.autocast():
+        seen = model.rssm.observe(
+            model.embed(truth[:, :context]), action[:, :context], is_first[:, :context]
+        )
+        stoch, deter = seen["stoch"][:, -1], seen["deter"][:, -1]
+        stochs, deters = [seen["stoch"]], [seen["deter"]]
+        for t in range(context, steps):
+            stoch, deter, _ = model.rssm.img_step(stoch, deter, action[:, t])
+            stochs.append(stoch.unsqueeze(1))
+            deters.append(deter.unsqueeze(1))
+        predicted = model.decode(torch.cat(stochs, 1), torch.cat(deters, 1)).clamp(0, 1)
     real = truth.float() / 255
     error = (predicted - real + 1) / 2
     # [B, T, H, W, C] x 3 -> [T, 3 * H, B * W, C]

@@ -1,0 +1,26 @@
+"""The prepared GPU script runs end to end (on CPU, at a tiny batch): a row per plan entry,
+with its figures, or the reason it was not measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(processes, tmp_path):
+    out = tmp_path / "rows.json"
+    plan = ["small:float32:eager", "small:bfloat16:eager", "small:float32:cudagraphs"]
+    command = [sys.executable, str(BENCHMARKS / "gpu_update.py"), "--device", "cpu"]
+    command += ["--plan", *plan, "--batch", "2", "8", "--warmup", "0", "--updates", "1"]
+    finished = processes.run([*command, "--out", str(out)], tmp_path / "logs")
+    assert finished.returncode == 0, finished.stderr
+    rows = json.loads(out.read_text())
+    assert [row["entry"] for row in rows] == plan
+    for row in rows[:2]:
+        assert row["update_ms"] > 0 and row["first_s"] > 0 and row["peak_mib"] > 0, row
+        assert row["kernels"] > 100 and row["graphs_after_warmup"] == 0, row
+    assert rows[2]["error"] == "cudagraphs needs a CUDA device"
+    assert "| small | bfloat16 | eager |" in finished.stdout
