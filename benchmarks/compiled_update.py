@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,14 +65,17 @@ def operators(step) -> int:
     return sum(counted(e) for e in prof.events())
 
 
-def measure(step, warmup: int, updates: int) -> dict[str, float]:
+def measure(step, warmup: int, updates: int, count=operators) -> dict[str, float]:
     """Time ``step()`` (one whole update): the first call (with any compiling), then the
-    median of ``updates`` calls after ``warmup``; peak RSS; operators of one call."""
+    median of ``updates`` calls after ``warmup``; the graphs dynamo compiled during those
+    calls (0: no recompilation in steady state); peak RSS; ``count(step)``, by default the
+    operators of one call."""
     started = time.perf_counter()
     step()
     first = time.perf_counter() - started
     for _ in range(warmup):
         step()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     times = []
     for _ in range(updates):
         started = time.perf_counter()
@@ -81,8 +85,9 @@ def measure(step, warmup: int, updates: int) -> dict[str, float]:
     return {
         "first_s": first,
         "update_s": statistics.median(times),
+        "graphs_after_warmup": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs,
         "peak_rss_mib": peak_rss_mib,
-        "operators": operators(step),
+        "operators": count(step),
     }
 
 

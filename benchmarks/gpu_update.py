@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch._dynamo
 import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_throughput import replay_batch  # noqa: E402
-from compiled_update import operators  # noqa: E402
+from compiled_update import measure, operators  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
@@ -88,27 +85,13 @@ def child(entry: str, device_name: str, batch: list[int], warmup: int, updates: 
     def step() -> None:  # update() reads its metrics to the host: the step has ended
         agent.update(data)
 
-    started = time.perf_counter()
-    step()
-    first = time.perf_counter() - started
-    for _ in range(warmup):
-        step()
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    times = []
-    for _ in range(updates):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    row = {
-        "first_s": first,
-        "update_ms": statistics.median(times) * 1e3,
-        "graphs_after_warmup": torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs,
-        "kernels": kernels(step, device),
-    }
+    row = measure(step, warmup, updates, count=lambda step: kernels(step, device))
+    row["kernels"] = row.pop("operators")
+    row["update_ms"] = row.pop("update_s") * 1e3
     if device.type == "cuda":
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        row["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row["peak_mib"] = row["peak_rss_mib"]
     print(json.dumps(row))
 
 

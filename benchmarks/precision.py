@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -44,11 +43,7 @@ def child(precision: str, mode: str, preset: str, warmup: int, updates: int) -> 
     if mode == "compiled":
         compile_agent(agent)
     batch = replay_batch()
-    result = measure(lambda: agent.update(batch), warmup, updates)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    agent.update(batch)
-    result["graphs_after_warmup"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
-    print(json.dumps(result))
+    print(json.dumps(measure(lambda: agent.update(batch), warmup, updates)))
 
 
 def main() -> None:
