@@ -191,6 +191,50 @@ def test_bfloat16_computes_the_products_in_bfloat16_and_keeps_float32_state(
         torch.testing.assert_close(metrics["bfloat16"][key], expected, rtol=2**-5, atol=1e-4)
 
 
+class _HostReads(TorchDispatchMode):
+    """Records the operators that read tensor values back to the host: on a GPU each
+    waits for the device (``.item()``, ``bool(t)``, ``nonzero``, ``F.one_hot``'s range
+    check, ``torch.quantile``'s NaN check, ...)."""
+
+    OPS = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "equal")
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.OPS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("shape", "discrete", "image"),
+    [((4,), True, False), ((3,), False, False), ((16, 16, 3), True, True)],
+    ids=["vector-discrete", "vector-continuous", "image-discrete"],
+)
+def test_an_update_reads_no_value_back_before_its_metrics(shape, discrete, image, monkeypatch):
+    """No host-device synchronisation inside an update: the losses, the backward, the
+    optimiser step and the slow critic's EMA read nothing back; ``update`` then reads
+    its metrics once."""
+    monkeypatch.setitem(PRESETS, "test", SMALL)
+    torch.manual_seed(0)
+    config = Config(preset="test", imagination_horizon=3, warmup=0)
+    agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
+    batch = batch_for(shape, 2, image=image)
+    agent.update(batch)  # the first update fills caches made once (percentile ranks)
+    with _HostReads() as probe:
+        torch.ones(()).item()
+    assert probe.reads == ["_local_scalar_dense.default"]  # the probe sees a read
+    with _HostReads() as probe:
+        total, _ = agent.losses(batch)
+        agent.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        agent.optimizer.step()
+        agent.slow_critic.step()
+    assert probe.reads == []
+
+
 def test_precision_is_float32_or_bfloat16():
     with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'bfloat16'\]"):
         Config(precision="float16")

@@ -104,3 +104,28 @@ def test_return_percentiles_interpolate_linearly():
     flat = values.flatten().tolist()
     expected = torch.tensor([ref_percentile(flat, 0.05), ref_percentile(flat, 0.95)])
     torch.testing.assert_close(got, expected.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 101, 15360])
+def test_return_percentiles_equal_torch_quantile_bit_for_bit(n, dtype):
+    # torch.quantile is an independent reference here: the same ranks and interpolation,
+    # computed with a read back from the device that return_percentiles avoids.
+    generator = torch.Generator().manual_seed(n)
+    values = torch.randn(n, generator=generator, dtype=dtype) * 30
+    for quantiles in [(0.05, 0.95), (0.0, 1.0), (0.1, 0.9), (0.37, 0.5)]:
+        expected = torch.quantile(values, torch.tensor(quantiles, dtype=dtype))
+        assert torch.equal(return_percentiles(values, quantiles), expected), quantiles
+
+
+def test_return_percentiles_are_nan_when_a_return_is():
+    values = torch.arange(100.0)
+    values[40] = float("nan")
+    assert return_percentiles(values).isnan().all()
+
+
+def test_return_percentiles_refuse_empty_returns_and_quantiles_outside_0_1():
+    with pytest.raises(ValueError, match="at least one return"):
+        return_percentiles(torch.zeros(0))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got 1.5"):
+        return_percentiles(torch.arange(5.0), (0.05, 1.5))

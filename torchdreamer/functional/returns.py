@@ -8,6 +8,8 @@ episode goes on from it).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["discount_weights", "lambda_return", "return_percentiles"]
@@ -115,8 +117,14 @@ def return_percentiles(
 ) -> torch.Tensor:
     """The low and high percentiles of a batch of returns (linear interpolation).
 
+    The ``q`` percentile lies at rank ``q (n - 1)`` of the ``n`` sorted returns, between
+    the two entries around it, as ``torch.quantile`` (and NumPy's default) computes it,
+    to the last bit. Unlike ``torch.quantile``, nothing is read back from the device (it
+    checks ``q`` and looks for NaNs on the host): the ranks come from the shape alone.
+    A NaN among the returns makes both percentiles NaN.
+
     Args:
-        returns: Any shape; all entries are pooled.
+        returns: Any shape, at least one entry; all entries are pooled.
         quantiles: Fractions in [0, 1], low then high.
 
     Returns:
@@ -127,8 +135,28 @@ def return_percentiles(
         >>> from torchdreamer.functional import return_percentiles
         >>> return_percentiles(torch.arange(101.0))
         tensor([ 5., 95.])
+        >>> return_percentiles(torch.tensor([0.0, 10.0]), (0.25, 0.5))
+        tensor([2.5000, 5.0000])
     """
     flat = returns.detach().reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("return_percentiles needs at least one return; got an empty tensor.")
     flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-    q = torch.tensor(quantiles, dtype=flat.dtype, device=flat.device)
-    return torch.quantile(flat, q)
+    ordered = flat.sort().values
+    points = []
+    for q in quantiles:
+        below, above, weight = _rank(float(q), flat.numel(), flat.dtype)
+        points.append(torch.lerp(ordered[below], ordered[above], weight))
+    # Sorting puts NaNs last, past the ranks read above: they are brought back here.
+    return torch.stack(points).masked_fill(flat.isnan().any(), float("nan"))
+
+
+@functools.lru_cache(maxsize=64)
+def _rank(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, float]:
+    """The entries below and above rank ``q (n - 1)`` and the weight between them,
+    computed on the host in ``dtype`` as ``torch.quantile`` computes them."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantiles must lie in [0, 1], got {q}.")
+    rank = torch.tensor(q, dtype=dtype) * (n - 1)
+    below = int(rank.floor())
+    return below, int(rank.ceil()), float(rank - below)

@@ -74,8 +74,11 @@ def sample_one_hot(logits: torch.Tensor) -> torch.Tensor:
     # at a fraction of exponential_()'s cost; in place, as it is made at every step.
     uniform = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
     gumbel = uniform.log_().neg_().log_().neg_()
-    index = (logits + gumbel).argmax(-1)
-    return nn.functional.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    index = (logits + gumbel).argmax(-1, keepdim=True)
+    # Compared with the classes rather than ``one_hot``, which checks the indices' range
+    # and so reads them back from the device at every step.
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    return (index == classes).to(logits.dtype)
 
 
 @torch.no_grad()
