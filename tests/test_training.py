@@ -59,7 +59,10 @@ def reference_laprop(weights, grads_per_step, lr, b1, b2, eps, agc, warmup):
     return weights
 
 
-def test_optimizer_with_agc_and_warmup_matches_plain_reference():
+@pytest.mark.parametrize("scalars_as_tensors", [False, True], ids=["numbers", "tensors"])
+def test_optimizer_with_agc_and_warmup_matches_plain_reference(scalars_as_tensors):
+    """Also with the per-step scalars passed as tensors refilled at every step (what a
+    compiled update does)."""
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5) * 1e-4)]
     start = [p.detach().clone() for p in params]
@@ -67,6 +70,7 @@ def test_optimizer_with_agc_and_warmup_matches_plain_reference():
     opt = DreamerV3Optimizer(
         params, lr=0.05, beta1=0.9, beta2=0.99, eps=1e-8, agc=0.3, warmup_steps=4
     )
+    opt.scalars_as_tensors = scalars_as_tensors
     for step in grads:
         for p, g in zip(params, step, strict=True):
             p.grad = g.clone()

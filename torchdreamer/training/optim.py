@@ -98,6 +98,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             step=0,
         )
         super().__init__(parameters, defaults)
+        self._scalar_tensors: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -141,8 +142,15 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         beta1, beta2 = group["beta1"], group["beta2"]
         scalars: tuple[Any, ...] = (lr, 1 - beta2**step, 1 - beta1**step)
         if self.scalars_as_tensors:
+            # Filled in place: a fill is a kernel launch that carries the number, where a
+            # new tensor from a host value is a copy (on a GPU, one that waits for it).
             device = params[0].device
-            scalars = tuple(torch.tensor(x, dtype=torch.float32, device=device) for x in scalars)
+            if device not in self._scalar_tensors:
+                zeros = tuple(torch.zeros((), device=device) for _ in scalars)
+                self._scalar_tensors[device] = zeros
+            scalars = tuple(
+                t.fill_(x) for t, x in zip(self._scalar_tensors[device], scalars, strict=True)
+            )
         self._laprop(
             params,
             [p.grad for p in params],
