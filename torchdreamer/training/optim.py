@@ -100,6 +100,12 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         super().__init__(parameters, defaults)
         self._scalar_tensors: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy or unpickled optimiser (torch keeps only defaults, state and groups)
+        # makes its own scalar tensors.
+        super().__setstate__(state)
+        self._scalar_tensors = {}
+
     @torch.no_grad()
     def step(  # type: ignore[override]
         self, closure: Callable[[], torch.Tensor] | None = None
