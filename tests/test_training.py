@@ -3,6 +3,7 @@ streams' layout, and the whole CLI (smoke run, eval, resume after kill -9, bad i
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import signal
@@ -78,6 +79,25 @@ def test_optimizer_with_agc_and_warmup_matches_plain_reference(scalars_as_tensor
     expected = reference_laprop(start, grads, 0.05, 0.9, 0.99, 1e-8, 0.3, 4)
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-7)
+
+
+def test_a_copied_optimizer_takes_the_same_step():
+    """A deep copy (an agent copied, then compiled, as the compiled tests do) steps on
+    its own parameters as the original does on its."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = DreamerV3Optimizer([w], lr=0.1, warmup_steps=2)
+    opt.scalars_as_tensors = True
+    (w**2).sum().backward()
+    opt.step()
+    twin = copy.deepcopy(opt)  # torch copies defaults, state and groups, not attributes
+    twin.scalars_as_tensors = True  # as compile_agent sets it
+    (twin_w,) = twin.param_groups[0]["params"]
+    for param, optimizer in ((w, opt), (twin_w, twin)):
+        param.grad = torch.tensor([0.5, 0.25, -1.0])
+        optimizer.step()
+    assert twin_w is not w
+    assert torch.equal(twin_w.detach(), w.detach())
+    assert not torch.equal(w.detach(), torch.tensor([1.0, -2.0, 3.0]))  # the steps moved it
 
 
 # --------------------------------------------------------------------- replay
