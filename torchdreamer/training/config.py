@@ -75,6 +75,9 @@ COMPILE_MODES = ("auto", "on", "off")
 #: Values ``precision`` accepts.
 PRECISIONS = ("float32", "bfloat16")
 
+#: The fields that take one of a few words, with those words.
+_CHOICES = {"obs": OBSERVATIONS, "compile": COMPILE_MODES, "precision": PRECISIONS}
+
 
 @dataclass
 class Config:
@@ -206,14 +209,10 @@ class Config:
     def __post_init__(self) -> None:
         self._apply_suite()
         self._check_types()
-        if self.obs not in OBSERVATIONS:
-            raise ValueError(f"obs must be one of {list(OBSERVATIONS)}, got {self.obs!r}.")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}."
-            )
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
         canonical = {name.lower(): name for name in PRESETS}
         if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
