@@ -167,11 +167,16 @@ def test_the_fused_imagination_is_the_generic_rollout():
         expected = agent.actor_loss._imagine(start)
         torch.manual_seed(3)
         got = fused(start)
+    (got, got_states), (expected, expected_states) = got, expected
     assert got.batch_size == expected.batch_size == (6, 4)
     assert set(got.keys(True, True)) == set(expected.keys(True, True))
     for key in expected.keys(True, True):
         assert got[key].dtype == expected[key].dtype, key
         assert torch.equal(got[key], expected[key]), key
+    assert got_states.batch_size == expected_states.batch_size == (6, 5)
+    assert set(got_states.keys(True, True)) == {"state", "belief"}
+    for key in got_states.keys(True, True):
+        assert torch.equal(got_states[key], expected_states[key]), key
 
 
 def test_a_compiled_agents_state_dict_loads_into_an_eager_one(agents):

@@ -441,8 +441,9 @@ class DreamerV3ActorLoss(LossModule):
         pass
 
     # ---------------------------------------------------------------- helpers
-    def _imagine(self, start: TensorDictBase) -> TensorDictBase:
-        """Roll the actor out for H steps: a ``[*batch, H]`` trajectory."""
+    def _imagine(self, start: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+        """Roll the actor out for H steps: the ``[*batch, H]`` trajectory, and its
+        states ``s_0 .. s_H`` (``[*batch, H + 1]``: the H roots and the last next state)."""
         env = self.model_based_env
         tensordict = env.reset(start)
         steps = []
@@ -455,7 +456,10 @@ class DreamerV3ActorLoss(LossModule):
                 reward_keys=self.tensor_keys.reward,
                 action_keys=self.tensor_keys.action,
             )
-        return torch.stack(steps, dim=start.ndim)
+        imagined = torch.stack(steps, dim=start.ndim)
+        last = imagined[..., -1].get("next").select(*imagined.keys(), strict=False)
+        states = torch.cat([imagined.select(*last.keys(True)), last.unsqueeze(-1)], dim=-1)
+        return imagined, states
 
     def _grid(self, num_bins: int, device: torch.device) -> TwoHot:
         """The official two-hot output for a logits-only critic, made once per size and device."""
@@ -571,11 +575,8 @@ class DreamerV3ActorLoss(LossModule):
             set_exploration_type(ExplorationType.RANDOM),
             torch.set_grad_enabled(track),
         ):
-            imagined = self._imagine(start)
+            imagined, states = self._imagine(start)
             batch = imagined.batch_size
-            # States s_0 .. s_H: the H roots plus the last step's next state.
-            last = imagined[..., -1].get("next").select(*imagined.keys(), strict=False)
-            states = torch.cat([imagined.select(*last.keys(True)), last.unsqueeze(-1)], dim=-1)
             states_batch = states.batch_size
             # A kept output carries the critic's parameter gradient for the value loss.
             with torch.set_grad_enabled(track or (grad and keep_value_output)):

@@ -122,7 +122,8 @@ class _Imagination:
     tensordicts per step around a few small matmuls. Here one step (the actor head,
     its one-hot sample, the prior step and the reward head) is a function of tensors,
     compiled as one graph, and the steps are stacked into the same ``[*batch, H]``
-    trajectory with the same draws.
+    trajectory and ``[*batch, H + 1]`` states with the same draws. The states are
+    stacked once: the trajectory's roots and next states are views of them.
     """
 
     def __init__(self, agent: DreamerAgent) -> None:
@@ -141,30 +142,40 @@ class _Imagination:
         _, reward = self.reward(next_stoch, next_deter)
         return logits, action, next_stoch, next_deter, reward
 
-    def __call__(self, start: TensorDictBase) -> TensorDictBase:
+    def __call__(self, start: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
         keys = self.loss.tensor_keys
+        horizon = self.loss.imagination_horizon
         stoch, deter = start.get(keys.state), start.get(keys.belief)
-        steps = []
-        for _ in range(self.loss.imagination_horizon):
-            logits, action, next_stoch, next_deter, reward = self.step(stoch, deter)
-            steps.append((stoch, deter, logits, action, next_stoch, next_deter, reward))
-            stoch, deter = next_stoch, next_deter
+        stochs, deters, steps = [stoch], [deter], []
+        for _ in range(horizon):
+            logits, action, stoch, deter, reward = self.step(stoch, deter)
+            stochs.append(stoch)
+            deters.append(deter)
+            steps.append((logits, action, reward))
         dim = start.ndim
-        stoch, deter, logits, action, next_stoch, next_deter, reward = (
-            torch.stack(tensors, dim) for tensors in zip(*steps, strict=True)
+        # s_0 .. s_H stacked once; the roots and the states reached are views of them.
+        stoch, deter = torch.stack(stochs, dim), torch.stack(deters, dim)
+        logits, action, reward = (torch.stack(tensors, dim) for tensors in zip(*steps, strict=True))
+        batch = (*start.batch_size, horizon)
+        states = TensorDict(
+            {keys.state: stoch, keys.belief: deter}, batch_size=(*start.batch_size, horizon + 1)
         )
-        batch = (*start.batch_size, len(steps))
-        reached = {keys.state: next_stoch, keys.belief: next_deter, keys.reward: reward}
-        return TensorDict(
+        reached = {
+            keys.state: stoch.narrow(dim, 1, horizon),
+            keys.belief: deter.narrow(dim, 1, horizon),
+            keys.reward: reward,
+        }
+        imagined = TensorDict(
             {
-                keys.state: stoch,
-                keys.belief: deter,
+                keys.state: stoch.narrow(dim, 0, horizon).contiguous(),
+                keys.belief: deter.narrow(dim, 0, horizon).contiguous(),
                 self.logits_key: logits,
                 keys.action: action,
                 "next": TensorDict(reached, batch_size=batch),
             },
             batch_size=batch,
         )
+        return imagined, states
 
 
 def compile_agent(agent: DreamerAgent) -> DreamerAgent:
