@@ -123,7 +123,7 @@ class _Imagination:
     its one-hot sample, the prior step and the reward head) is a function of tensors,
     compiled as one graph, and the steps are stacked into the same ``[*batch, H]``
     trajectory and ``[*batch, H + 1]`` states with the same draws. The states are
-    stacked once: the trajectory's roots and next states are views of them.
+    stacked once: the trajectory's next states are views of them, its roots a copy.
     """
 
     def __init__(self, agent: DreamerAgent) -> None:
@@ -153,7 +153,9 @@ class _Imagination:
             deters.append(deter)
             steps.append((logits, action, reward))
         dim = start.ndim
-        # s_0 .. s_H stacked once; the roots and the states reached are views of them.
+        # s_0 .. s_H stacked once; the states reached are views of them. The roots are
+        # a contiguous copy: the actor reads them again, and on a strided input inductor
+        # makes its first layer a batched product, slower than the copy.
         stoch, deter = torch.stack(stochs, dim), torch.stack(deters, dim)
         logits, action, reward = (torch.stack(tensors, dim) for tensors in zip(*steps, strict=True))
         batch = (*start.batch_size, horizon)
