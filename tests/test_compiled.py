@@ -179,6 +179,30 @@ def test_the_fused_imagination_is_the_generic_rollout():
         assert torch.equal(got_states[key], expected_states[key]), key
 
 
+def test_a_detached_two_hot_value_runs_no_backward(agents):
+    """The losses read the critic's and the reward's decoded values detached or not at
+    all: a loss on a compiled head's logits alone must not run the decoding's backward
+    (in one graph with the logits, autograd would run it on zero gradients), and its
+    gradient is the eager head's."""
+    eager, compiled = agents
+    _synchronise(compiled, eager)
+    rssm = eager.world_model.rssm
+    features = torch.randn(3, 5, rssm.stoch_size), torch.randn(3, 5, rssm.deter_size)
+    for part in ("critic.module", "world_model.reward"):
+        heads = [agent.get_submodule(part) for agent in (eager, compiled)]
+        grads = []
+        for head in heads:
+            head.zero_grad()
+            logits, value = head(*features)
+            ran = []
+            value.grad_fn.register_prehook(lambda grads, ran=ran: ran.append(True))
+            logits.logsumexp(-1).sum().backward()
+            assert not ran, part
+            grads.append([p.grad.clone() for p in head.parameters()])
+        for got, expected in zip(grads[1], grads[0], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_compiled_agents_state_dict_loads_into_an_eager_one(agents):
     eager, compiled = agents
     fresh = DreamerAgent((4,), 2, discrete=True, config=eager.config)

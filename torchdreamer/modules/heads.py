@@ -46,7 +46,11 @@ class TwoHotHead(nn.Module):
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.mlp(*features)
-        return logits, TwoHot(self.bins).decode(logits).unsqueeze(-1)
+        return logits, self.decode(logits)
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """The value ``[..., 1]`` that ``logits`` predict (the bins' expectation)."""
+        return TwoHot(self.bins).decode(logits).unsqueeze(-1)
 
 
 class ContinuationHead(nn.Module):

@@ -7,8 +7,9 @@ inductor, in place: :meth:`RSSM.obs_steps` (8 filtering steps as one graph: thei
 matmuls, norms, gates, unimix and Gumbel sampling, and in the backward one gradient per
 parameter instead of 8), :meth:`RSSM.img_step` and :meth:`RSSM.obs_step` (one step, for
 imagination and acting), the forward of every network outside the RSSM (encoder,
-decoder, reward, continuation, actor, critic), the optimiser's arithmetic
-(:meth:`DreamerV3Optimizer._laprop`) and, for discrete actions, the actor loss's
+decoder, reward, continuation, actor, critic; a two-hot head's logits and decoded
+value as two graphs, so that a value read detached costs no backward), the optimiser's
+arithmetic (:meth:`DreamerV3Optimizer._laprop`) and, for discrete actions, the actor loss's
 imagination: one graph per imagined step (actor, sample, prior step, reward) in place of
 the generic rollout's tensordict modules (:class:`_Imagination`, tested equal to it).
 What is compiled is the same code as the eager path: nothing else is rewritten here.
@@ -35,7 +36,7 @@ import torch._inductor.config
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from torchdreamer.modules import MultiDecoder, MultiEncoder
+from torchdreamer.modules import MultiDecoder, MultiEncoder, TwoHotHead
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.config import Config
 
@@ -207,7 +208,16 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     rssm.obs_step = torch.compile(rssm.obs_step)
     rssm.img_step = torch.compile(rssm.img_step)
     for network in _networks(agent):
-        network.compile()
+        if isinstance(network, TwoHotHead):
+            # Logits and decoded value as two graphs: the losses read the reward's and
+            # the critic's values detached (or not at all), and autograd runs a
+            # backward for every output of a graph it reaches, filling a missing
+            # gradient with zeros. In one graph each update would differentiate the
+            # decoding (a softmax over every bin, ~15 ms at ``size1m``) to get zeros.
+            network.mlp.compile()
+            network.decode = torch.compile(network.decode)
+        else:
+            network.compile()
     # The optimiser's multi-tensor arithmetic: one fused graph instead of a dozen
     # operators per parameter tensor.
     agent.optimizer.scalars_as_tensors = True
