@@ -217,6 +217,26 @@ def test_cross_entropy_gradient_is_softmax_minus_two_hot(grid_and_data, forward_
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_cross_entropy_of_narrowed_logits(grid_and_data, forward_form):
+    """Logits that are a view of the first steps of a longer output (the value loss
+    reads the critic's ``s_0 .. s_{H-1}`` from its pass over ``s_0 .. s_H``): the
+    gradient of the whole output is softmax minus two-hot on those steps, 0 on the last."""
+    bins, logits, targets = grid_and_data
+    output = logits[:48].double().reshape(4, 12, 255).requires_grad_()
+    narrowed, targets = output[:, :11], targets[:44].reshape(4, 11)
+    assert not narrowed.is_contiguous()
+    upstream = torch.linspace(-2, 3, 44, dtype=torch.float64).reshape(4, 11)
+    loss = two_hot_cross_entropy(narrowed, targets, bins.double())
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), output)
+    expected_loss = ref_cross_entropy(narrowed.detach(), targets, bins)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
+    expected = torch.zeros_like(grad)
+    expected[:, :11] = upstream[..., None] * (
+        torch.softmax(narrowed.detach(), -1) - ref_encode(targets, bins)
+    )
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_cross_entropy_batched_shapes_and_trailing_singleton(grid_and_data):
     bins, logits, targets = grid_and_data
     logits = logits[:48].reshape(4, 12, 255)

@@ -161,14 +161,17 @@ class _TwoHotCrossEntropy(torch.autograd.Function):
             grad_out = grad_out.reshape(coefficient.shape[:-1])
             scale = grad_out if grad_out.shape[-1] == 1 else grad_out.sum(-1, keepdim=True)
             two_hot = coefficient * grad_out.unsqueeze(-1)
-        rows = logits.reshape(-1, logits.shape[-1])
         buffer, ctx.buffer = ctx.buffer, None  # a second backward (retain_graph) makes its own
-        if buffer is None:
-            grad = torch.softmax(rows, dim=-1)
-        elif ctx.holds_softmax:
+        if buffer is not None and ctx.holds_softmax:
             grad = buffer
         else:
-            grad = torch.ops.aten._softmax.out(rows, -1, False, out=buffer)
+            # The logits as rows only here: for strided logits (a narrowed view) the
+            # reshape is a copy.
+            rows = logits.reshape(-1, logits.shape[-1])
+            if buffer is None:
+                grad = torch.softmax(rows, dim=-1)
+            else:
+                grad = torch.ops.aten._softmax.out(rows, -1, False, out=buffer)
         grad = grad.mul_(scale)
         grad = grad.scatter_add_(-1, index, two_hot.flatten(1)).view(logits.shape)
         return grad, None, None, None, None
