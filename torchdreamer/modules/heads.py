@@ -49,7 +49,17 @@ class TwoHotHead(nn.Module):
         return logits, self.decode(logits)
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """The value ``[..., 1]`` that ``logits`` predict (the bins' expectation)."""
+        """The value ``[..., 1]`` that ``logits`` predict (the bins' expectation).
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.modules import TwoHotHead
+            >>> head = TwoHotHead(8, hidden=16, layers=1)
+            >>> logits = torch.full((2, 255), -100.0)
+            >>> logits[0, 127], logits[1, 128] = 0.0, 0.0  # the bins 0 and symexp(20 / 127)
+            >>> head.decode(logits).squeeze(-1)
+            tensor([0.0000, 0.1706])
+        """
         return TwoHot(self.bins).decode(logits).unsqueeze(-1)
 
 
