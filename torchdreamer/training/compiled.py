@@ -213,7 +213,7 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
             # the critic's values detached (or not at all), and autograd runs a
             # backward for every output of a graph it reaches, filling a missing
             # gradient with zeros. In one graph each update would differentiate the
-            # decoding (a softmax over every bin, ~15 ms at ``size1m``) to get zeros.
+            # decoding (a softmax over every bin of every state) to get zeros.
             network.mlp.compile()
             network.decode = torch.compile(network.decode)
         else:
