@@ -195,7 +195,7 @@ def test_a_detached_two_hot_value_runs_no_backward(agents):
             head.zero_grad()
             logits, value = head(*features)
             ran = []
-            value.grad_fn.register_prehook(lambda grads, ran=ran: ran.append(True))
+            value.grad_fn.register_prehook(lambda _, ran=ran: ran.append(True))
             logits.logsumexp(-1).sum().backward()
             assert not ran, part
             grads.append([p.grad.clone() for p in head.parameters()])
