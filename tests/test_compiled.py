@@ -145,6 +145,22 @@ def test_no_graph_breaks_and_no_recompiles_in_steady_state(agents):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+def test_every_region_stays_compiled_at_every_batch_size(agents):
+    """Dynamo runs a function eager once its cache holds 8 graphs, and all the MLPs of an
+    agent share one function: updating, then acting for training, evaluation and one
+    environment made the ninth graph of ``MLP.forward``. Each region has its own cache."""
+    _, compiled = agents
+    compiled.update(_batch(0))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for envs in (16, 4):
+            _act(compiled, envs, 0)
+        graphs = counters["stats"]["unique_graphs"]
+        _act(compiled, 1, 0)  # size 1 is specialised: new graphs, compiled
+        assert counters["stats"]["unique_graphs"] > graphs
+        compiled.update(_batch(1))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_the_fused_imagination_is_the_generic_rollout():
     """Uncompiled, the fused rollout draws and computes what the actor loss's generic
     rollout (tensordict modules, imagination environment, ``step_mdp``) does, bit for

@@ -30,6 +30,8 @@ have been measured (``--compile on`` tries them).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch._inductor.config
@@ -47,6 +49,13 @@ __all__ = ["BREAK_EVEN_UPDATES", "compile_agent", "compiles", "has_images"]
 #: a first compiled update of 76 s in an empty inductor cache, 277 ms saved per update,
 #: about 300 updates; README, "Compiled update").
 BREAK_EVEN_UPDATES = 1000
+
+# For every region compiled here. Dynamo keeps the graphs of a function in one cache
+# shared by all its callers and runs it eager past 8 graphs: every MLP of the agent
+# (encoder, decoder, heads) runs ``MLP.forward``, compiled per grad mode and batch shape
+# (update, acting, evaluation), more than 8 graphs in all. Isolated, each network's
+# region keeps its own graphs and its own limit.
+_ISOLATED = {"isolate_recompiles": True}
 
 
 def compiles(
@@ -101,6 +110,11 @@ def has_images(agent: DreamerAgent) -> bool:
     return model.is_image or (model.is_dict and bool(model.encoder.image_keys))
 
 
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` compiled with a cache of graphs of its own (see ``_ISOLATED``)."""
+    return torch.compile(function, **_ISOLATED)
+
+
 def _networks(agent: DreamerAgent) -> list[nn.Module]:
     """The networks outside the RSSM whose forward is compiled (a dict observation's
     encoder and decoder build tensordicts: their MLP and CNN parts are compiled)."""
@@ -134,7 +148,7 @@ class _Imagination:
         self.distribution = sampler.distribution_class
         self.rssm, self.reward = agent.world_model.rssm, agent.world_model.reward
         self.loss = agent.actor_loss
-        self.step = torch.compile(self._step)
+        self.step = _compiled(self._step)
 
     def _step(self, stoch: torch.Tensor, deter: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.head(stoch, deter)
@@ -204,9 +218,9 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     # environment call self.obs_steps / rssm.obs_step / rssm.img_step, and now reach
     # the compiled ones. The compiled obs_steps calls the compiled obs_step, which
     # dynamo traces through: a chunk of steps is still one graph.
-    rssm.obs_steps = torch.compile(rssm.obs_steps)
-    rssm.obs_step = torch.compile(rssm.obs_step)
-    rssm.img_step = torch.compile(rssm.img_step)
+    rssm.obs_steps = _compiled(rssm.obs_steps)
+    rssm.obs_step = _compiled(rssm.obs_step)
+    rssm.img_step = _compiled(rssm.img_step)
     for network in _networks(agent):
         if isinstance(network, TwoHotHead):
             # Logits and decoded value as two graphs: the losses read the reward's and
@@ -214,14 +228,14 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
             # backward for every output of a graph it reaches, filling a missing
             # gradient with zeros. In one graph each update would differentiate the
             # decoding (a softmax over every bin of every state) to get zeros.
-            network.mlp.compile()
-            network.decode = torch.compile(network.decode)
+            network.mlp.compile(**_ISOLATED)
+            network.decode = _compiled(network.decode)
         else:
-            network.compile()
+            network.compile(**_ISOLATED)
     # The optimiser's multi-tensor arithmetic: one fused graph instead of a dozen
     # operators per parameter tensor.
     agent.optimizer.scalars_as_tensors = True
-    agent.optimizer._laprop = torch.compile(agent.optimizer._laprop)
+    agent.optimizer._laprop = _compiled(agent.optimizer._laprop)
     if agent.discrete:
         agent.actor_loss._imagine = _Imagination(agent)
     return agent
