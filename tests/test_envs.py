@@ -3,6 +3,7 @@ one-line errors that name what is missing (a package, a module, a registration).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import gymnasium as gym
@@ -171,3 +172,30 @@ def test_an_installed_ale_py_is_imported_to_register_the_atari_namespace(module_
         sys.modules.pop("ale_py", None)
         if real is not None:
             sys.modules["ale_py"] = real
+
+
+def test_wrapping_prints_no_torchrl_info_and_keeps_its_level():
+    """TorchRL logs two INFO lines each time it wraps a vector env (every evaluation):
+    not printed; its logger's level is left as it was."""
+    logger = logging.getLogger("torchrl")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level = logger.level
+    try:
+        env, _ = make_env("CartPole-v1", num_envs=2, seed=0)
+        env.close()
+        assert logger.level == level
+        assert not [r for r in records if r.levelno <= logging.INFO], [
+            r.getMessage() for r in records
+        ]
+        # The same wrapping outside make_env does log them (the test sees the logger).
+        from torchrl.envs import GymWrapper
+
+        same_step = gym.vector.AutoresetMode.SAME_STEP
+        makers = [lambda: gym.make("CartPole-v1")] * 2
+        GymWrapper(gym.vector.SyncVectorEnv(makers, autoreset_mode=same_step)).close()
+        assert any("check_env_specs" in r.getMessage() for r in records)
+    finally:
+        logger.removeHandler(handler)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -411,6 +413,8 @@ def make_env(
     ``image_size x image_size`` are resized to it (:class:`ResizeImage`).
     ``record=True`` keeps the frames of the first copy's first episode
     (:class:`RecordFrames`, reached through :func:`recorder`), for a video.
+    TorchRL's INFO lines about the wrapping (its check of the terminal-observation
+    reader) are not printed; its warnings are.
 
     Examples:
         >>> from torchdreamer.training.envs import make_env
@@ -429,6 +433,22 @@ def make_env(
     else:
         vector = _gym_vector(env_id, num_envs, image_size, record)
     spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
-    env = GymWrapper(vector, device="cpu")
+    with _torchrl_quiet():
+        env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)
     return env, spec
+
+
+@contextlib.contextmanager
+def _torchrl_quiet() -> Iterator[None]:
+    """TorchRL's logger at WARNING at least, for the block. Wrapping a vector env, TorchRL
+    checks the terminal-observation reader with a rollout and logs two INFO lines about
+    it, one of which asks to provide specs that this wrapping cannot pass: at every
+    evaluation they would interleave with the progress bar."""
+    logger = logging.getLogger("torchrl")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
