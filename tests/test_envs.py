@@ -176,17 +176,18 @@ def test_an_installed_ale_py_is_imported_to_register_the_atari_namespace(module_
 
 def test_wrapping_prints_no_torchrl_info_and_keeps_its_level():
     """TorchRL logs two INFO lines each time it wraps a vector env (every evaluation):
-    not printed; its logger's level is left as it was."""
+    not printed; its logger's level is left as it was (INFO, TorchRL's default)."""
     logger = logging.getLogger("torchrl")
     records = []
     handler = logging.Handler()
     handler.emit = records.append
     logger.addHandler(handler)
     level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         env, _ = make_env("CartPole-v1", num_envs=2, seed=0)
         env.close()
-        assert logger.level == level
+        assert logger.level == logging.INFO
         assert not [r for r in records if r.levelno <= logging.INFO], [
             r.getMessage() for r in records
         ]
@@ -199,3 +200,4 @@ def test_wrapping_prints_no_torchrl_info_and_keeps_its_level():
         assert any("check_env_specs" in r.getMessage() for r in records)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)

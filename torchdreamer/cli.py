@@ -273,9 +273,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import logging
-
-    logging.getLogger("torchrl").setLevel(logging.WARNING)
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
     except KeyboardInterrupt:  # before training started or after it ended: nothing to save
