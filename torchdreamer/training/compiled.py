@@ -29,6 +29,7 @@ have been measured (``--compile on`` tries them).
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,13 @@ BREAK_EVEN_UPDATES = 1000
 # shared by all its callers and runs it eager past 8 graphs: every MLP of the agent
 # (encoder, decoder, heads) runs ``MLP.forward``, compiled per grad mode and batch shape
 # (update, acting, evaluation), more than 8 graphs in all. Isolated, each network's
-# region keeps its own graphs and its own limit.
-_ISOLATED = {"isolate_recompiles": True}
+# region keeps its own graphs and its own limit (a torch without `isolate_recompiles`:
+# the shared cache).
+_ISOLATED = (
+    {"isolate_recompiles": True}
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters
+    else {}
+)
 
 
 def compiles(
