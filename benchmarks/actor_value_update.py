@@ -31,6 +31,7 @@ import sys
 import warnings
 
 import torch
+from operator_count import count_operators
 from tensordict import TensorDict
 from tensordict.nn import (
     InteractionType,
@@ -39,7 +40,6 @@ from tensordict.nn import (
     TensorDictModule,
     TensorDictSequential,
 )
-from torch.profiler import ProfilerActivity, profile
 from torchrl.data import Unbounded
 from torchrl.envs import TransformedEnv
 from torchrl.envs.model_based.dreamer import DreamerEnv
@@ -168,33 +168,6 @@ def torchrl(networks, start, reinforce):
         return TorchRLValueLoss(critic, value_loss="two_hot", actor_loss=actor_loss)
 
     return update_step(actor_loss, value_loss, networks, start)
-
-
-#: Ops that only make views or read metadata: no kernel of their own on a GPU.
-VIEW_OPS = frozenset(
-    "aten::" + name
-    for name in (
-        "view as_strided select slice unsqueeze squeeze transpose t narrow expand permute "
-        "detach alias unbind split split_with_sizes chunk reshape _reshape_alias flatten "
-        "unflatten _unsafe_view view_as expand_as movedim lift_fresh empty empty_like "
-        "empty_strided result_type is_nonzero item _local_scalar_dense to contiguous "
-        "squeeze_ unsqueeze_ as_strided_ detach_ resolve_conj resolve_neg"
-    ).split()
-)
-
-
-def count_operators(step) -> tuple[int, int]:
-    """(all aten calls, leaf non-view aten calls) during one update."""
-    step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    events = [event for event in prof.events() if event.name.startswith("aten::")]
-
-    def is_leaf(event) -> bool:
-        return not any(child.name.startswith("aten::") for child in event.cpu_children)
-
-    compute = sum(1 for e in events if e.name not in VIEW_OPS and is_leaf(e))
-    return len(events), compute
 
 
 CONFIGS = {"tanh-normal, reparameterised": False, "one-hot, REINFORCE": True}

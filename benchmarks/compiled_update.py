@@ -40,29 +40,11 @@ from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from actor_value_update import VIEW_OPS  # noqa: E402
 from agent_throughput import replay_batch  # noqa: E402
+from operator_count import operators  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
-
-
-def operators(step) -> int:
-    """Kernels of one ``step()``: leaf ATen calls that compute (views and metadata reads
-    excluded, as in ``actor_value_update.py``) plus inductor's fused kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-
-    def counted(event) -> bool:
-        if "cpp_fused" in event.name:  # e.g. graph_1_cpp_fused_add_mean_mul_pow_rsqrt_silu_1
-            return True
-        if not event.name.startswith("aten::") or event.name in VIEW_OPS:
-            return False
-        return not any(child.name.startswith("aten::") for child in event.cpu_children)
-
-    return sum(counted(e) for e in prof.events())
 
 
 def measure(step, warmup: int, updates: int, count=operators) -> dict[str, float]:

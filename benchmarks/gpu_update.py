@@ -33,7 +33,8 @@ import torch._inductor.config
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_throughput import replay_batch  # noqa: E402
-from compiled_update import measure, operators  # noqa: E402
+from compiled_update import measure  # noqa: E402
+from operator_count import operators  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402

@@ -28,8 +28,8 @@ import logging
 import warnings
 
 import torch
-from actor_value_update import count_operators
 from agent_throughput import replay_batch
+from operator_count import count_operators
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from tensordict.utils import unravel_key

@@ -1,16 +1,26 @@
-"""The prepared GPU script runs end to end (on CPU, at a tiny batch): a row per plan entry,
-with its figures, or the reason it was not measured."""
+"""The prepared GPU script runs end to end (on CPU, at a tiny batch, without the test
+extras): a row per plan entry, with its figures, or the reason it was not measured."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(processes, tmp_path):
+def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(
+    processes, tmp_path, monkeypatch
+):
+    # A GPU machine may have the package installed alone: neither the script nor the
+    # processes it starts may import pytest (TorchRL's test helpers do).
+    no_pytest = tmp_path / "no_pytest"
+    no_pytest.mkdir()
+    (no_pytest / "pytest.py").write_text('raise ImportError("pytest is not installed")\n')
+    paths = [str(no_pytest), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path for path in paths if path))
     out = tmp_path / "rows.json"
     plan = ["small:float32:eager", "small:bfloat16:eager", "small:float32:cudagraphs"]
     command = [sys.executable, str(BENCHMARKS / "gpu_update.py"), "--device", "cpu"]
