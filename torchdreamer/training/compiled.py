@@ -45,10 +45,10 @@ from torchdreamer.training.config import Config
 
 __all__ = ["BREAK_EVEN_UPDATES", "compile_agent", "compiles", "has_images"]
 
-#: ``auto`` compiles CPU runs planned to make at least this many updates: above the
-#: break-even, the compile time over the time saved per update (2-core CPU, ``size1m``:
-#: a first compiled update of 76 s in an empty inductor cache, 277 ms saved per update,
-#: about 300 updates; README, "Compiled update").
+#: ``auto`` compiles CPU runs planned to make at least this many updates: a line between
+#: the compile's break-even (its time over the time it saves per update) in an empty
+#: inductor cache and the one with the cache a previous run left (README, "Compiled
+#: update", has the figures).
 BREAK_EVEN_UPDATES = 1000
 
 # For every region compiled here. Dynamo keeps the graphs of a function in one cache
