@@ -55,15 +55,22 @@ def test_evaluations_leave_training_as_it_was(tmp_path):
         tmp_path / "evaluated" / "episodes.csv"
     )
     assert not (tmp_path / "plain" / "eval.csv").exists()
+    assert plain.evaluation is None and "evaluation" not in plain.line(Config(**TINY))
 
 
 def test_each_evaluation_writes_rows_scalars_a_video_and_the_curve(tmp_path):
     logdir = tmp_path / "run"
-    train(Config(**TINY, eval_every=32, eval_episodes=3), logdir, progress=False)
+    config = Config(**TINY, eval_every=32, eval_episodes=3)
+    summary = train(config, logdir, progress=False)
     rows = read_csv(logdir / "eval.csv")
     assert [(int(r["env_step"]), int(r["episode"])) for r in rows] == [
         (step, episode) for step in (32, 64, 96) for episode in range(3)
     ]
+    # The summary line reports the last evaluation beside the training episodes' mean.
+    last = [float(r["score"]) for r in rows if int(r["env_step"]) == 96]
+    assert summary.evaluation == (96, last)
+    expected = f"; evaluation at 96 env steps {sum(last) / 3:.1f} (mean of 3 episodes); update"
+    assert f"10 episodes {summary.mean_score:.1f}{expected}" in summary.line(config)
     lengths = {(int(r["env_step"]), int(r["episode"])): int(r["length"]) for r in rows}
     for row in rows:  # CartPole scores 1 per step
         assert float(row["score"]) == int(row["length"])

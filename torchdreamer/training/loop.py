@@ -35,7 +35,7 @@ from torchdreamer.training.config import Config
 from torchdreamer.training.console import say
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
-from torchdreamer.training.logs import RunLog, plot_curve, write_gif
+from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.threads import configure_threads
@@ -73,15 +73,27 @@ class Summary:
     """The learning curve written at the end (None before any episode ended)."""
     update: str = ""
     """How the update ran, and why: e.g. ``compiled (auto: 3125 updates planned, >= 1000)``."""
+    evaluation: tuple[int, list[float]] | None = None
+    """The run's last evaluation (``eval.csv``): its env step and its episodes' scores;
+    None if it made none."""
 
     def line(self, config: Config) -> str:
         speed = self.env_step / max(self.wall_time, 1e-9)
         rate = self.updates / max(self.wall_time, 1e-9)
+        evaluated = ""
+        if self.evaluation is not None:
+            # Training episodes sample their actions; evaluations take the likeliest
+            # unless config.eval_sample.
+            step, scores = self.evaluation
+            evaluated = (
+                f"; evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
+                f"(mean of {len(scores)} episodes)"
+            )
         return (
             f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
             f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
             f"steps/s, {rate:.2f} updates/s); mean score of the last 10 episodes "
-            f"{self.mean_score:.1f}; update {self.update}"
+            f"{self.mean_score:.1f}{evaluated}; update {self.update}"
         )
 
 
@@ -847,9 +859,12 @@ def _train(
         stopped_by = _loop(config, logdir, ranks, device, state, agent, runner, log, progress, stop)
     finally:
         env.close()
-    curve = None
+    curve, evaluation = None, None
     if ranks.is_main:
         curve = plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
+        evaluations = read_evaluations(logdir)
+        if evaluations:
+            evaluation = max(evaluations.items())
     return Summary(
         state.env_step,
         state.updates,
@@ -858,6 +873,7 @@ def _train(
         stopped_by,
         curve,
         update,
+        evaluation,
     )
 
 
