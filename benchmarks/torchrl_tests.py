@@ -7,7 +7,7 @@ from a checkout, writes a copy whose only change is the import line
 switched to ``from torchdreamer import (...)``, runs both files with pytest in a temporary
 folder and prints, for every test, the outcome on each implementation and, where torchdreamer
 fails, the first line of its error. A third run switches the import too and passes the
-arguments that the README's "Differences from TorchRL" table gives to get TorchRL's
+arguments that the "Differences from TorchRL" tables of docs/torchrl.md gives to get TorchRL's
 behaviour (``DreamerV3ModelLoss(lambda_continue=0.0, kl_mode="balanced", unimix=0.0,
 detach_output=True)``, through a ``conftest.py`` that sets them as the defaults), so that
 what still fails there is a difference that has no argument. The test files are read,
@@ -59,7 +59,7 @@ def switched(original: Path) -> Path:
     return copy
 
 
-#: A conftest that gives DreamerV3ModelLoss TorchRL's defaults (README's differences table).
+#: A conftest that gives DreamerV3ModelLoss TorchRL's defaults (docs/torchrl.md's differences).
 TORCHRL_DEFAULTS = """
 import functools
 

@@ -15,6 +15,9 @@ def readme_commands() -> list[str]:
 
 def test_ci_runs_exactly_the_readme_test_command():
     main_job, test_command = readme_commands()[:2]
+    # The two commands come first: both on the README's first screen.
+    first_screen = "\n".join((ROOT / "README.md").read_text().splitlines()[:50])
+    assert main_job in first_screen and test_command in first_screen
     assert main_job.startswith("pip install torch==2.13.0 && ")
     assert test_command.startswith("pip install torch==2.13.0 && ")
     assert test_command.endswith("python -m pytest")

@@ -1,7 +1,7 @@
 """TorchRL-style code for the world-model loss and the composed DreamerV3Loss, run
 unchanged against ``torchrl.objectives`` and ``torchdreamer``.
 
-Where the README's "Differences from TorchRL" lists a differing default, the code
+Where docs/torchrl.md's "Differences from TorchRL" lists a differing default, the code
 passes the argument explicitly so both sides compute the same thing; every
 other number must agree.
 """
@@ -40,7 +40,7 @@ import torchdreamer
 IMPLEMENTATIONS = {"torchrl": torchrl_objectives, "torchdreamer": torchdreamer}
 impl = pytest.mark.parametrize("ns", list(IMPLEMENTATIONS.values()), ids=list(IMPLEMENTATIONS))
 
-#: The defaults that differ (README "Differences from TorchRL"), set to one value.
+#: The defaults that differ (docs/torchrl.md, "Differences from TorchRL"), set to one value.
 SAME = dict(lambda_continue=1.0, kl_mode="separate", unimix=0.01, detach_output=False)
 
 
@@ -110,7 +110,7 @@ def test_model_loss_signature_is_torchrls():
     assert [p.name for p in extras] == ["symlog_predictions"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extras)
     differ = {n for n in theirs if theirs[n].default != ours[n].default}
-    assert differ == set(SAME)  # each listed in the README, with its restoring argument
+    assert differ == set(SAME)  # each listed in docs/torchrl.md (tests/test_docs.py)
 
 
 def test_composed_loss_signature_and_keys_are_torchrls():

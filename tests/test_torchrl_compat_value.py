@@ -1,7 +1,7 @@
 """The same TorchRL-style code against ``torchrl.objectives`` and ``torchdreamer``.
 
 Each test is parametrised over the implementation: what TorchRL 0.14.1 does, ours does
-too, with the listed differences (README, "Differences from TorchRL") checked as such.
+too, with the listed differences (docs/torchrl.md, "Differences from TorchRL") checked as such.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ It computes the numbers of the plain form in :mod:`torchdreamer.functional.two_h
 (the same neighbour rule and rounding per element) with fewer operator calls
 and one ``[M, K]`` buffer: the forward's (log-)softmax buffer becomes the
 gradient in backward. What it keeps across calls is a small table per grid
-tensor. The README's "Fast" section gives the measurements behind each choice.
+tensor. docs/performance.md ("The value loss") gives the measurements.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class DreamerV3ModelLoss(LossModule):
 
     The constructor, the accepted keys, the data layout and the output keys are
     TorchRL's; the defaults are the official DreamerV3 configuration (see
-    "Differences from TorchRL" in the README for the arguments that restore
+    "Differences from TorchRL" in docs/torchrl.md for the arguments that restore
     TorchRL's defaults). ``world_model`` is any tensordict-in/tensordict-out
     module (a ``TensorDictModule``, or a module whose ``forward(tensordict)``
     returns the tensordict): it reads a ``[B, T]`` replay batch and writes its outputs under

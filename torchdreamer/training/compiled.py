@@ -47,8 +47,8 @@ __all__ = ["BREAK_EVEN_UPDATES", "compile_agent", "compiles", "has_images"]
 
 #: ``auto`` compiles CPU runs planned to make at least this many updates: a line between
 #: the compile's break-even (its time over the time it saves per update) in an empty
-#: inductor cache and the one with the cache a previous run left (README, "Compiled
-#: update", has the figures).
+#: inductor cache and the one with the cache a previous run left (docs/performance.md,
+#: "Compiled update", has the figures).
 BREAK_EVEN_UPDATES = 1000
 
 # For every region compiled here. Dynamo keeps the graphs of a function in one cache

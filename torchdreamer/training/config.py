@@ -162,8 +162,8 @@ class Config:
     replay_value_scale: float = 0.3
     """Scale of the critic loss on replayed sequences (official 0.3)."""
     lr: float = 1e-4
-    """Learning rate (official 4e-5 with 1,000 warm-up updates; the README's CartPole
-    runs compare the two). ``--lr 4e-5 --warmup 1000`` restores the official values."""
+    """Learning rate (official 4e-5 with 1,000 warm-up updates; docs/performance.md's
+    CartPole runs compare the two). ``--lr 4e-5 --warmup 1000`` restores the official values."""
     warmup: int = 200
     """Updates of linear learning-rate warm-up (official 1000; see ``lr``)."""
     agc: float = 0.3
