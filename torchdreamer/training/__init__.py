@@ -13,12 +13,23 @@ from torchdreamer.training.config import PRESETS, Config, ModelSize
 
 if TYPE_CHECKING:
     from torchdreamer.training.agent import DreamerAgent
+    from torchdreamer.training.policy import Policy, load_agent
     from torchdreamer.training.replay import SequenceReplay
 
-__all__ = ["PRESETS", "Config", "DreamerAgent", "ModelSize", "SequenceReplay"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "DreamerAgent",
+    "ModelSize",
+    "Policy",
+    "SequenceReplay",
+    "load_agent",
+]
 
 _LAZY = {
     "DreamerAgent": "torchdreamer.training.agent",
+    "Policy": "torchdreamer.training.policy",
+    "load_agent": "torchdreamer.training.policy",
     "SequenceReplay": "torchdreamer.training.replay",
 }
 
