@@ -11,8 +11,9 @@ import torch
 from tensordict import TensorDict
 
 from torchdreamer import cli
-from torchdreamer.training import Config, DreamerAgent
+from torchdreamer.training import Config, DreamerAgent, Policy
 from torchdreamer.training.checkpoint import load_checkpoint
+from torchdreamer.training.envs import EnvSpec
 from torchdreamer.training.evaluation import dream, evaluate_policy
 from torchdreamer.training.logs import RunLog, read_evaluations
 from torchdreamer.training.loop import train
@@ -99,18 +100,25 @@ def test_a_resume_drops_the_evaluations_after_its_checkpoint(tmp_path):
     assert list(read_evaluations(tmp_path)) == [10, 20]
 
 
+def cartpole_policy():
+    """An untrained CartPole policy."""
+    config = Config(imagination_horizon=3)
+    agent = DreamerAgent((4,), 2, discrete=True, config=config)
+    return Policy(agent, EnvSpec((4,), discrete=True, action_dim=2), config)
+
+
 def test_episodes_are_shared_out_over_the_copies_round_by_round():
-    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
-    result = evaluate_policy(agent, "CartPole-v1", 5, seed=3, parallel=2)
+    policy = cartpole_policy()
+    result = evaluate_policy(policy, "CartPole-v1", 5, seed=3, parallel=2)
     # Copy 0 plays episodes 1, 3, 5 and copy 1 episodes 2, 4, whatever their lengths.
     assert [episode.env for episode in result.episodes] == [0, 1, 0, 1, 0]
-    again = evaluate_policy(agent, "CartPole-v1", 5, seed=3, parallel=2)
+    again = evaluate_policy(policy, "CartPole-v1", 5, seed=3, parallel=2)
     assert result.scores == again.scores  # seeded: the same episodes
     # It drew from its own streams: the global generator is where it was.
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    evaluate_policy(agent, "CartPole-v1", 2, seed=3, sample=True)
+    evaluate_policy(policy, "CartPole-v1", 2, seed=3, sample=True)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -186,12 +194,12 @@ def test_an_image_run_writes_the_policy_and_dream_videos(tmp_path):
 
 
 def test_a_stop_request_abandons_an_evaluation():
-    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+    policy = cartpole_policy()
     asked = []
 
     def stop():
         asked.append(1)
         return len(asked) > 3  # three steps, then the request comes
 
-    assert evaluate_policy(agent, "CartPole-v1", 2, seed=0, stop=stop) is None
+    assert evaluate_policy(policy, "CartPole-v1", 2, seed=0, stop=stop) is None
     assert len(asked) == 4

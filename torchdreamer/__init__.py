@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ReturnScale,
     )
     from torchdreamer.training.optim import DreamerV3Optimizer
+    from torchdreamer.training.policy import load_agent
     from torchdreamer.training.when import DreamerV3UpdateRatio
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "DreamerV3ValueLoss",
     "ReturnScale",
     "functional",
+    "load_agent",
 ]
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ _HOMES = {
     "DreamerV3Optimizer": "torchdreamer.training.optim",
     "DreamerV3ValueLoss": "torchdreamer.objectives",
     "ReturnScale": "torchdreamer.objectives",
+    "load_agent": "torchdreamer.training.policy",
 }
 
 

@@ -14,6 +14,7 @@ from torchdreamer.training.config import PRESETS, Config, ModelSize
 if TYPE_CHECKING:
     from torchdreamer.training.agent import DreamerAgent
     from torchdreamer.training.loop import evaluate, train
+    from torchdreamer.training.policy import Policy, load_agent
     from torchdreamer.training.replay import SequenceReplay
 
 __all__ = [
@@ -21,13 +22,17 @@ __all__ = [
     "Config",
     "DreamerAgent",
     "ModelSize",
+    "Policy",
     "SequenceReplay",
     "evaluate",
+    "load_agent",
     "train",
 ]
 
 _LAZY = {
     "DreamerAgent": "torchdreamer.training.agent",
+    "Policy": "torchdreamer.training.policy",
+    "load_agent": "torchdreamer.training.policy",
     "SequenceReplay": "torchdreamer.training.replay",
     "evaluate": "torchdreamer.training.loop",
     "train": "torchdreamer.training.loop",

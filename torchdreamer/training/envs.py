@@ -82,10 +82,16 @@ class ResizeImage(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, 255, (side, side, channels), np.uint8)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
-        image = torch.from_numpy(np.ascontiguousarray(observation)).permute(2, 0, 1)
+        return self.resize(observation, self.side)
+
+    @staticmethod
+    def resize(image: np.ndarray, side: int) -> np.ndarray:
+        """One ``[H, W, C]`` ``uint8`` image resized to ``[side, side, C]``, as the wrapper
+        resizes each observation (a trained policy resizes raw observations so too)."""
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         resized = torch.nn.functional.interpolate(
-            image.unsqueeze(0).float(),
-            size=(self.side, self.side),
+            pixels.unsqueeze(0).float(),
+            size=(side, side),
             mode="bilinear",
             antialias=True,
             align_corners=False,

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tensordict import TensorDictBase
+from torchrl.envs import EnvBase
 
 from torchdreamer.training.agent import DreamerAgent
-from torchdreamer.training.envs import make_env, recorder
-from torchdreamer.training.runner import EnvRunner, Episode
+from torchdreamer.training.envs import EnvSpec, make_env, recorder
+from torchdreamer.training.policy import Policy
+from torchdreamer.training.runner import Episode
 
 __all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws"]
 
@@ -43,7 +45,7 @@ def own_draws(device: torch.device, seed: int) -> Iterator[None]:
 
 
 def evaluate_policy(
-    agent: DreamerAgent,
+    policy: Policy,
     env_id: str,
     episodes: int,
     *,
@@ -55,9 +57,12 @@ def evaluate_policy(
     parallel: int = 16,
     stop: Callable[[], bool] | None = None,
 ) -> Evaluation | None:
-    """Play ``episodes`` episodes of ``env_id`` with ``agent``'s policy on fresh environments.
+    """Play ``episodes`` episodes of ``env_id`` with ``policy`` on fresh environments.
 
-    The policy takes its most likely action (``sample=True``: it samples, as in training).
+    The policy acts through the method its users call (:meth:`Policy.act_torchrl
+    <torchdreamer.training.policy.Policy.act_torchrl>`, under :meth:`Policy.act
+    <torchdreamer.training.policy.Policy.act>`) and takes its most likely action
+    (``sample=True``: it samples, as in training).
     Up to ``parallel`` copies run together and each plays its share of the episodes in
     turn; the episodes are reported copy by copy and round by round, so which episodes
     count does not depend on how long they last. The draws come from a generator seeded
@@ -68,10 +73,13 @@ def evaluate_policy(
     (a Ctrl-C during a long evaluation stops the run as promptly as during training).
 
     Examples:
-        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> from torchdreamer.training import Config, DreamerAgent, Policy
+        >>> from torchdreamer.training.envs import EnvSpec
         >>> from torchdreamer.training.evaluation import evaluate_policy
-        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
-        >>> result = evaluate_policy(agent, "CartPole-v1", 3, seed=0, video=True)
+        >>> config = Config(imagination_horizon=3)
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=config)
+        >>> policy = Policy(agent, EnvSpec((4,), discrete=True, action_dim=2), config)
+        >>> result = evaluate_policy(policy, "CartPole-v1", 3, seed=0, video=True)
         >>> len(result.scores), result.frames[0].shape  # CartPole rendered
         (3, (400, 600, 3))
         >>> len(result.frames) == result.episodes[0].length + 1  # the reset, then each step
@@ -81,31 +89,57 @@ def evaluate_policy(
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
     copies = min(episodes, parallel)
     share = [episodes // copies + (i < episodes % copies) for i in range(copies)]
-    device = next(agent.parameters()).device
     # Making the env draws too (TorchRL steps it once to learn its specs).
-    with own_draws(device, seed):
+    with own_draws(policy.device, seed):
         env, spec = make_env(env_id, copies, seed, image_size, obs, record=video)
         try:
             frames = recorder(env) if video else None
             if frames is not None:
                 frames.restart()
-            runner = EnvRunner(env, spec, agent)
-            played: list[list[Episode]] = [[] for _ in range(copies)]
-            step = 0
-            while any(len(done) < want for done, want in zip(played, share, strict=True)):
-                if stop is not None and stop():
-                    return None
-                step += 1
-                _, ended = runner.step(step, explore=sample)
-                for episode in ended:
-                    if len(played[episode.env]) < share[episode.env]:
-                        played[episode.env].append(episode)
+            played = _play(policy, env, spec, share, sample, stop)
         finally:
             env.close()
+    if played is None:
+        return None
     ordered = [played[i][r] for r in range(max(share)) for i in range(copies) if r < share[i]]
     if frames is None:
         return Evaluation(ordered, [], "no video was asked for")
     return Evaluation(ordered, list(frames.frames), frames.unavailable)
+
+
+def _play(
+    policy: Policy,
+    env: EnvBase,
+    spec: EnvSpec,
+    share: list[int],
+    sample: bool,
+    stop: Callable[[], bool] | None,
+) -> list[list[Episode]] | None:
+    """Each copy's first ``share[i]`` episodes; None if ``stop`` asked for it."""
+    copies = len(share)
+    played: list[list[Episode]] = [[] for _ in range(copies)]
+    td = env.reset()
+    state = None  # every copy starts an episode
+    returns = torch.zeros(copies, dtype=torch.float64)
+    lengths = torch.zeros(copies, dtype=torch.long)
+    step = 0
+    while any(len(done) < want for done, want in zip(played, share, strict=True)):
+        if stop is not None and stop():
+            return None
+        step += 1
+        action, state = policy.act_torchrl(spec.observation_of(td), state, explore=sample)
+        td.set("action", action)
+        out, td = env.step_and_maybe_reset(td)
+        nxt = out.get("next")
+        returns += nxt.get("reward").reshape(copies).double()
+        lengths += 1
+        done = nxt.get("done").reshape(copies)
+        for e in done.nonzero().squeeze(-1).tolist():
+            if len(played[e]) < share[e]:
+                played[e].append(Episode(step, float(returns[e]), int(lengths[e]), e))
+        returns[done], lengths[done] = 0, 0
+        state = policy.reset(state, done)  # where an episode ended, the next begins
+    return played
 
 
 @torch.no_grad()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import json
 import math
 import os
 import random
@@ -36,6 +36,7 @@ from torchdreamer.training.console import say
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
 from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
+from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.threads import configure_threads
@@ -52,7 +53,6 @@ __all__ = [
     "train",
 ]
 
-CONFIG = "config.json"
 #: Folder of the memory-mapped replay files (``--replay-on-disk``), one subfolder per rank.
 REPLAY = "replay"
 LOCK = ".lock"
@@ -119,10 +119,6 @@ class StoppedBeforeStart(Exception):
         self.signum = signum
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} before the run started; nothing was written")
-
-
-def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> str:
-    return "; ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in differences.items())
 
 
 class RunDirectory:
@@ -280,14 +276,6 @@ class RunDirectory:
         (self.path / LOCK).unlink(missing_ok=True)
         os.close(self._lock)
         self._lock = None
-
-
-def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
-    """The config a checkpoint was written with."""
-    try:
-        return Config(**json.loads(checkpoint["config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} holds no readable config ({error}).") from None
 
 
 # --------------------------------------------------------------------- memory
@@ -694,7 +682,7 @@ class _Training:
             return
         config, step = self.config, self.state.env_step
         result = evaluate_policy(
-            self.agent,
+            Policy(self.agent, self.runner.spec, config),
             config.env,
             config.eval_episodes,
             seed=config.seed + 2 * 10**9 + step,
@@ -734,6 +722,7 @@ class _Training:
                     "agent": self.agent.state_dict(),
                     "optimizer": self.agent.optimizer.state_dict(),
                     "config": self.config.to_json(),
+                    "env_spec": dataclasses.asdict(self.runner.spec),
                     **self.state.state_dict(),
                     "ranks": parts,
                 },
@@ -948,37 +937,19 @@ def evaluate(
 ) -> list[float]:
     """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores.
 
-    ``threads`` defaults to the run's ``config.threads``. The checkpoint's
-    checksum and its config are checked against ``config.json`` first. The
-    episodes are played as :func:`~torchdreamer.training.evaluation.evaluate_policy`
-    plays them; ``video`` names a GIF to write of the first one.
+    The policy is the one :func:`~torchdreamer.training.policy.load_agent` returns
+    (the checkpoint's checksum and its config checked against ``config.json``
+    first). ``threads`` defaults to the run's ``config.threads``. The episodes are
+    played as :func:`~torchdreamer.training.evaluation.evaluate_policy` plays them;
+    ``video`` names a GIF to write of the first one.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    logdir = Path(logdir)
-    if logdir.exists() and not logdir.is_dir():
-        raise ValueError(f"{logdir} is a file, not a run directory.")
-    if not (logdir / CONFIG).exists():
-        raise FileNotFoundError(f"{logdir} holds no {CONFIG}: it is not a torchdreamer run.")
-    config = Config.load(logdir / CONFIG)
+    policy = load_agent(logdir, device)
+    config = policy.config
     configure_threads(config.threads if threads is None else threads)
-    config.device = str(distributed.device_for(device, distributed.Ranks()))
-    checkpoint = load_checkpoint(logdir, map_location=config.device)
-    differences = _stored_config(checkpoint, logdir / CHECKPOINT).differences(config)
-    if differences:
-        raise ValueError(
-            f"{logdir / CHECKPOINT} was written with another config than {logdir / CONFIG} "
-            f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore {CONFIG}."
-        )
-    probe, spec = make_env(config.env, 1, config.seed, config.image_size, config.obs)
-    probe.close()
-    agent = DreamerAgent(
-        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-    ).to(config.device)
-    agent.load_state_dict(checkpoint["agent"])
-    agent.eval()
     result = evaluate_policy(
-        agent,
+        policy,
         config.env,
         episodes,
         seed=config.seed + 10**9,
