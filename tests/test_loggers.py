@@ -343,6 +343,31 @@ def test_a_logger_whose_package_is_missing_names_the_pip_command(tmp_path, monke
     assert not logdir.exists()
 
 
+def test_a_logger_that_cannot_start_is_named_and_the_run_resumes_once_it_can(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")  # MLflow refuses its file store
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    logdir = tmp_path / "run"
+    config = Config(**{**TINY, "steps": 32}, logger="mlflow")
+    with pytest.raises(ValueError) as error:
+        train(config, logdir, progress=False)
+    message = str(error.value)
+    assert message.startswith("--logger mlflow could not start (MlflowException: ")
+    assert message.endswith(
+        f"once that is fixed, `torchdreamer train --resume {logdir}` continues the run."
+    )
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    train(config, logdir, resume=True, progress=False)
+    run_id = json.loads((logdir / "mlflow.json").read_text())["run_id"]
+    from mlflow import MlflowClient
+
+    history = MlflowClient(store.as_uri()).get_metric_history(run_id, "updates")
+    assert [m.step for m in history] == [
+        int(r["env_step"]) for r in read_csv(logdir / "metrics.csv")
+    ]
+
+
 def test_the_logger_may_change_when_a_run_is_resumed(tmp_path):
     logdir = tmp_path / "run"
     train(Config(**{**TINY, "steps": 32}), logdir, progress=False)

@@ -117,6 +117,11 @@ class Config:
         Traceback (most recent call last):
         ...
         ValueError: suite 'crafter' is for the env crafter; got env 'dmc:walker_walk' ...
+
+        Loggers, several at once (``docs/loggers.md``):
+
+        >>> Config(logger="tensorboard, wandb").logger
+        'tensorboard,wandb'
     """
 
     env: str = None  # type: ignore[assignment]
@@ -196,9 +201,9 @@ class Config:
     eval_every: int = 10_000
     """Environment steps between evaluations of the policy (0: none). Each plays
     ``eval_episodes`` episodes on environments of its own, taking the policy's most
-    likely action, and writes their scores to ``eval.csv``, TensorBoard (``eval/score``)
-    and the learning curve, and a GIF of its first episode to ``LOGDIR/videos`` and
-    TensorBoard. Its random draws are its own: training goes on exactly as without it."""
+    likely action, and writes their scores to ``eval.csv``, the loggers (``eval/score``)
+    and the learning curve, and a GIF of its first episode to ``LOGDIR/videos`` and the
+    loggers. Its random draws are its own: training goes on exactly as without it."""
     eval_episodes: int = 4
     """Episodes per evaluation."""
     eval_sample: bool = False

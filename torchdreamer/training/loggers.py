@@ -1,6 +1,7 @@
 """The loggers a run writes to, chosen by ``Config.logger``: TorchRL's loggers
 (``torchrl.record.loggers``) for TensorBoard, W&B, MLflow and CSV, used through their
-public methods, with what continuing a run needs around each.
+public methods, with what continuing a run needs around each. Videos are the GIFs of
+``LOGDIR/videos``, logged as they are (each ``video`` method says why and how).
 
 * ``tensorboard``: ``LOGDIR/tensorboard`` (evaluation GIFs in ``LOGDIR/tensorboard/videos``).
   A resumed run drops the events the interrupted run wrote after its checkpoint.
@@ -339,14 +340,20 @@ def open_loggers(
     backends: list[_Backend] = []
     try:
         for name in names:
-            if name == "tensorboard":
-                backends.append(_TensorBoard(logdir, resume_step))
-            elif name == "wandb":
-                backends.append(_WandB(logdir, resume_step, hparams or {}))
-            elif name == "mlflow":
-                backends.append(_MLflow(logdir, resume_step, hparams or {}))
-            else:
-                backends.append(_CSV(logdir, resume_step))
+            try:
+                if name == "tensorboard":
+                    backends.append(_TensorBoard(logdir, resume_step))
+                elif name == "wandb":
+                    backends.append(_WandB(logdir, resume_step, hparams or {}))
+                elif name == "mlflow":
+                    backends.append(_MLflow(logdir, resume_step, hparams or {}))
+                else:
+                    backends.append(_CSV(logdir, resume_step))
+            except Exception as error:  # e.g. W&B not logged in, an MLflow server down
+                raise ValueError(
+                    f"--logger {name} could not start ({type(error).__name__}: {error}); once "
+                    f"that is fixed, `torchdreamer train --resume {logdir}` continues the run."
+                ) from error
     except BaseException:
         for backend in backends:
             backend.close()
