@@ -118,6 +118,7 @@ def test_torchrun_trains_logs_once_and_resumes(processes, tmp_path):
         "episodes.csv",
         "learning_curve.png",
         "metrics.csv",
+        "metrics.jsonl",
         "tensorboard",
     ]
     checkpoint = torch.load(logdir / "checkpoint.pt", weights_only=False)

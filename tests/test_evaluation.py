@@ -35,10 +35,11 @@ def read_csv(path):
         return list(csv.DictReader(file))
 
 
-def tensorboard_events(logdir):
+def tensorboard_events(logdir, folder="tensorboard"):
+    """The TensorBoard events in ``logdir/folder`` (the videos: ``tensorboard/videos``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(logdir / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(logdir / folder), size_guidance={"images": 0})
     events.Reload()
     return events
 
@@ -86,7 +87,8 @@ def test_each_evaluation_writes_rows_scalars_a_video_and_the_curve(tmp_path):
     for scalar in scores:
         expected = np.mean([float(r["score"]) for r in rows if int(r["env_step"]) == scalar.step])
         assert scalar.value == pytest.approx(expected, rel=1e-6)
-    assert [image.step for image in events.Images("eval/video")] == [32, 64, 96]
+    videos = tensorboard_events(logdir, "tensorboard/videos")
+    assert [image.step for image in videos.Images("eval/video")] == [32, 64, 96]
     assert read_evaluations(logdir)[64] == [float(r["score"]) for r in rows[3:6]]
     assert (logdir / "learning_curve.png").stat().st_size > 0
 
@@ -189,7 +191,7 @@ def test_an_image_run_writes_the_policy_and_dream_videos(tmp_path):
     dreamed = iio.imread(logdir / "videos" / "dream_48.gif")
     # Four sequences side by side, truth / model / error stacked.
     assert dreamed.shape[0] >= 2 and dreamed.shape[2] / dreamed.shape[1] == pytest.approx(4 / 3)
-    events = tensorboard_events(logdir)
+    events = tensorboard_events(logdir, "tensorboard/videos")
     assert [image.step for image in events.Images("eval/dream")] == [48]
 
 

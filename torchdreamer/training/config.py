@@ -15,7 +15,15 @@ from typing import Any
 
 from torchdreamer.modules.size import ModelSize
 
-__all__ = ["MAX_TRAIN_RATIO", "PRESETS", "SUITE_PRESETS", "Config", "ModelSize", "field_docs"]
+__all__ = [
+    "LOGGERS",
+    "MAX_TRAIN_RATIO",
+    "PRESETS",
+    "SUITE_PRESETS",
+    "Config",
+    "ModelSize",
+    "field_docs",
+]
 
 #: Largest ``train_ratio`` accepted: 64 times the official maximum (1024).
 MAX_TRAIN_RATIO = 65536.0
@@ -75,8 +83,15 @@ COMPILE_MODES = ("auto", "on", "off")
 #: Values ``precision`` accepts.
 PRECISIONS = ("float32", "bfloat16")
 
+#: Names ``logger`` takes, one or several, comma-separated: where metrics, scores and
+#: videos go besides the run directory's own files (see ``docs/loggers.md``).
+LOGGERS = ("tensorboard", "wandb", "mlflow", "csv")
+
 #: The fields that take one of a few words, with those words.
 _CHOICES = {"obs": OBSERVATIONS, "compile": COMPILE_MODES, "precision": PRECISIONS}
+
+#: The fields that take a comma-separated list of a few words (each once), with those words.
+_LISTS = {"logger": LOGGERS}
 
 
 @dataclass
@@ -102,6 +117,11 @@ class Config:
         Traceback (most recent call last):
         ...
         ValueError: suite 'crafter' is for the env crafter; got env 'dmc:walker_walk' ...
+
+        Loggers, several at once (``docs/loggers.md``):
+
+        >>> Config(logger="tensorboard, wandb").logger
+        'tensorboard,wandb'
     """
 
     env: str = None  # type: ignore[assignment]
@@ -181,9 +201,9 @@ class Config:
     eval_every: int = 10_000
     """Environment steps between evaluations of the policy (0: none). Each plays
     ``eval_episodes`` episodes on environments of its own, taking the policy's most
-    likely action, and writes their scores to ``eval.csv``, TensorBoard (``eval/score``)
-    and the learning curve, and a GIF of its first episode to ``LOGDIR/videos`` and
-    TensorBoard. Its random draws are its own: training goes on exactly as without it."""
+    likely action, and writes their scores to ``eval.csv``, the loggers (``eval/score``)
+    and the learning curve, and a GIF of its first episode to ``LOGDIR/videos`` and the
+    loggers. Its random draws are its own: training goes on exactly as without it."""
     eval_episodes: int = 4
     """Episodes per evaluation."""
     eval_sample: bool = False
@@ -203,6 +223,13 @@ class Config:
     matrix products and convolutions take bfloat16 inputs and layers' activations stay
     in it; parameters, optimiser state, norms' statistics, the heads' outputs
     (predictions, logits), the recurrent state and the losses stay float32."""
+    logger: str = "tensorboard"
+    """Where metrics, episode scores, evaluations and videos go, besides the run
+    directory's own files (``metrics.csv``, ``metrics.jsonl``, ``episodes.csv``,
+    ``eval.csv``, ``videos/``): one or several of ``tensorboard``, ``wandb``, ``mlflow``
+    and ``csv`` (TorchRL's loggers), comma-separated, e.g. ``tensorboard,wandb``. W&B
+    and MLflow need their packages (``pip install 'torchdreamer[wandb]'``,
+    ``'torchdreamer[mlflow]'``); a resumed run continues their runs."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the run."""
 
@@ -213,6 +240,8 @@ class Config:
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+        for name, choices in _LISTS.items():
+            setattr(self, name, _word_list(name, getattr(self, name), choices))
         canonical = {name.lower(): name for name in PRESETS}
         if not isinstance(self.preset, str) or self.preset.lower() not in canonical:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
@@ -291,6 +320,7 @@ class Config:
         "eval_episodes",
         "eval_sample",
         "eval_video",
+        "logger",
     )
 
     def to_json(self) -> str:
@@ -321,6 +351,20 @@ class Config:
             for key in mine
             if key not in self.RESUMABLE and mine[key] != theirs[key]
         }
+
+
+def _word_list(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value``, a comma-separated list of ``choices`` (each once), without spaces."""
+    words = [word.strip() for word in value.split(",")]
+    usage = f"a comma-separated list of {list(choices)}, e.g. '{choices[0]},{choices[-1]}'"
+    if not any(words):
+        raise ValueError(f"{name} must be {usage}; got {value!r}.")
+    for word in words:
+        if word not in choices:
+            raise ValueError(f"{name}: unknown name {word!r} in {value!r}; it must be {usage}.")
+        if words.count(word) > 1:
+            raise ValueError(f"{name}: {word!r} is named twice in {value!r}; name it once.")
+    return ",".join(words)
 
 
 def _positive(value: float) -> bool:

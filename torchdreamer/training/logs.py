@@ -1,14 +1,20 @@
-"""Run logs: metrics and episodes as CSV, TensorBoard scalars, the learning-curve PNG."""
+"""Run logs: metrics, episodes and evaluations as CSV and JSON lines, the loggers
+(TensorBoard, W&B, MLflow, CSV: :mod:`torchdreamer.training.loggers`), the learning-curve PNG."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from torchdreamer.training.loggers import check_loggers, open_loggers
 from torchdreamer.training.runner import Episode
 
 __all__ = [
@@ -23,6 +29,8 @@ __all__ = [
 
 EPISODES = "episodes.csv"
 METRICS = "metrics.csv"
+#: The rows of ``metrics.csv`` as the official DreamerV3 writes them: a JSON object a line.
+METRICS_JSONL = "metrics.jsonl"
 EVALUATIONS = "eval.csv"
 #: Folder of the evaluation GIFs: ``eval_<env step>.gif``, ``dream_<env step>.gif``.
 VIDEOS = "videos"
@@ -43,6 +51,18 @@ def _truncate(path: Path, env_step: int, columns: tuple[str, ...] = ()) -> None:
     fields += [column for column in columns if column not in fields]
     rows = read_rows(path)
     _rewrite(path, fields, [row for row in rows if int(row["env_step"]) <= env_step])
+
+
+def _truncate_jsonl(path: Path, env_step: int) -> None:
+    """Drop the lines of ``metrics.jsonl`` whose step is after ``env_step``."""
+    if not path.exists():
+        return
+    with open(path) as file:
+        lines = [line for line in file if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= env_step]
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)
 
 
 def _rewrite(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
@@ -66,21 +86,34 @@ def _append(path: Path, header: list[str], rows: list[list[object]]) -> None:
 
 
 class RunLog:
-    """Appends to ``metrics.csv`` and ``episodes.csv`` and writes TensorBoard events.
+    """The run's logs: its own files, and the loggers ``loggers`` names.
+
+    Its own files, the run directory's record whatever the loggers: ``metrics.csv``
+    and ``metrics.jsonl`` (the same rows; one JSON object a line, ``{"step": ...,
+    name: value, ...}``, as the official DreamerV3 writes it), ``episodes.csv``,
+    ``eval.csv`` and ``videos/``. The same metrics, episode scores and lengths,
+    evaluation scores and videos go to each logger of ``loggers``
+    (``tensorboard``, ``wandb``, ``mlflow``, ``csv``: TorchRL's loggers, see
+    :mod:`torchdreamer.training.loggers`).
 
     Args:
         logdir: The run's directory.
         resume_step: When resuming, the checkpoint's env step: rows after it
             (written by the interrupted run after its last checkpoint) are
-            removed, from the CSVs and from TensorBoard, so no step appears twice;
-            the rows at ``resume_step`` itself stay in both.
+            removed, from the files and from TensorBoard and TorchRL's CSV files,
+            so no step appears twice there; the rows at ``resume_step`` itself
+            stay. W&B and MLflow runs are continued (their history keeps what
+            they were sent).
+        loggers: Comma-separated logger names (``Config.logger``).
+        config: The run's config, logged as the W&B run's config and the MLflow
+            run's parameters.
 
     Examples:
         >>> import tempfile
         >>> from torchdreamer.training.logs import RunLog, read_episodes, read_rows
         >>> from torchdreamer.training.runner import Episode
         >>> logdir = tempfile.mkdtemp()
-        >>> log = RunLog(logdir)
+        >>> log = RunLog(logdir, loggers="tensorboard,csv")
         >>> log.episode(Episode(env_step=16, score=21.0, length=21, env=3))
         >>> log.metrics(16, {"updates": 2, "loss": 3.5})
         >>> log.close()
@@ -88,59 +121,70 @@ class RunLog:
         [Episode(env_step=16, score=21.0, length=21, env=3)]
         >>> read_rows(f"{logdir}/metrics.csv")
         [{'env_step': '16', 'updates': '2', 'loss': '3.5'}]
+        >>> print(open(f"{logdir}/metrics.jsonl").read(), end="")
+        {"step": 16, "updates": 2.0, "loss": 3.5}
+        >>> print(open(f"{logdir}/csv/scalars/loss.csv").read(), end="")
+        16,3.5
     """
 
-    def __init__(self, logdir: Path, resume_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    check = staticmethod(check_loggers)
 
+    def __init__(
+        self,
+        logdir: Path,
+        resume_step: int | None = None,
+        loggers: str = "tensorboard",
+        config: Any = None,
+    ) -> None:
         self.logdir = Path(logdir)
         if resume_step is not None:
             _truncate(self.logdir / METRICS, resume_step)
             _truncate(self.logdir / EPISODES, resume_step, columns=("env",))
             _truncate(self.logdir / EVALUATIONS, resume_step)
-        # TensorBoard drops the events at or after purge_step: those after resume_step.
-        self.writer = SummaryWriter(
-            str(self.logdir / "tensorboard"),
-            purge_step=resume_step + 1 if resume_step is not None else None,
-        )
+            _truncate_jsonl(self.logdir / METRICS_JSONL, resume_step)
+        hparams = dataclasses.asdict(config) if config is not None else {}
+        self.loggers = open_loggers(loggers, self.logdir, resume_step, hparams)
         self._metric_fields: list[str] | None = None
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        """``values``, those that are finite numbers, to every logger at ``step``."""
+        finite = {
+            key: value
+            for key, value in values.items()
+            if isinstance(value, (int, float)) and math.isfinite(value)
+        }
+        if finite:
+            for logger in self.loggers:
+                logger.metrics(step, finite)
 
     def episode(self, episode: Episode) -> None:
         row = [episode.env_step, f"{episode.score:.6g}", episode.length, episode.env]
         _append(self.logdir / EPISODES, ["env_step", "score", "length", "env"], [row])
-        self.writer.add_scalar("episode/score", episode.score, episode.env_step)
-        self.writer.add_scalar("episode/length", episode.length, episode.env_step)
+        values = {"episode/score": episode.score, "episode/length": episode.length}
+        self._log(episode.env_step, values)
 
     def evaluation(self, env_step: int, episodes: list[Episode], frames: list) -> Path | None:
-        """An evaluation at ``env_step``: a row per episode, the mean score and length in
-        TensorBoard, and the GIF of ``frames`` (if any) in ``videos/`` and TensorBoard."""
+        """An evaluation at ``env_step``: a row per episode, the mean score and length to
+        the loggers, and the GIF of ``frames`` (if any) in ``videos/`` and the loggers."""
         rows = [
             [env_step, index, f"{episode.score:.6g}", episode.length]
             for index, episode in enumerate(episodes)
         ]
         _append(self.logdir / EVALUATIONS, ["env_step", "episode", "score", "length"], rows)
         scores = [episode.score for episode in episodes]
-        self.writer.add_scalar("eval/score", sum(scores) / len(scores), env_step)
         lengths = [episode.length for episode in episodes]
-        self.writer.add_scalar("eval/length", sum(lengths) / len(lengths), env_step)
+        means = {
+            "eval/score": sum(scores) / len(scores),
+            "eval/length": sum(lengths) / len(lengths),
+        }
+        self._log(env_step, means)
         return self.video("eval", frames, env_step, tag="eval/video") if frames else None
 
     def video(self, name: str, frames: list, env_step: int, *, tag: str) -> Path:
-        """``videos/<name>_<env_step>.gif`` of ``frames``, and in TensorBoard under ``tag``."""
-        from PIL import Image
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
+        """``videos/<name>_<env_step>.gif`` of ``frames``, and to the loggers under ``tag``."""
         gif = write_gif(self.logdir / VIDEOS / f"{name}_{env_step}.gif", frames)
-
-        with Image.open(gif) as image:
-            width, height = image.size
-        encoded = Summary.Image(
-            height=height, width=width, colorspace=3, encoded_image_string=gif.read_bytes()
-        )
-        # TensorBoard shows a GIF image summary as a video. add_video would encode one
-        # again with moviepy; the file writer takes the GIF already written instead.
-        summary = Summary(value=[Summary.Value(tag=tag, image=encoded)])
-        self.writer._get_file_writer().add_summary(summary, env_step)
+        for logger in self.loggers:
+            logger.video(tag, gif, env_step)
         return gif
 
     def metrics(self, env_step: int, values: dict[str, float]) -> None:
@@ -158,17 +202,22 @@ class RunLog:
             self._metric_fields = fields
         with open(path, "a", newline="") as file:
             csv.DictWriter(file, fieldnames=fields, restval="").writerow(row)
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, env_step)
+        # The official logger's line: the step, then each scalar as a float.
+        scalars = {key: float(value) for key, value in values.items()}
+        with open(self.logdir / METRICS_JSONL, "a") as file:
+            file.write(json.dumps({"step": env_step, **scalars}) + "\n")
+        self._log(env_step, values)
 
     def flush(self) -> None:
-        """Put every TensorBoard event on disk (before a checkpoint, so a kill loses none)."""
-        self.writer.flush()
+        """Put what the loggers hold on disk (before a checkpoint, so a kill loses none)."""
+        for logger in self.loggers:
+            logger.flush()
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        """Flush and close every logger (each is closed even if another one fails)."""
+        with contextlib.ExitStack() as stack:
+            for logger in self.loggers:
+                stack.callback(logger.close)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -732,12 +732,14 @@ class _Training:
 def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
     """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
 
-    Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``episodes.csv``,
-    TensorBoard events, ``checkpoint.pt`` (every ``checkpoint_every`` steps and
-    at exit; the one before it as ``checkpoint.prev.pt``) and
-    ``learning_curve.png``. Everything is checked before the first write (the
-    config, the environments and their spaces, the replay's memory): a run
-    that cannot start leaves ``logdir`` as it was.
+    Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``metrics.jsonl``,
+    ``episodes.csv``, the files of the loggers ``config.logger`` names
+    (TensorBoard events by default), ``checkpoint.pt`` (every
+    ``checkpoint_every`` steps and at exit; the one before it as
+    ``checkpoint.prev.pt``) and ``learning_curve.png``. Everything is checked
+    before the first write (the config, the loggers, the environments and their
+    spaces, the replay's memory): a run that cannot start leaves ``logdir`` as
+    it was.
 
     With ``resume=True`` the run continues from its last checkpoint, with
     every counter, generator and the replay buffer restored; what the
@@ -769,7 +771,7 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         (None, 'learning_curve.png')
         >>> sorted(p.name for p in logdir.iterdir())
         ['checkpoint.pt', 'config.json', 'episodes.csv', 'learning_curve.png',
-         'metrics.csv', 'tensorboard']
+         'metrics.csv', 'metrics.jsonl', 'tensorboard']
         >>> len(evaluate(logdir, episodes=2))
         2
     """
@@ -795,7 +797,8 @@ def _train(
     stop: _Stop,
 ) -> Summary:
     logdir = directory.path
-    # 1. Check: the run directory and the checkpoint to resume (rank 0 reads them).
+    # 1. Check: the loggers, the run directory and the checkpoint to resume (rank 0).
+    distributed.run_on_main(lambda: RunLog.check(config.logger, logdir, resume))
     config, checkpoint = distributed.run_on_main(
         lambda: directory.check(config, resume, ranks.world_size)
     )
@@ -843,7 +846,9 @@ def _train(
             say(f"update: {update}")
         # A resumed run with no checkpoint yet starts over: its old rows go too.
         resume_step = state.env_step if resume else None
-        log = RunLog(logdir, resume_step=resume_step) if ranks.is_main else None
+        log = None
+        if ranks.is_main:
+            log = RunLog(logdir, resume_step=resume_step, loggers=config.logger, config=config)
         runner = EnvRunner(env, spec, agent)
         stopped_by = _loop(config, logdir, ranks, device, state, agent, runner, log, progress, stop)
     finally:
