@@ -13,13 +13,24 @@ from torchdreamer.training.config import PRESETS, Config, ModelSize
 
 if TYPE_CHECKING:
     from torchdreamer.training.agent import DreamerAgent
+    from torchdreamer.training.loop import evaluate, train
     from torchdreamer.training.replay import SequenceReplay
 
-__all__ = ["PRESETS", "Config", "DreamerAgent", "ModelSize", "SequenceReplay"]
+__all__ = [
+    "PRESETS",
+    "Config",
+    "DreamerAgent",
+    "ModelSize",
+    "SequenceReplay",
+    "evaluate",
+    "train",
+]
 
 _LAZY = {
     "DreamerAgent": "torchdreamer.training.agent",
     "SequenceReplay": "torchdreamer.training.replay",
+    "evaluate": "torchdreamer.training.loop",
+    "train": "torchdreamer.training.loop",
 }
 
 

@@ -12,6 +12,7 @@ from tensordict import TensorDictBase
 
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.envs import make_env, recorder
+from torchdreamer.training.own_env import EnvSource, copies_of
 from torchdreamer.training.runner import EnvRunner, Episode
 
 __all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws"]
@@ -44,7 +45,7 @@ def own_draws(device: torch.device, seed: int) -> Iterator[None]:
 
 def evaluate_policy(
     agent: DreamerAgent,
-    env_id: str,
+    env_id: EnvSource,
     episodes: int,
     *,
     seed: int,
@@ -56,6 +57,10 @@ def evaluate_policy(
     stop: Callable[[], bool] | None = None,
 ) -> Evaluation | None:
     """Play ``episodes`` episodes of ``env_id`` with ``agent``'s policy on fresh environments.
+
+    ``env_id`` is an id, or an environment given from Python
+    (:mod:`~torchdreamer.training.own_env`): a function that makes one, or a vector env,
+    whose ``env_fns`` make the copies.
 
     The policy takes its most likely action (``sample=True``: it samples, as in training).
     Up to ``parallel`` copies run together and each plays its share of the episodes in
@@ -79,12 +84,13 @@ def evaluate_policy(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    source = copies_of(env_id)
     copies = min(episodes, parallel)
     share = [episodes // copies + (i < episodes % copies) for i in range(copies)]
     device = next(agent.parameters()).device
     # Making the env draws too (TorchRL steps it once to learn its specs).
     with own_draws(device, seed):
-        env, spec = make_env(env_id, copies, seed, image_size, obs, record=video)
+        env, spec = make_env(source, copies, seed, image_size, obs, record=video)
         try:
             frames = recorder(env) if video else None
             if frames is not None:
