@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torchrl.modules import OneHotCategorical as _TorchRLOneHotCategorical
@@ -14,6 +16,8 @@ __all__ = [
     "BoundedNormalActorHead",
     "CategoricalActorHead",
     "ContinuationHead",
+    "MultiCategoricalActorHead",
+    "MultiOneHotCategorical",
     "OneHotCategorical",
     "TwoHotHead",
 ]
@@ -117,6 +121,52 @@ class CategoricalActorHead(nn.Module):
         return unimix_logits(self.mlp(*features), self.unimix)
 
 
+def _sizes(nvec: Sequence[int]) -> tuple[int, ...]:
+    """``nvec`` as a tuple of ints, each at least 1."""
+    sizes = tuple(int(n) for n in nvec)
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"nvec must be a non-empty sequence of sizes >= 1, got {list(nvec)}.")
+    return sizes
+
+
+class MultiCategoricalActorHead(nn.Module):
+    """Logits of a multi-discrete policy: one categorical per component, each mixed as
+    :class:`CategoricalActorHead` mixes its one.
+
+    For components of ``nvec = (n_1, ..., n_k)`` actions it returns ``[..., sum(nvec)]``
+    values: component ``i``'s ``n_i`` normalised log-probabilities of
+    ``(1 - unimix) softmax + unimix / n_i``, one component after the other, for
+    :class:`MultiOneHotCategorical`. The output layer starts at 1% of the usual scale.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import MultiCategoricalActorHead
+        >>> logits = MultiCategoricalActorHead(8, (3, 2), hidden=16, layers=1)(torch.randn(4, 8))
+        >>> logits.shape
+        torch.Size([4, 5])
+        >>> [round(p, 4) for p in logits.exp().split((3, 2), -1)[1].sum(-1).tolist()]
+        [1.0, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        nvec: Sequence[int],
+        hidden: int = 512,
+        layers: int = 3,
+        unimix: float = 0.01,
+        outscale: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.nvec = _sizes(nvec)
+        self.mlp = MLP(in_features, sum(self.nvec), hidden, layers, outscale=outscale)
+        self.unimix = unimix
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        parts = self.mlp(*features).split(self.nvec, dim=-1)
+        return torch.cat([unimix_logits(part, self.unimix) for part in parts], dim=-1)
+
+
 class BoundedNormalActorHead(nn.Module):
     """A continuous policy: a normal with mean in ``[-1, 1]`` and bounded spread.
 
@@ -176,3 +226,86 @@ class OneHotCategorical(_TorchRLOneHotCategorical):
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
         return sample_one_hot(self.logits.expand(*sample_shape, *self.logits.shape))
+
+
+class MultiOneHotCategorical(torch.distributions.Distribution):
+    """Independent categoricals, one per component of a multi-discrete action.
+
+    ``logits`` ``[..., sum(nvec)]`` hold component ``i``'s ``nvec[i]`` logits one
+    component after the other (each normalised here, as ``torch.distributions.Categorical``
+    does). Values are the components' one-hot vectors concatenated, ``[..., sum(nvec)]``.
+    :meth:`log_prob` and :meth:`entropy` are sums over the components (the product
+    distribution's), :attr:`mode` takes each component's most likely action (the first
+    on a tie), and :meth:`sample` draws each component by the Gumbel-max trick
+    (:func:`~torchdreamer.modules.sample_one_hot`). Nothing is reparameterised: the
+    actor learns by REINFORCE, as with one categorical.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.modules import MultiOneHotCategorical
+        >>> logits = torch.tensor([0.0, 1.0, 2.0, 0.0, 0.0])  # 3 actions, then 2
+        >>> dist = MultiOneHotCategorical(logits=logits, nvec=(3, 2))
+        >>> dist.mode  # the likeliest of each (the first of a tie)
+        tensor([0., 0., 1., 1., 0.])
+        >>> action = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0])  # action 1 of 3, action 1 of 2
+        >>> round(dist.log_prob(action).item(), 4)  # log softmax(0, 1, 2)[1] + log(1 / 2)
+        -2.1008
+        >>> _ = torch.manual_seed(0)
+        >>> dist.sample((3,)).shape
+        torch.Size([3, 5])
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        nvec: Sequence[int],
+        validate_args: bool | None = None,
+    ) -> None:
+        self.nvec = _sizes(nvec)
+        if logits.shape[-1] != sum(self.nvec):
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} for components of sizes {self.nvec}: "
+                f"the last dimension must be their sum, {sum(self.nvec)}."
+            )
+        parts = logits.split(self.nvec, dim=-1)
+        self.logits = torch.cat([part.log_softmax(-1) for part in parts], dim=-1)
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.exp()
+
+    def _parts(self, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return values.split(self.nvec, dim=-1)
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        shape = (*sample_shape, *self.logits.shape)
+        parts = self._parts(self.logits.expand(shape))
+        return torch.cat([sample_one_hot(part) for part in parts], dim=-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over components of the log-probability of each one's chosen action."""
+        chosen = value.to(torch.bool)
+        logits = self.logits.expand(torch.broadcast_shapes(value.shape, self.logits.shape))
+        return torch.where(chosen, logits, torch.zeros_like(logits)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        """The sum of the components' entropies."""
+        logits = self.logits.clamp(min=torch.finfo(self.logits.dtype).min)
+        return -(self.probs * logits).sum(-1)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        parts = []
+        for part in self._parts(self.logits):
+            index = part.argmax(-1, keepdim=True)
+            classes = torch.arange(part.shape[-1], device=part.device)
+            parts.append((index == classes).to(part.dtype))
+        return torch.cat(parts, dim=-1)
+
+    @property
+    def deterministic_sample(self) -> torch.Tensor:
+        return self.mode

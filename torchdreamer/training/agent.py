@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
@@ -17,6 +20,8 @@ from torchdreamer.modules import (
     BoundedNormalActorHead,
     CategoricalActorHead,
     ImaginationEnv,
+    MultiCategoricalActorHead,
+    MultiOneHotCategorical,
     OneHotCategorical,
     TwoHotHead,
     WorldModel,
@@ -30,6 +35,9 @@ from torchdreamer.objectives import (
 from torchdreamer.training.config import Config
 from torchdreamer.training.distributed import concat_over_ranks, mean_over_ranks
 from torchdreamer.training.optim import DreamerV3Optimizer
+
+if TYPE_CHECKING:
+    from torchdreamer.training.envs import EnvSpec
 
 __all__ = ["DreamerAgent"]
 
@@ -49,10 +57,15 @@ class DreamerAgent(nn.Module):
     Args:
         observation_shape: ``(D,)``, ``(H, W, C)``, or a dict of them by key (a dict
             observation: a reconstruction head per key).
-        action_dim: Number of discrete actions, or the continuous action size.
+        action_dim: Number of discrete actions, or the continuous action size
+            (multi-discrete: ``sum(action_nvec)``).
         discrete: Discrete (one-hot, REINFORCE) or continuous (bounded normal,
             gradients through the world model) actions.
         config: Sizes and hyperparameters.
+        action_nvec: Multi-discrete actions (``discrete=True``): the number of actions
+            of each component. The actor is one categorical per component
+            (:class:`~torchdreamer.modules.MultiOneHotCategorical`); actions are their
+            one-hot vectors concatenated, which the world model takes as its input.
 
     Examples:
         >>> import torch
@@ -71,13 +84,34 @@ class DreamerAgent(nn.Module):
         *,
         discrete: bool,
         config: Config,
+        action_nvec: Sequence[int] = (),
     ) -> None:
         super().__init__()
         size = config.size
+        self.action_nvec = tuple(int(n) for n in action_nvec)
+        if self.action_nvec and (not discrete or sum(self.action_nvec) != action_dim):
+            raise ValueError(
+                f"multi-discrete actions of sizes {self.action_nvec} need discrete=True and "
+                f"action_dim={sum(self.action_nvec)} (their sum); got discrete={discrete}, "
+                f"action_dim={action_dim}."
+            )
         self.discrete, self.action_dim = discrete, action_dim
         self.world_model = WorldModel(observation_shape, action_dim, size)
         features = self.world_model.rssm.feature_size
-        if discrete:
+        if self.action_nvec:
+            head = MultiCategoricalActorHead(
+                features, self.action_nvec, size.units, size.actor_layers
+            )
+            self.actor = ProbSeq(
+                TensorDictModule(head, _STATE, ["logits"]),
+                Prob(
+                    ["logits"],
+                    ["action"],
+                    distribution_class=MultiOneHotCategorical,
+                    distribution_kwargs={"nvec": self.action_nvec},
+                ),
+            )
+        elif discrete:
             head = CategoricalActorHead(features, action_dim, size.units, size.actor_layers)
             self.actor = ProbSeq(
                 TensorDictModule(head, _STATE, ["logits"]),
@@ -175,6 +209,27 @@ class DreamerAgent(nn.Module):
             warmup_steps=config.warmup,
         )
 
+    @classmethod
+    def from_spec(cls, spec: EnvSpec, config: Config) -> DreamerAgent:
+        """The agent for an environment of :class:`~torchdreamer.training.envs.EnvSpec`
+        ``spec``: its observations and actions (discrete, multi-discrete or continuous).
+
+        Examples:
+            >>> from torchdreamer.training import Config, DreamerAgent
+            >>> from torchdreamer.training.envs import EnvSpec
+            >>> spec = EnvSpec((4,), discrete=True, action_dim=5, action_nvec=(3, 2))
+            >>> agent = DreamerAgent.from_spec(spec, Config(imagination_horizon=3))
+            >>> agent.action_dim, agent.action_nvec
+            (5, (3, 2))
+        """
+        return cls(
+            spec.observation_shape,
+            spec.action_dim,
+            discrete=spec.discrete,
+            config=config,
+            action_nvec=spec.action_nvec,
+        )
+
     def autocast(self) -> torch.autocast:
         """The context the networks compute in: ``torch.autocast`` to bfloat16 on the
         agent's device under ``Config(precision="bfloat16")``, a disabled one otherwise.
@@ -254,8 +309,10 @@ class DreamerAgent(nn.Module):
     ) -> tuple[torch.Tensor, TensorDict]:
         """Filter one observation per environment and choose actions.
 
-        Returns the action (one-hot, or continuous in ``[-1, 1]``) and the new
-        state, which remembers the action as the next step's previous action.
+        Returns the action (one-hot; multi-discrete: the components' one-hots
+        concatenated; or continuous in ``[-1, 1]``) and the new state, which remembers
+        the action as the next step's previous action. ``explore=False`` takes the most
+        likely action (of each component).
         """
         rssm = self.world_model.rssm
         with self.autocast():
@@ -270,6 +327,8 @@ class DreamerAgent(nn.Module):
             dist = self.actor.get_dist(td)
         if explore:
             action = dist.sample()
+        elif self.action_nvec:
+            action = dist.mode
         elif self.discrete:
             action = torch.nn.functional.one_hot(dist.logits.argmax(-1), self.action_dim)
         else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import shutil
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -151,7 +152,7 @@ class _Imagination:
         logits_module, sampler = agent.actor.module
         self.head = logits_module.module
         (self.logits_key,) = logits_module.out_keys
-        self.distribution = sampler.distribution_class
+        self.distribution = partial(sampler.distribution_class, **sampler.distribution_kwargs)
         self.rssm, self.reward = agent.world_model.rssm, agent.world_model.reward
         self.loss = agent.actor_loss
         self.step = _compiled(self._step)

@@ -127,7 +127,8 @@ class Config:
     env: str = None  # type: ignore[assignment]
     """Gymnasium id (vector or image observations, discrete or continuous actions), a
     benchmark-suite id (``atari100k:pong``, ``atari:pong``, ``dmc:walker_walk``,
-    ``crafter``) or ``module:EnvId``. A ``suite`` sets its task."""
+    ``crafter``) or ``module:EnvId``. A ``suite`` sets its task. ``python:NAME`` records an
+    environment given from Python, ``train(config, logdir, env=...)``."""
     preset: str = None  # type: ignore[assignment]
     """Network sizes: a name in :data:`PRESETS`, in any case. A ``suite`` sets
     its size."""

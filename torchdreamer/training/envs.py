@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +20,9 @@ from tensordict import TensorDictBase
 from torchrl.envs import GymWrapper
 
 from torchdreamer.training.suites import is_suite_id, make_suite_env
+
+if TYPE_CHECKING:
+    from torchdreamer.training.own_env import EnvSource
 
 __all__ = ["EnvSpec", "RecordFrames", "ResizeImage", "make_env", "recorder"]
 
@@ -32,9 +36,13 @@ class EnvSpec:
     (a ``Dict`` observation space)."""
     discrete: bool
     action_dim: int
-    """Number of actions (discrete) or the action vector's size (continuous)."""
+    """Number of actions (discrete), the action vector's size (continuous), or the sum of
+    the components' sizes (multi-discrete)."""
     action_low: tuple[float, ...] = ()
     action_high: tuple[float, ...] = ()
+    action_nvec: tuple[int, ...] = ()
+    """Multi-discrete actions (a ``MultiDiscrete`` space): the number of actions of each
+    component; the agent acts with their one-hot vectors concatenated. Empty otherwise."""
 
     def observation_of(self, td: TensorDictBase) -> torch.Tensor | TensorDictBase:
         """The observation in a TorchRL step: ``observation``, or a tensordict of the
@@ -44,7 +52,22 @@ class EnvSpec:
         return td.get("observation")
 
     def to_env_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Agent action (one-hot, or in ``[-1, 1]``) to what the environment takes."""
+        """Agent action (one-hot, or in ``[-1, 1]``) to what the environment takes.
+
+        Discrete: the one-hot as integers (TorchRL's encoding); multi-discrete: the index
+        of each component's one-hot, ``[..., len(action_nvec)]`` integers; continuous: the
+        action scaled from ``[-1, 1]`` to the bounds.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.training.envs import EnvSpec
+            >>> spec = EnvSpec((4,), discrete=True, action_dim=5, action_nvec=(3, 2))
+            >>> spec.to_env_action(torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]]))
+            tensor([[2, 0]])
+        """
+        if self.action_nvec:
+            parts = action.split(self.action_nvec, dim=-1)
+            return torch.stack([part.argmax(-1) for part in parts], dim=-1)
         if self.discrete:
             return action.long()
         low = torch.tensor(self.action_low, dtype=action.dtype, device=action.device)
@@ -151,6 +174,9 @@ class RecordFrames(gym.Wrapper):
             return
         try:
             frame = self.env.render()
+        except NotImplementedError as error:  # gymnasium.Env's own render()
+            why = _one_line(error) if str(error).strip() else "it defines no render()"
+            self.unavailable = f"{self._name()} cannot render ({why})"
         except Exception as error:  # a video is optional: the run goes on, told why
             self.unavailable = f"{self._name()} cannot render ({_one_line(error)})"
         else:
@@ -220,6 +246,22 @@ def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space)
     shape = _observation_shape(env_id, observation_space)
     if isinstance(action_space, gym.spaces.Discrete):
         return EnvSpec(shape, discrete=True, action_dim=int(action_space.n))
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        nvec, start = action_space.nvec, action_space.start
+        if nvec.ndim != 1:
+            raise ValueError(
+                f"{env_id}: the action space {action_space} has nvec of shape {nvec.shape}; "
+                "torchdreamer supports MultiDiscrete actions with a one-dimensional nvec "
+                "(flatten the components into one vector)."
+            )
+        if (start != 0).any():
+            raise ValueError(
+                f"{env_id}: the action space {action_space} starts at {start.tolist()}; "
+                "torchdreamer supports MultiDiscrete actions starting at 0 (shift them in "
+                "the environment, e.g. with a gymnasium ActionWrapper)."
+            )
+        sizes = tuple(int(n) for n in nvec)
+        return EnvSpec(shape, discrete=True, action_dim=sum(sizes), action_nvec=sizes)
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         low, high = action_space.low, action_space.high
         if not (np.isfinite(low).all() and np.isfinite(high).all()):
@@ -235,8 +277,8 @@ def _spec_of(env_id: str, observation_space: gym.Space, action_space: gym.Space)
             action_high=tuple(float(x) for x in high),
         )
     raise ValueError(
-        f"{env_id}: the action space is {action_space}; torchdreamer supports Discrete "
-        "and one-dimensional Box actions."
+        f"{env_id}: the action space is {action_space}; torchdreamer supports Discrete, "
+        "MultiDiscrete (a one-dimensional nvec) and one-dimensional Box actions."
     )
 
 
@@ -393,7 +435,7 @@ def recorder(env: GymWrapper) -> RecordFrames:
 
 
 def make_env(
-    env_id: str,
+    env_id: EnvSource,
     num_envs: int,
     seed: int,
     image_size: int = 64,
@@ -411,6 +453,12 @@ def make_env(
     first, so that it registers ``EnvId`` (an environment of your own). An id
     that is unknown, or whose simulator package is not installed, raises a
     one-line :class:`ValueError` that says which and what to install.
+
+    ``env_id`` may also be an environment given from Python
+    (:mod:`torchdreamer.training.own_env`): a function that makes one
+    ``gymnasium.Env``, called once per copy, or a ``gymnasium.vector.VectorEnv``
+    of ``num_envs`` copies that reset on the step an episode ends (it stays the
+    caller's: closing the TorchRL env leaves it open).
 
     The copies run in this process (gymnasium's synchronous vector env, which
     is fastest for cheap simulators on a 2-core machine), reset themselves
@@ -434,11 +482,33 @@ def make_env(
         ValueError: unknown environment id 'CartPol-v1': ... Did you mean: `CartPole`? (pass ...
 
     """
-    if is_suite_id(env_id):
+    if not isinstance(env_id, str):
+        from torchdreamer.training.own_env import describe, python_vector
+
+        name = describe(env_id)
+        if obs != "auto":
+            raise ValueError(
+                f"obs={obs!r} picks a DMC suite's observations; an environment given from "
+                "Python has its own: leave obs 'auto'."
+            )
+        vector = python_vector(env_id, num_envs, image_size, record)
+    elif env_id.startswith("python:"):
+        raise ValueError(
+            f"environment {env_id!r} was given from Python (a function or a vector env); no "
+            "id makes it again: pass it again as env=, e.g. train(config, logdir, "
+            "resume=True, env=...) or evaluate(logdir, env=...)."
+        )
+    elif is_suite_id(env_id):
+        name = env_id
         vector = _suite_vector(env_id, num_envs, seed, image_size, obs, record)
     else:
+        name = env_id
         vector = _gym_vector(env_id, num_envs, image_size, record)
-    spec = _spec_of(env_id, vector.single_observation_space, vector.single_action_space)
+    try:
+        spec = _spec_of(name, vector.single_observation_space, vector.single_action_space)
+    except ValueError:
+        vector.close()
+        raise
     with _torchrl_quiet():
         env = GymWrapper(vector, device="cpu")
     env.set_seed(seed)

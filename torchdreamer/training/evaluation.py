@@ -13,6 +13,7 @@ from torchrl.envs import EnvBase
 
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.envs import EnvSpec, make_env, recorder
+from torchdreamer.training.own_env import EnvSource, copies_of
 from torchdreamer.training.policy import Policy
 from torchdreamer.training.runner import Episode
 
@@ -46,7 +47,7 @@ def own_draws(device: torch.device, seed: int) -> Iterator[None]:
 
 def evaluate_policy(
     policy: Policy,
-    env_id: str,
+    env_id: EnvSource,
     episodes: int,
     *,
     seed: int,
@@ -58,6 +59,10 @@ def evaluate_policy(
     stop: Callable[[], bool] | None = None,
 ) -> Evaluation | None:
     """Play ``episodes`` episodes of ``env_id`` with ``policy`` on fresh environments.
+
+    ``env_id`` is an id, or an environment given from Python
+    (:mod:`~torchdreamer.training.own_env`): a function that makes one, or a vector env,
+    whose ``env_fns`` make the copies.
 
     The policy acts through the method its users call (:meth:`Policy.act_torchrl
     <torchdreamer.training.policy.Policy.act_torchrl>`, under :meth:`Policy.act
@@ -87,11 +92,12 @@ def evaluate_policy(
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    source = copies_of(env_id)
     copies = min(episodes, parallel)
     share = [episodes // copies + (i < episodes % copies) for i in range(copies)]
     # Making the env draws too (TorchRL steps it once to learn its specs).
     with own_draws(policy.device, seed):
-        env, spec = make_env(env_id, copies, seed, image_size, obs, record=video)
+        env, spec = make_env(source, copies, seed, image_size, obs, record=video)
         try:
             frames = recorder(env) if video else None
             if frames is not None:

@@ -36,6 +36,14 @@ from torchdreamer.training.console import say
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
 from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
+from torchdreamer.training.own_env import (
+    ENV_SPEC,
+    EnvSource,
+    check_fits,
+    check_spaces,
+    copies_of,
+    with_env,
+)
 from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
@@ -600,7 +608,9 @@ class _Training:
         runner: EnvRunner,
         log: RunLog | None,
         resume_point: bool,
+        env: EnvSource,
     ) -> None:
+        self.env = env  # what evaluations make their environments of
         self.config, self.logdir, self.ranks, self.device = config, logdir, ranks, device
         self.state, self.agent, self.runner, self.log = state, agent, runner, log
         self.parallel = distributed.wrap(agent, ranks)
@@ -683,7 +693,7 @@ class _Training:
         config, step = self.config, self.state.env_step
         result = evaluate_policy(
             Policy(self.agent, self.runner.spec, config),
-            config.env,
+            self.env,
             config.eval_episodes,
             seed=config.seed + 2 * 10**9 + step,
             image_size=config.image_size,
@@ -722,15 +732,28 @@ class _Training:
                     "agent": self.agent.state_dict(),
                     "optimizer": self.agent.optimizer.state_dict(),
                     "config": self.config.to_json(),
-                    "env_spec": dataclasses.asdict(self.runner.spec),
+                    ENV_SPEC: dataclasses.asdict(self.runner.spec),
                     **self.state.state_dict(),
                     "ranks": parts,
                 },
             )
 
 
-def train(config: Config, logdir: Path, resume: bool = False, progress: bool = True) -> Summary:
-    """Train a DreamerV3 agent on ``config.env`` for ``config.steps`` env steps.
+def train(
+    config: Config,
+    logdir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    env: EnvSource | None = None,
+) -> Summary:
+    """Train a DreamerV3 agent on ``config.env`` (or ``env``) for ``config.steps`` env steps.
+
+    ``env`` gives the environment from Python instead of ``config.env``'s id: a function
+    that makes one ``gymnasium.Env`` (called once per copy), or a
+    ``gymnasium.vector.VectorEnv`` of ``config.num_envs`` copies
+    (:mod:`~torchdreamer.training.own_env`); ``config.env`` then records
+    ``python:`` and its name, and a resume takes the same ``env`` again.
 
     Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``metrics.jsonl``,
     ``episodes.csv``, the files of the loggers ``config.logger`` names
@@ -776,13 +799,15 @@ def train(config: Config, logdir: Path, resume: bool = False, progress: bool = T
         2
     """
     logdir = Path(logdir)
+    config = with_env(config, env, logdir, resume)
+    source = env if env is not None else config.env
     configure_threads(config.threads)
     ranks = distributed.current()
     device = distributed.device_for(config.device, ranks)
     directory = RunDirectory(logdir)
     with _Stop() as stop:
         try:
-            return _train(config, directory, resume, progress, ranks, device, stop)
+            return _train(config, directory, resume, progress, ranks, device, stop, source)
         finally:
             directory.release()
 
@@ -795,6 +820,7 @@ def _train(
     ranks: distributed.Ranks,
     device: torch.device,
     stop: _Stop,
+    source: EnvSource,
 ) -> Summary:
     logdir = directory.path
     # 1. Check: the loggers, the run directory and the checkpoint to resume (rank 0).
@@ -807,7 +833,7 @@ def _train(
     _seed(config.seed)  # the same initial networks on every rank
     # Environments restart on resume; a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + start + ranks.rank * config.num_envs
-    env, spec = make_env(config.env, config.num_envs, env_seed, config.image_size, config.obs)
+    env, spec = make_env(source, config.num_envs, env_seed, config.image_size, config.obs)
     try:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         check_replay_memory(
@@ -817,9 +843,9 @@ def _train(
             processes=local_processes,
             where=logdir,
         )
-        agent = DreamerAgent(
-            spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-        ).to(device)
+        agent = DreamerAgent.from_spec(spec, config).to(device)
+        if checkpoint is not None:
+            check_fits(agent, checkpoint, spec, logdir / CHECKPOINT)
         # 2. Claim the directory: the first write of the run. A stop requested
         # while checking ends the run here, before anything is written.
         if distributed.any_rank(stop.requested)[0]:
@@ -850,7 +876,9 @@ def _train(
         if ranks.is_main:
             log = RunLog(logdir, resume_step=resume_step, loggers=config.logger, config=config)
         runner = EnvRunner(env, spec, agent)
-        stopped_by = _loop(config, logdir, ranks, device, state, agent, runner, log, progress, stop)
+        stopped_by = _loop(
+            config, logdir, ranks, device, state, agent, runner, log, progress, stop, source
+        )
     finally:
         env.close()
     curve, evaluation = None, None
@@ -882,11 +910,12 @@ def _loop(
     log: RunLog | None,
     progress: bool,
     stop: _Stop,
+    source: EnvSource,
 ) -> int | None:
     """Collect, update, log, checkpoint until ``config.steps`` or a stop; the final
     checkpoint is written however the loop ends, except after another rank's failure."""
     resumed = state.env_step > 0  # a checkpoint holds this very state
-    training = _Training(config, logdir, ranks, device, state, agent, runner, log, resumed)
+    training = _Training(config, logdir, ranks, device, state, agent, runner, log, resumed, source)
     bar = _Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
     log_now = Every(config.log_every, initial=False)
     checkpoint_now = Every(config.checkpoint_every, initial=False)
@@ -939,23 +968,33 @@ def evaluate(
     sample: bool = False,
     threads: int | None = None,
     video: Path | None = None,
+    *,
+    env: EnvSource | None = None,
 ) -> list[float]:
     """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores.
 
     The policy is the one :func:`~torchdreamer.training.policy.load_agent` returns
     (the checkpoint's checksum and its config checked against ``config.json``
-    first). ``threads`` defaults to the run's ``config.threads``. The episodes are
-    played as :func:`~torchdreamer.training.evaluation.evaluate_policy` plays them;
-    ``video`` names a GIF to write of the first one.
+    first). ``env``: the environment from Python (as :func:`train` takes it) to play
+    on instead of ``config.env``'s id; a run trained on one needs it, and its spaces
+    must be the run's. ``threads`` defaults to the run's ``config.threads``. The
+    episodes are played as :func:`~torchdreamer.training.evaluation.evaluate_policy`
+    plays them; ``video`` names a GIF to write of the first one.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
     policy = load_agent(logdir, device)
     config = policy.config
     configure_threads(config.threads if threads is None else threads)
+    source = config.env
+    if env is not None:
+        source = copies_of(env)
+        probe, spec = make_env(source, 1, config.seed, config.image_size, config.obs)
+        probe.close()
+        check_spaces(policy.spec, spec, Path(logdir))
     result = evaluate_policy(
         policy,
-        config.env,
+        source,
         episodes,
         seed=config.seed + 10**9,
         image_size=config.image_size,

@@ -143,9 +143,7 @@ def load_agent(logdir: str | Path, device: str | torch.device = "cpu") -> Policy
     resolved = distributed.device_for(str(device), distributed.Ranks())
     config.device = str(resolved)
     spec = _spec_of_run(checkpoint, config, Path(logdir) / CHECKPOINT)
-    agent = DreamerAgent(
-        spec.observation_shape, spec.action_dim, discrete=spec.discrete, config=config
-    )
+    agent = DreamerAgent.from_spec(spec, config)
     agent.load_state_dict(checkpoint["agent"])
     agent.to(resolved).eval()
     return Policy(agent, spec, config)
@@ -404,6 +402,8 @@ or (N, 4) (N of them).
     def _gymnasium(self, env_action: torch.Tensor) -> Any:
         """The action in the form a gymnasium environment takes."""
         spec = self.spec
+        if spec.action_nvec:  # the components' indices already
+            return env_action.numpy()
         if spec.discrete:  # TorchRL's one-hot: gymnasium takes the index
             index = env_action.argmax(-1).numpy()
             return int(index) if index.ndim == 0 else index
