@@ -313,11 +313,11 @@ def test_a_resume_or_an_evaluation_needs_the_same_environment(tmp_path):
         assert words in str(raised.value), str(raised.value)
         assert files(logdir) == before
 
-    # The same name but other spaces: the checkpoint's networks do not fit.
+    # The same name but other spaces than the checkpoint's stored spec.
     refused(
         ValueError,
-        "checkpoint.pt was trained on an environment of other spaces than this one "
-        "(observations (3,), 2 discrete actions)",
+        "checkpoint.pt was trained on an environment of observations (2,), 2 discrete "
+        "actions; this one has observations (3,), 2 discrete actions.",
         env=Maker(size=3),
     )
     refused(

@@ -248,6 +248,7 @@ def test_the_checkpoint_holds_the_env_spec_and_older_ones_make_an_env(runs, tmp_
         "action_dim": 1,
         "action_low": (-2.0,),
         "action_high": (2.0,),
+        "action_nvec": (),
     }
     assert load_agent(runs["Pendulum-v1"]).spec == EnvSpec((3,), False, 1, (-2.0,), (2.0,))
     # A checkpoint written before the spec was stored: lists (JSON-like) are tuples again,
