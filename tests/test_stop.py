@@ -7,12 +7,14 @@ wait for the compiler. In process, the second Ctrl-C is sent from inside an upda
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -270,6 +272,49 @@ def test_an_env_step_that_compiles_the_policy_says_the_run_stops_after_it(capfd)
         "torchdreamer: SIGINT: the run stops after this env step (the policy may be "
         "compiling: up to a minute in an empty inductor cache)"
     )
+
+
+def test_an_env_step_failing_after_a_stop_request_is_abandoned(capfd):
+    model = _Linear()
+    state = SimpleNamespace(env_step=32)
+    _seed_everything(5)
+    before = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+
+    def step():  # the loop counts the step first, then acts: the compile fails
+        state.env_step += 2
+        torch.rand(3), np.random.rand(), random.random()
+        os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("C++ compile error")
+
+    with Stop() as stop:
+        guard = CompileGuard(stop, model, torch.Generator(), compiled=True)
+        with pytest.raises(UpdateInterrupted):
+            with guard.acting(state):
+                step()
+    assert state.env_step == 32
+    _assert_same(before, (torch.get_rng_state(), np.random.get_state(), random.getstate()))
+    assert capfd.readouterr().err.splitlines()[1:] == [
+        "torchdreamer: the env step failed after SIGINT (RuntimeError); it is abandoned, "
+        "nothing lost"
+    ]
+    with Stop() as stop:  # without a stop request an error is an error
+        guard = CompileGuard(stop, model, torch.Generator(), compiled=True)
+        with pytest.raises(RuntimeError, match="a bug"):
+            with guard.acting(state):
+                raise RuntimeError("a bug")
+
+
+def test_after_the_first_signal_an_update_logs_no_warnings(caplog):
+    model = _Linear()
+    log = logging.getLogger("test_stop.compiler")
+    with Stop(tell=False) as stop:
+        guard = CompileGuard(stop, model, torch.Generator(), compiled=True)
+        with guard.updating():
+            log.warning("before the signal")
+            os.kill(os.getpid(), signal.SIGTERM)
+            log.warning("failed to compile: a killed compiler's traceback")
+        log.warning("after the update")
+    assert [r.getMessage() for r in caplog.records] == ["before the signal", "after the update"]
 
 
 # ------------------------------------------------------------------ subprocess

@@ -803,8 +803,12 @@ def _loop(
     failed = False
     try:
         while state.env_step < config.steps:
-            with guard.acting():
-                training.collect()
+            try:
+                with guard.acting(state):
+                    training.collect()
+            except UpdateInterrupted:  # failed after a stop request, and put back
+                stopped_by = stop.agreed()
+                break
             # Updates and stops are collective: every rank takes them together.
             stopping, unready = distributed.any_rank(stop.requested, not training.can_update())
             if not unready:

@@ -29,13 +29,14 @@ fails.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -97,8 +98,9 @@ class Stop:
     module); ``tell``: whether this process writes the lines (rank 0 only).
 
     Outside :meth:`during`, a signal only sets :attr:`signal`. Inside it, the first
-    signal also writes the region's line on stderr at once, and, in an interruptible
-    region, a SIGINT after it raises :class:`UpdateInterrupted`.
+    signal also writes the region's line on stderr at once and silences logged
+    warnings until the region ends, and, in an interruptible region, a SIGINT after it
+    raises :class:`UpdateInterrupted`.
 
     Examples:
         >>> import os
@@ -124,6 +126,7 @@ class Stop:
         self.tell = tell
         self._previous: dict[signal.Signals, Any] = {}
         self._region: _Region | None = None
+        self._logging: int | None = None  # the logging level disabled before a region
 
     @property
     def requested(self) -> bool:
@@ -150,10 +153,13 @@ class Stop:
         names it, ``{again}`` says how to stop now) and, if ``interruptible``, a later
         SIGINT raises :class:`UpdateInterrupted` inside the region."""
         self._region = _Region(line, interruptible)
+        self._logging: int | None = None
         try:
             yield
         finally:
             self._region = None
+            if self._logging is not None:
+                logging.disable(self._logging)
 
     def _handle(self, signum: int, frame: object) -> None:
         first = self.signal is None
@@ -165,6 +171,10 @@ class Stop:
         if first:
             if self.tell:
                 _write_now(_line(region.line, signum))
+            # The rest of the region logs no warnings: in a terminal, Ctrl-C also kills
+            # the C++ compiler, and torch logs each failed compile with its traceback.
+            self._logging = logging.root.manager.disable
+            logging.disable(logging.WARNING)
         elif signum == signal.SIGINT and region.interruptible:
             self._region = None  # one interruption per region
             raise UpdateInterrupted(signum)
@@ -296,9 +306,12 @@ class CompileGuard:
         self._noted_policy = self._noted_update = False
 
     @contextmanager
-    def acting(self) -> Iterator[None]:
+    def acting(self, state: Any = None) -> Iterator[None]:
         """An env step: while the policy may compile, the first signal says the run
-        stops after it (nothing interrupts an env step)."""
+        stops after it. Nothing interrupts an env step; one that fails after a stop
+        request (the terminal's Ctrl-C killed the C++ compiler) is abandoned: the
+        global generators and ``state.env_step`` (the loop's count, raised before
+        the step) are put back and :class:`UpdateInterrupted` is raised."""
         if not self.steps_compile:
             yield
             return
@@ -306,10 +319,30 @@ class CompileGuard:
             self._note(COMPILING_POLICY)
             self._noted_policy = True
         graphs = _compiled_graphs()
-        with self.stop.during(STOPS_AFTER_STEP, interruptible=False):
-            yield
+        step = None if state is None else state.env_step
+        rng = rng_states()
+        try:
+            with self.stop.during(STOPS_AFTER_STEP, interruptible=False):
+                yield
+        except Exception as error:
+            if self.collective or state is None or not self.stop.requested:
+                raise
+            state.env_step = step
+            set_rng_states(rng)
+            self._abandoned("env step", error)
         if _compiled_graphs() == graphs:
             self.steps_compile = False
+
+    def _abandoned(self, what: str, error: BaseException) -> NoReturn:
+        _cancel_compiles()
+        if self.stop.tell:
+            name = signal.Signals(self.stop.signal or signal.SIGINT).name
+            say(
+                f"torchdreamer: the {what} failed after {name} ({type(error).__name__}); "
+                "it is abandoned, nothing lost",
+                sys.stderr,
+            )
+        raise UpdateInterrupted(self.stop.signal) from error
 
     @contextmanager
     def updating(self) -> Iterator[None]:
@@ -333,17 +366,10 @@ class CompileGuard:
                 self.restore(saved)
                 if not (isinstance(error, UpdateInterrupted) or self.stop.requested):
                     raise
-                _cancel_compiles()
                 if isinstance(error, UpdateInterrupted):
+                    _cancel_compiles()
                     raise
-                if self.stop.tell:  # e.g. the terminal's Ctrl-C killed the C++ compiler
-                    name = signal.Signals(self.stop.signal or signal.SIGINT).name
-                    say(
-                        f"torchdreamer: the update failed after {name} "
-                        f"({type(error).__name__}); it is abandoned, nothing lost",
-                        sys.stderr,
-                    )
-                raise UpdateInterrupted(self.stop.signal) from error
+                self._abandoned("update", error)  # e.g. Ctrl-C killed the C++ compiler
         if _compiled_graphs() == graphs:
             self.updates_compile = False
 
