@@ -585,18 +585,41 @@ def test_kills_and_resumes_keep_one_row_per_step_in_csv_and_tensorboard(tmp_path
     assert len(keys) == len(set(keys)) and [k[0] for k in keys] == sorted(k[0] for k in keys)
 
 
-def test_the_progress_bar_labels_prefill_and_fits_80_columns(tmp_path):
+def test_the_progress_bar_labels_prefill_and_fits_80_columns(tmp_path, monkeypatch):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
     logdir = tmp_path / "run"
-    env = {**os.environ, "COLUMNS": "80"}
-    result = subprocess.run(
-        command("train", "--steps", "160", *TINY, "--logdir", str(logdir)),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    monkeypatch.setenv("COLUMNS", "80")
+    # The bar is drawn on a terminal only: stderr is a pseudo-terminal's, of 24 x 80
+    # characters (tqdm draws nothing on a terminal of no rows).
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with Run(logdir, "--steps", "160", *TINY, "--logdir", str(logdir), stderr=follower) as run:
+        os.close(follower)
+        chunks, quiet_since = [], time.monotonic()
+        try:
+            while True:  # until the run closes its end (EIO); it draws twice a second
+                if not select.select([leader], [], [], 1.0)[0]:
+                    assert time.monotonic() - quiet_since < 120, "no output for 120 s"
+                    continue
+                try:
+                    chunk = os.read(leader, 1 << 16)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                quiet_since = time.monotonic()
+        finally:
+            os.close(leader)
+        run.wait(timeout=600)
+    stderr = b"".join(chunks).decode()
+    assert run.returncode == 0, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     bars = [line for line in lines if "%|" in line]
     assert bars and all(len(line) <= 80 for line in bars), max(bars, key=len)
     assert bars[0].startswith("prefill")

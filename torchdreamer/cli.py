@@ -136,11 +136,16 @@ def _parser() -> argparse.ArgumentParser:
         help="train an agent (default: CartPole-v1, small preset)",
         description="Train a DreamerV3 agent; any option left out keeps its default "
         "(or, with --resume, the saved run's value). Ctrl-C or SIGTERM stops it with a "
-        "final checkpoint; --resume continues it.",
+        "final checkpoint after the update in progress (a second Ctrl-C abandons an "
+        "update that compiles); --resume continues it.",
     )
     train.add_argument("--logdir", type=Path, help="run directory (default: runs/ENV-sSEED)")
     train.add_argument("--resume", type=Path, metavar="LOGDIR", help="continue the run in LOGDIR")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (a bar on a terminal, a line a minute elsewhere)",
+    )
     _add_config_options(train)
     evaluate = commands.add_parser(
         "eval",

@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import DreamerAgent
@@ -45,8 +43,10 @@ from torchdreamer.training.own_env import (
     with_env,
 )
 from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
+from torchdreamer.training.progress import Progress
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
+from torchdreamer.training.stop import CompileGuard, Stop, UpdateInterrupted
 from torchdreamer.training.threads import configure_threads
 from torchdreamer.training.when import DreamerV3UpdateRatio, Every
 
@@ -465,124 +465,6 @@ class RunState:
         set_rng_states(rank_state["rng"])
 
 
-# -------------------------------------------------------------- stop, progress
-class _Stop:
-    """Turns SIGINT (Ctrl-C) and SIGTERM into a stop request the loop honours."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __enter__(self) -> _Stop:
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-        except ValueError:  # not the main thread: signals stay as they are
-            pass
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-    def agreed(self) -> int | None:
-        """The signal of the first rank that got one (every rank calls this together)."""
-        return next((s for s in distributed.all_gather_objects(self.signal) if s), None)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            for s, handler in self._previous.items():
-                signal.signal(s, handler)
-        except ValueError:
-            pass
-
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
-
-
-class _Progress:
-    """The progress bar: ``prefill`` until the first update, then ``train``.
-
-    Its fields come from the live counters (updates/s over the last few
-    seconds, the latest score, the mean of the last 10); the remaining time is
-    estimated from the update rate once updates run. It fits the terminal's
-    width, and an error writing it (a closed pipe) turns it off instead of
-    stopping the run.
-    """
-
-    def __init__(self, config: Config, initial: int, enabled: bool, world_size: int) -> None:
-        self._bar: tqdm | None = None
-        batch_steps = config.batch_size * config.batch_length
-        self._updates_per_step = config.train_ratio / batch_steps / world_size
-        self._samples: deque[tuple[float, int, int]] = deque(maxlen=16)
-        self._shown = 0.0
-        if enabled:
-            self._guard(self._open, config.steps, initial)
-
-    def _open(self, total: int, initial: int) -> None:
-        width = shutil.get_terminal_size((80, 24)).columns
-        self._bar = tqdm(
-            total=total,
-            initial=initial,
-            desc="prefill",
-            unit="step",
-            unit_scale=True,
-            ncols=max(min(width, 120), 40),
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
-            mininterval=0.5,
-        )
-
-    def _guard(self, action: Any, *args: Any) -> None:
-        try:
-            action(*args)
-        except (OSError, ValueError):  # the terminal or pipe is gone: no more bar
-            if self._bar is not None:
-                self._bar.disable = True
-            self._bar = None
-
-    def show(self, state: RunState, scores: list[float]) -> None:
-        """Advance to ``state.env_step``; ``scores``: the recent episodes' scores, last last."""
-        if self._bar is not None:
-            self._guard(self._show, state, scores)
-
-    def _show(self, state: RunState, scores: list[float]) -> None:
-        bar = self._bar
-        now = time.perf_counter()
-        self._samples.append((now, state.env_step, state.updates))
-        bar.update(state.env_step - bar.n)
-        if now - self._shown < 0.5:
-            return
-        self._shown = now
-        first, _, first_updates = self._samples[0]
-        rate = (state.updates - first_updates) / max(now - first, 1e-9)
-        fields = []
-        if state.updates:
-            bar.set_description_str("train", refresh=False)
-            if rate > 0:
-                left = (bar.total - state.env_step) * self._updates_per_step / rate
-                fields.append(f"left {_clock(left)}")
-            fields.append(f"{rate:.2f} upd/s")
-        recent = deque(scores, maxlen=10)
-        score = f"{recent[-1]:.4g}" if recent else "-"
-        fields.append(f"score {score} mean10 {_mean(recent):.4g}")
-        bar.set_postfix_str(", ".join(fields), refresh=True)
-
-    def note(self, text: str) -> None:
-        """A line on stderr, above the bar."""
-        self._guard(tqdm.write, text, sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._guard(self._bar.close)
-            self._bar = None
-
-
 # ------------------------------------------------------------------- the loop
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimiser's state tensors by name, to check that ranks agree on them."""
@@ -637,9 +519,10 @@ class _Training:
         own_steps = state.env_step // self.ranks.world_size
         return state.replay.can_sample(config.batch_length) and own_steps >= batch_steps
 
-    def update(self, stop: _Stop) -> None:
-        """The updates due at the train ratio; a stop request cuts them short (one
-        process; under torchrun updates are collective, so ranks finish them)."""
+    def update(self, stop: Stop, guard: CompileGuard) -> None:
+        """The updates due at the train ratio; a stop request cuts them short, and a
+        second Ctrl-C abandons one that compiles (one process; under torchrun updates
+        are collective, so ranks finish them)."""
         config, state = self.config, self.state
         own_steps = state.env_step // self.ranks.world_size
         if state.train_ratio.previous is None:
@@ -650,8 +533,13 @@ class _Training:
             if stop.requested and not self.ranks.distributed:
                 state.train_ratio.defer(due - done)
                 break
-            batch = state.replay.sample(config.batch_size, config.batch_length)
-            self.last = self.agent.update(batch.to(self.device), self.parallel)
+            try:
+                with guard.updating():
+                    batch = state.replay.sample(config.batch_size, config.batch_length)
+                    self.last = self.agent.update(batch.to(self.device), self.parallel)
+            except UpdateInterrupted:  # the guard put back the state before it
+                state.train_ratio.defer(due - done)
+                break
             state.updates += 1
 
     def scores(self) -> list[float]:
@@ -685,7 +573,7 @@ class _Training:
             score = {"score_mean10": _mean(state.recent)}
             self.log.metrics(state.env_step, {**values, **score, **rates, **self.last})
 
-    def evaluate(self, bar: _Progress, stop: _Stop) -> None:
+    def evaluate(self, bar: Progress, stop: Stop) -> None:
         """Score the policy on environments of its own (rank 0; the others go on); a stop
         request abandons it."""
         if self.log is None:
@@ -769,7 +657,11 @@ def train(
     interrupted run logged after that checkpoint is discarded, so no step is
     counted twice or lost. SIGINT (Ctrl-C) and SIGTERM stop the run between
     two env steps or two updates with the same final checkpoint, logs and
-    curve; :attr:`Summary.stopped_by` tells which signal.
+    curve; :attr:`Summary.stopped_by` tells which signal. During an update
+    that may compile, the first signal says so on stderr and a second Ctrl-C
+    abandons the update, the run ending as before it (see
+    :mod:`torchdreamer.training.stop`). With ``progress``, stderr shows a bar on
+    a terminal and plain lines elsewhere (:mod:`torchdreamer.training.progress`).
 
     Under ``torchrun`` (see :mod:`torchdreamer.training.distributed`) every
     rank runs ``config.num_envs`` environments and its own replay, the
@@ -805,7 +697,7 @@ def train(
     ranks = distributed.current()
     device = distributed.device_for(config.device, ranks)
     directory = RunDirectory(logdir)
-    with _Stop() as stop:
+    with Stop(tell=ranks.is_main) as stop:
         try:
             return _train(config, directory, resume, progress, ranks, device, stop, source)
         finally:
@@ -819,7 +711,7 @@ def _train(
     progress: bool,
     ranks: distributed.Ranks,
     device: torch.device,
-    stop: _Stop,
+    stop: Stop,
     source: EnvSource,
 ) -> Summary:
     logdir = directory.path
@@ -877,7 +769,18 @@ def _train(
             log = RunLog(logdir, resume_step=resume_step, loggers=config.logger, config=config)
         runner = EnvRunner(env, spec, agent)
         stopped_by = _loop(
-            config, logdir, ranks, device, state, agent, runner, log, progress, stop, source
+            config,
+            logdir,
+            ranks,
+            device,
+            state,
+            agent,
+            runner,
+            log,
+            progress,
+            stop,
+            source,
+            compiled=compiled,
         )
     finally:
         env.close()
@@ -909,14 +812,19 @@ def _loop(
     runner: EnvRunner,
     log: RunLog | None,
     progress: bool,
-    stop: _Stop,
+    stop: Stop,
     source: EnvSource,
+    compiled: bool = False,
 ) -> int | None:
     """Collect, update, log, checkpoint until ``config.steps`` or a stop; the final
     checkpoint is written however the loop ends, except after another rank's failure."""
     resumed = state.env_step > 0  # a checkpoint holds this very state
     training = _Training(config, logdir, ranks, device, state, agent, runner, log, resumed, source)
-    bar = _Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
+    bar = Progress(config, state.env_step, progress and ranks.is_main, ranks.world_size)
+    note = bar.note if progress and ranks.is_main else None
+    guard = CompileGuard(
+        stop, agent, state.generator, compiled=compiled, collective=ranks.distributed, note=note
+    )
     log_now = Every(config.log_every, initial=False)
     checkpoint_now = Every(config.checkpoint_every, initial=False)
     evaluate_now = Every(config.eval_every, initial=False)  # 0: never
@@ -927,11 +835,16 @@ def _loop(
     failed = False
     try:
         while state.env_step < config.steps:
-            training.collect()
+            try:
+                with guard.acting(state):
+                    training.collect()
+            except UpdateInterrupted:  # failed after a stop request, and put back
+                stopped_by = stop.agreed()
+                break
             # Updates and stops are collective: every rank takes them together.
             stopping, unready = distributed.any_rank(stop.requested, not training.can_update())
             if not unready:
-                training.update(stop)
+                training.update(stop, guard)
             state.wall_time = time.perf_counter() - started
             bar.show(state, training.scores())
             if log_now(state.env_step):
