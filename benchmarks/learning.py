@@ -11,8 +11,9 @@ Compare with ``shared/anchors/agent_cartpole_cpu.md`` (official DreamerV3 and
 sheeprl on CartPole-v1, 2-core CPU, 30 minutes).
 
 Run: ``python benchmarks/learning.py --seeds 0 1 2 --minutes 30 --outdir runs/bench``
-(``--summarize DIR ...`` only reads finished runs; extra arguments after ``--`` go
-to ``torchdreamer train``, e.g. ``-- --env Pendulum-v1``).
+(``--summarize DIR ...`` only reads finished runs; ``--stop-at 450`` also stops a seed
+once its mean-10 first reaches 450, to answer "does it get there" in less time; extra
+arguments after ``--`` go to ``torchdreamer train``, e.g. ``-- --env Pendulum-v1``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,20 @@ from torchdreamer.training.logs import running_mean
 THRESHOLDS = (100, 300, 400, 450)
 
 
-def run(seed: int, minutes: float, logdir: Path, extra: list[str]) -> Path:
-    """``torchdreamer train`` into ``logdir``, stopped by SIGTERM after ``minutes``."""
+def reached(logdir: Path, threshold: float) -> bool:
+    """Whether the mean score of the last 10 episodes in ``logdir`` reached ``threshold``."""
+    path = logdir / "episodes.csv"
+    if not path.exists():
+        return False
+    scores = [float(e["score"]) for e in read(path) if e.get("score")]
+    return any(m >= threshold for m in running_mean(scores)[9:])
+
+
+def run(
+    seed: int, minutes: float, logdir: Path, extra: list[str], stop_at: float | None = None
+) -> Path:
+    """``torchdreamer train`` into ``logdir``, stopped by SIGTERM after ``minutes`` (or
+    once its mean-10 reaches ``stop_at``, checked every 10 s)."""
     command = [
         sys.executable,
         "-m",
@@ -48,11 +61,23 @@ def run(seed: int, minutes: float, logdir: Path, extra: list[str]) -> Path:
     ]
     print("running:", " ".join(command), flush=True)
     process = subprocess.Popen(command)
+    deadline = time.monotonic() + minutes * 60
     try:
-        process.wait(timeout=minutes * 60)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)  # clean stop: checkpoint, logs, curve
-        process.wait()
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                process.wait(timeout=min(10.0, max(deadline - time.monotonic(), 0.01)))
+            except subprocess.TimeoutExpired:
+                if stop_at is not None and reached(logdir, stop_at):
+                    print(f"seed {seed}: mean-10 reached {stop_at:g}; stopping", flush=True)
+                    break
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # clean stop: checkpoint, logs, curve
+            try:
+                process.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     if process.returncode < 0 and -process.returncode != signal.SIGTERM:
         name = signal.Signals(-process.returncode).name
         why = " (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else ""
@@ -143,6 +168,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--outdir", type=Path, default=Path("runs/learning"))
     parser.add_argument("--summarize", type=Path, nargs="+", help="only read these runs")
+    parser.add_argument(
+        "--stop-at", type=float, help="also stop a seed once its mean-10 first reaches this"
+    )
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     if args.summarize:
@@ -152,7 +180,8 @@ def main() -> None:
         args.outdir.mkdir(parents=True, exist_ok=True)
         started = time.time()
         logdirs = [
-            run(seed, args.minutes, args.outdir / f"seed{seed}", extra) for seed in args.seeds
+            run(seed, args.minutes, args.outdir / f"seed{seed}", extra, args.stop_at)
+            for seed in args.seeds
         ]
         print(f"all runs: {time.time() - started:.0f} s")
         outdir = args.outdir
