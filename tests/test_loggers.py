@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import TINY_RUN
 
 from torchdreamer.cli import main
 from torchdreamer.training import Config
@@ -26,13 +27,7 @@ from torchdreamer.training.loop import train
 
 TINY = dict(
     steps=64,
-    num_envs=2,
-    batch_size=2,
-    batch_length=8,
-    train_ratio=4,
-    imagination_horizon=3,
-    threads=1,
-    compile="off",
+    **TINY_RUN,
     log_every=16,
     checkpoint_every=32,
     eval_every=0,

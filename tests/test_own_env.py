@@ -15,6 +15,7 @@ from tensordict import TensorDict
 from tensordict.nn import ProbabilisticTensorDictModule as Prob
 from tensordict.nn import ProbabilisticTensorDictSequential as Seq
 from tensordict.nn import TensorDictModule
+from tiny import TINY_RUN
 from torch import nn
 
 from torchdreamer import DreamerV3ActorLoss
@@ -25,13 +26,7 @@ from torchdreamer.training.logs import read_evaluations
 
 TINY = Config(
     steps=32,
-    num_envs=2,
-    batch_size=2,
-    batch_length=8,
-    train_ratio=4,
-    imagination_horizon=3,
-    threads=1,
-    compile="off",
+    **TINY_RUN,
     eval_every=16,
     eval_episodes=2,
     eval_video=False,

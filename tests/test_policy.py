@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from test_agent import TinyImageEnv
+from tiny import TINY_RUN
 
 import torchdreamer
 import torchdreamer.training
@@ -24,13 +25,7 @@ from torchdreamer.training.policy import Policy, load_agent
 
 TINY = dict(
     steps=64,
-    num_envs=2,
-    batch_size=2,
-    batch_length=8,
-    train_ratio=4,
-    imagination_horizon=3,
-    threads=1,
-    compile="off",
+    **TINY_RUN,
 )
 
 
