@@ -12,6 +12,7 @@ from reference import assert_close_to_reference
 from tensordict import TensorDict
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import torchdreamer.training.config as config_module
 from torchdreamer.modules import (
     BoundedNormalActorHead,
     ConvDecoder,
@@ -21,6 +22,7 @@ from torchdreamer.modules import (
     WorldModel,
 )
 from torchdreamer.training import PRESETS, Config, DreamerAgent
+from torchdreamer.training.config import resolve_precision
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.loop import train
 
@@ -235,9 +237,37 @@ def test_an_update_reads_no_value_back_before_its_metrics(shape, discrete, image
     assert probe.reads == []
 
 
-def test_precision_is_float32_or_bfloat16():
-    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'bfloat16'\]"):
+def test_precision_is_auto_float32_or_bfloat16():
+    with pytest.raises(
+        ValueError, match=r"precision must be one of \['auto', 'float32', 'bfloat16'\]"
+    ):
         Config(precision="float16")
+    with pytest.raises(ValueError, match=r"precision must be one of .* got 'half'"):
+        resolve_precision("half")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx2", "avx512f"}, "float32"),
+        ({"avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"amx_tile", "amx_bf16"}, "bfloat16"),
+        (set(), "float32"),
+    ],
+)
+def test_auto_precision_is_bfloat16_where_the_cpu_multiplies_it(flags, expected, monkeypatch):
+    """``auto`` reads the CPU's flags: bfloat16 with AVX-512 BF16 or AMX, float32 otherwise
+    and on CUDA (unmeasured); an agent built with ``auto`` computes in that dtype."""
+    monkeypatch.setattr(config_module, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_precision("auto", "cpu")[0] == expected
+    assert resolve_precision("auto", "cuda:1")[0] == "float32"
+    for fixed in ("float32", "bfloat16"):
+        assert resolve_precision(fixed, "cpu")[0] == fixed
+    monkeypatch.setitem(PRESETS, "test", SMALL)
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset="test", precision="auto"))
+    with _ProductDtypes() as products:
+        agent.losses(batch_for((4,), 2, b=2, t=4))
+    assert products.dtypes == {getattr(torch, expected)}
 
 
 def _pairs(module, agent, before):
@@ -348,7 +378,8 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
 
     monkeypatch.setitem(PRESETS, "test", SMALL)
     torch.manual_seed(0)
-    config = Config(preset="test", imagination_horizon=3, warmup=0)
+    # float32: the composition below computes without autocast, to float32's roundings.
+    config = Config(preset="test", imagination_horizon=3, warmup=0, precision="float32")
     agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
     with torch.no_grad():  # the critic's zero-initialised output passes back no gradient
         for p in agent.critic.parameters():

@@ -362,7 +362,7 @@ def test_multi_discrete_spec_and_greedy_action_is_argmax_per_component():
     agent = DreamerAgent.from_spec(spec, TINY)
     observation, first = torch.randn(64, 2), torch.ones(64, dtype=torch.bool)
     action, state = agent.act(observation, first, agent.initial_state(64), explore=False)
-    with torch.no_grad():
+    with torch.no_grad(), agent.autocast():  # the dtype act computed in
         logits = agent.actor.module[0](state.select("state", "belief"))["logits"].double()
     parts = logits.split([3, 2], -1)
     indices = torch.stack([part.argmax(-1) for part in parts], -1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 import torch
 from processes import cpu_ticks, tree_size, wait_for
 from tensordict import TensorDict
+from tiny import TINY_RUN
 
-from torchdreamer.training import Config, DreamerAgent, SequenceReplay
+import torchdreamer.training.config as config_module
+from torchdreamer.training import Config, DreamerAgent, SequenceReplay, train
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.optim import DreamerV3Optimizer
 from torchdreamer.training.runner import EnvRunner
@@ -262,3 +265,20 @@ def test_logdir_of_another_run_is_refused(tmp_path):
     assert "holds another run with an incompatible config (env: 'Pendulum-v1'" in result.stderr
     result = run_cli("train", "--resume", str(tmp_path / "nothing"), "--no-progress")
     assert result.returncode == 2 and "no config.json" in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512_bf16"}, "bfloat16"), ((), "float32")])
+def test_auto_precision_is_resolved_once_and_kept_in_config_json(
+    tmp_path, monkeypatch, flags, expected
+):
+    """``--precision auto`` is resolved before the first write: ``config.json`` and the
+    summary name the dtype the run computed in (which ``--resume`` keeps unless given)."""
+    monkeypatch.setattr(config_module, "cpu_flags", lambda: frozenset(flags))
+    config = Config(**TINY_RUN, steps=48, precision="auto")
+    logdir = tmp_path / "run"
+    summary = train(config, logdir, progress=False)
+    assert Config.load(logdir / "config.json").precision == expected
+    assert f", {expected} (auto: the CPU " in summary.update
+    monkeypatch.setattr(config_module, "cpu_flags", lambda: frozenset({"avx512_bf16"}) - flags)
+    resumed = train(dataclasses.replace(config, steps=64, precision=expected), logdir, True, False)
+    assert resumed.env_step == 64 and f", {expected} (--precision {expected})" in resumed.update

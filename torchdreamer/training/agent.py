@@ -32,7 +32,7 @@ from torchdreamer.objectives import (
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
 )
-from torchdreamer.training.config import Config
+from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.distributed import concat_over_ranks, mean_over_ranks
 from torchdreamer.training.optim import DreamerV3Optimizer
 
@@ -232,7 +232,9 @@ class DreamerAgent(nn.Module):
 
     def autocast(self) -> torch.autocast:
         """The context the networks compute in: ``torch.autocast`` to bfloat16 on the
-        agent's device under ``Config(precision="bfloat16")``, a disabled one otherwise.
+        agent's device under ``Config(precision="bfloat16")`` (or ``"auto"`` where
+        :func:`~torchdreamer.training.config.resolve_precision` picks it), a disabled one
+        otherwise.
 
         Examples:
             >>> import torch
@@ -243,7 +245,7 @@ class DreamerAgent(nn.Module):
             tensor(..., dtype=torch.bfloat16)
         """
         device = next(self.parameters()).device.type
-        bfloat16 = self.config.precision == "bfloat16"
+        bfloat16 = resolve_precision(self.config.precision, device)[0] == "bfloat16"
         return torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

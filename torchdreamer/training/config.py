@@ -23,6 +23,7 @@ __all__ = [
     "Config",
     "ModelSize",
     "field_docs",
+    "resolve_precision",
 ]
 
 #: Largest ``train_ratio`` accepted: 64 times the official maximum (1024).
@@ -80,8 +81,12 @@ OBSERVATIONS = ("auto", "proprio", "image", "both")
 #: Values ``compile`` accepts.
 COMPILE_MODES = ("auto", "on", "off")
 
-#: Values ``precision`` accepts.
-PRECISIONS = ("float32", "bfloat16")
+#: Values ``precision`` accepts (``auto``: :func:`resolve_precision`).
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of units that multiply bfloat16 natively: AVX-512
+#: BF16 (AMD Zen 4 on, Intel Cooper Lake on) and AMX (Intel Sapphire Rapids on).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 #: Names ``logger`` takes, one or several, comma-separated: where metrics, scores and
 #: videos go besides the run directory's own files (see ``docs/loggers.md``).
@@ -218,12 +223,16 @@ class Config:
     ``off``, or ``auto``: compiled on CPU for vector observations and runs planned to
     make at least 1,000 updates (where the compile time is repaid); eager for images (no
     faster), on CUDA and under torchrun (not measured there yet)."""
-    precision: str = "float32"
-    """Dtype of the networks' computation: ``float32``, or ``bfloat16`` (the official
-    ``compute_dtype``): the update's losses and acting run under ``torch.autocast``, so
-    matrix products and convolutions take bfloat16 inputs and layers' activations stay
-    in it; parameters, optimiser state, norms' statistics, the heads' outputs
-    (predictions, logits), the recurrent state and the losses stay float32."""
+    precision: str = "auto"
+    """Dtype of the networks' computation: ``float32``, ``bfloat16`` (the official
+    ``compute_dtype``) or ``auto``: bfloat16 on CPUs that multiply it natively
+    (``avx512_bf16`` or AMX), float32 elsewhere and on CUDA (not measured there yet); a run
+    resolves it once and ``config.json`` keeps the dtype it computed in
+    (:func:`~torchdreamer.training.config.resolve_precision`). In bfloat16 the update's
+    losses and acting run under ``torch.autocast``, so matrix products and convolutions
+    take bfloat16 inputs and layers' activations stay in it; parameters, optimiser state,
+    norms' statistics, the heads' outputs (predictions, logits), the recurrent state and
+    the losses stay float32."""
     logger: str = "tensorboard"
     """Where metrics, episode scores, evaluations and videos go, besides the run
     directory's own files (``metrics.csv``, ``metrics.jsonl``, ``episodes.csv``,
@@ -455,3 +464,53 @@ def field_docs(cls: type = Config) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
     return docs
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them in ``/proc/cpuinfo`` (none elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(
+    precision: str, device: str = "cpu", flags: frozenset[str] | None = None
+) -> tuple[str, str]:
+    """The dtype ``precision`` computes in on ``device`` (a device type or name such as
+    ``"cuda:0"``), and why. ``flags``: the CPU's flags (default: this machine's).
+
+    ``auto`` is bfloat16 on a CPU that multiplies bfloat16 natively (a flag of
+    :data:`BF16_CPU_FLAGS`), where the update was measured faster in bfloat16 and
+    CartPole-v1 still learned (``docs/performance.md``, "bfloat16"), and float32
+    elsewhere: on other CPUs bfloat16's casts cost more than they save, and on CUDA it is
+    not measured yet. :func:`~torchdreamer.training.train` resolves it once, before
+    writing ``config.json``, which keeps the dtype the run computed in.
+
+    Examples:
+        >>> from torchdreamer.training.config import resolve_precision
+        >>> resolve_precision("auto", "cpu", flags=frozenset({"avx2", "avx512_bf16"}))
+        ('bfloat16', 'auto: the CPU multiplies bfloat16 natively (avx512_bf16)')
+        >>> resolve_precision("auto", "cpu", flags=frozenset({"avx2"}))
+        ('float32', 'auto: the CPU has no bfloat16 matrix unit (avx512_bf16, amx_bf16)')
+        >>> resolve_precision("auto", "cuda:0")
+        ('float32', 'auto, on cuda: bfloat16 is not measured there yet')
+        >>> resolve_precision("bfloat16", "cuda")
+        ('bfloat16', '--precision bfloat16')
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
+    if precision != "auto":
+        return precision, f"--precision {precision}"
+    kind = str(device).partition(":")[0]
+    if kind != "cpu":
+        return "float32", f"auto, on {kind}: bfloat16 is not measured there yet"
+    present = [flag for flag in BF16_CPU_FLAGS if flag in (cpu_flags() if flags is None else flags)]
+    if present:
+        return "bfloat16", f"auto: the CPU multiplies bfloat16 natively ({', '.join(present)})"
+    return "float32", f"auto: the CPU has no bfloat16 matrix unit ({', '.join(BF16_CPU_FLAGS)})"

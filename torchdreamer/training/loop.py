@@ -29,7 +29,7 @@ from torchdreamer.training.checkpoint import (
     set_rng_states,
 )
 from torchdreamer.training.compiled import compile_agent, compiles, has_images
-from torchdreamer.training.config import Config
+from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.console import say
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
@@ -80,7 +80,8 @@ class Summary:
     curve: Path | None = None
     """The learning curve written at the end (None before any episode ended)."""
     update: str = ""
-    """How the update ran, and why: e.g. ``compiled (auto: 3125 updates planned, >= 1000)``."""
+    """How the update ran, and why: e.g. ``compiled (auto: 3125 updates planned, >= 1000),
+    float32 (--precision float32)``."""
     evaluation: tuple[int, list[float]] | None = None
     """The run's last evaluation (``eval.csv``): its env step and its episodes' scores;
     None if it made none."""
@@ -715,6 +716,9 @@ def _train(
     source: EnvSource,
 ) -> Summary:
     logdir = directory.path
+    # The dtype ``auto`` picks on this machine is the one config.json keeps.
+    precision, precision_why = resolve_precision(config.precision, device.type)
+    config = dataclasses.replace(config, precision=precision)
     # 1. Check: the loggers, the run directory and the checkpoint to resume (rank 0).
     distributed.run_on_main(lambda: RunLog.check(config.logger, logdir, resume))
     config, checkpoint = distributed.run_on_main(
@@ -759,7 +763,7 @@ def _train(
         compiled, why = compiles(config, device, has_images(agent), ranks.distributed)
         if compiled:
             compile_agent(agent)
-        update = f"{'compiled' if compiled else 'eager'} ({why})"
+        update = f"{'compiled' if compiled else 'eager'} ({why}), {precision} ({precision_why})"
         if ranks.is_main and progress:  # before the first update, which compiles
             say(f"update: {update}")
         # A resumed run with no checkpoint yet starts over: its old rows go too.
