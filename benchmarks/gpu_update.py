@@ -7,7 +7,14 @@ DreamerV3's batch (16 x 64 replay steps, 15 imagined steps from each of the 1,02
 states). Modes: ``eager``; ``compiled`` (``compile_agent``: the hot regions under
 inductor); ``cudagraphs`` (the same, with inductor's CUDA graph trees, what
 ``torch.compile(mode="reduce-overhead")`` turns on: each compiled region replayed as a
-graph). Per entry: the first update (compiling included), the median update after the
+graph); and the training loop's device path (``training/prefetch.py``,
+``training/static_update.py``: the functions a run on CUDA calls), each batch drawn from
+a replay of CartPole-v1's rows by a ``Prefetcher`` (on CUDA: sampled, pinned and copied
+while the update before it runs), copied into a ``StaticUpdate``'s input tensors and
+updated: ``static`` (eager, what ``torchdreamer train`` does on CUDA), ``graph`` (the
+whole step captured as one CUDA graph after 3 eager updates, then replayed) and
+``compiled_graph`` (the same, of the compiled agent). Per entry: the first update
+(compiling included), the median update after the
 warm-up, kernels launched per update (the profiler's CUDA kernels, memcpys and memsets;
 on CPU, the ATen operators that compute), peak memory, graphs compiled after the warm-up
 (0: no recompilation), or the error or time-out that ended it. Rows are printed as JSON as
@@ -38,12 +45,22 @@ from operator_count import operators  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
+from torchdreamer.training.prefetch import Prefetcher  # noqa: E402
+from torchdreamer.training.replay import SequenceReplay  # noqa: E402
+from torchdreamer.training.static_update import StaticUpdate  # noqa: E402
 
-MODES = ("eager", "compiled", "cudagraphs")
+MODES = ("eager", "compiled", "cudagraphs", "static", "graph", "compiled_graph")
+#: The modes that need a CUDA device.
+CUDA_ONLY = ("cudagraphs", "graph", "compiled_graph")
+#: The modes that take their batches from a replay, as the training loop does.
+LOOP_MODES = ("static", "graph", "compiled_graph")
 PLAN = [
     "size1m:float32:eager",
     "size1m:float32:compiled",
     "size1m:float32:cudagraphs",
+    "size1m:float32:static",
+    "size1m:float32:graph",
+    "size1m:float32:compiled_graph",
     "size1m:bfloat16:eager",
     "size1m:bfloat16:compiled",
     "size12m:float32:eager",
@@ -69,24 +86,45 @@ def kernels(step, device: torch.device) -> int:
     return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
 
 
+def filled_replay(b: int, t: int) -> SequenceReplay:
+    """A replay of ``b`` streams of ``4 * t`` steps of CartPole-v1's rows (random)."""
+    replay = SequenceReplay(b, 4 * b * t, torch.Generator().manual_seed(0))
+    every = torch.ones(b, dtype=torch.bool)
+    for row in replay_batch(b, 4 * t).unbind(1):
+        replay.add(row, every)
+    return replay
+
+
 def child(entry: str, device_name: str, batch: list[int], warmup: int, updates: int) -> None:
     preset, precision, mode = entry.split(":")
     device = torch.device(device_name)
+    if mode in CUDA_ONLY and device.type != "cuda":
+        raise SystemExit(f"{mode} needs a CUDA device")
     if mode == "cudagraphs":
-        if device.type != "cuda":
-            raise SystemExit("cudagraphs needs a CUDA device")
         torch._inductor.config.triton.cudagraphs = True
     torch.manual_seed(0)
     config = Config(preset=preset, precision=precision)
     agent = DreamerAgent((4,), 2, discrete=True, config=config).to(device)
-    if mode != "eager":
+    if mode in ("compiled", "cudagraphs", "compiled_graph"):
         compile_agent(agent)
-    data = replay_batch(*batch).to(device)
+    if mode in LOOP_MODES:
+        # The loop's burst, never ending: the next batch is drawn while this update runs.
+        replay = filled_replay(*batch)
+        batches = Prefetcher(replay, batch[0], batch[1], 10**9, device)
+        update = StaticUpdate(agent, graph=mode != "static", warmup=3)
 
-    def step() -> None:  # update() reads its metrics to the host: the step has ended
-        agent.update(data)
+        def step() -> None:  # the metrics are read to the host: the step has ended
+            update(next(batches))
+
+    else:
+        data = replay_batch(*batch).to(device)
+
+        def step() -> None:  # update() reads its metrics to the host: the step has ended
+            agent.update(data)
 
     row = measure(step, warmup, updates, count=lambda step: kernels(step, device))
+    if mode in LOOP_MODES:
+        batches.close()
     row["kernels"] = row.pop("operators")
     row["update_ms"] = row.pop("update_s") * 1e3
     if device.type == "cuda":

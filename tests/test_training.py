@@ -63,10 +63,15 @@ def reference_laprop(weights, grads_per_step, lr, b1, b2, eps, agc, warmup):
     return weights
 
 
-@pytest.mark.parametrize("scalars_as_tensors", [False, True], ids=["numbers", "tensors"])
-def test_optimizer_with_agc_and_warmup_matches_plain_reference(scalars_as_tensors):
+@pytest.mark.parametrize(
+    ("scalars_as_tensors", "captured"),
+    [(False, False), (True, False), (False, True)],
+    ids=["numbers", "tensors", "captured"],
+)
+def test_optimizer_with_agc_and_warmup_matches_plain_reference(scalars_as_tensors, captured):
     """Also with the per-step scalars passed as tensors refilled at every step (what a
-    compiled update does)."""
+    compiled update does), and as a captured step (a CUDA graph's: ``advance`` counts
+    and fills on the host, ``step`` only reads the tensors)."""
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5) * 1e-4)]
     start = [p.detach().clone() for p in params]
@@ -75,13 +80,46 @@ def test_optimizer_with_agc_and_warmup_matches_plain_reference(scalars_as_tensor
         params, lr=0.05, beta1=0.9, beta2=0.99, eps=1e-8, agc=0.3, warmup_steps=4
     )
     opt.scalars_as_tensors = scalars_as_tensors
+    opt.captured = captured
     for step in grads:
         for p, g in zip(params, step, strict=True):
             p.grad = g.clone()
+        if captured:
+            opt.advance()
         opt.step()
+    assert opt.param_groups[0]["step"] == len(grads)
     expected = reference_laprop(start, grads, 0.05, 0.9, 0.99, 1e-8, 0.3, 4)
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-7)
+
+
+def test_a_captured_optimizer_reads_each_groups_own_scalars():
+    """Two parameter groups of different learning rates and warm-ups, captured: each
+    follows its own reference; a captured step before ``advance`` is refused."""
+    torch.manual_seed(0)
+    first, second = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(2, 3))
+    start = [first.detach().clone(), second.detach().clone()]
+    grads = [[torch.randn(4), torch.randn(2, 3)] for _ in range(5)]
+    opt = DreamerV3Optimizer(
+        [{"params": [first], "lr": 0.02, "warmup_steps": 2}, {"params": [second]}],
+        lr=0.1,
+        beta2=0.99,
+        eps=1e-8,
+        warmup_steps=3,
+    )
+    opt.captured = True
+    first.grad, second.grad = grads[0][0].clone(), grads[0][1].clone()
+    with pytest.raises(RuntimeError, match=r"call advance\(\) first"):
+        opt.step()
+    for step in grads:
+        first.grad, second.grad = step[0].clone(), step[1].clone()
+        opt.advance()
+        opt.step()
+    for index, (lr, warmup) in enumerate([(0.02, 2), (0.1, 3)]):
+        steps = [[step[index]] for step in grads]
+        (expected,) = reference_laprop([start[index]], steps, lr, 0.9, 0.99, 1e-8, 0.3, warmup)
+        got = (first, second)[index].detach().double()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_a_copied_optimizer_takes_the_same_step():

@@ -276,6 +276,9 @@ class DreamerAgent(nn.Module):
     def update(self, batch: TensorDictBase, parallel: nn.Module | None = None) -> dict[str, float]:
         """One optimiser step on a ``[B, T]`` replay batch; returns the metrics.
 
+        :meth:`train_step`, then :meth:`read_metrics`: the metrics are read back to the
+        host once, after the step.
+
         Args:
             batch: This process's replay batch.
             parallel: A :class:`~torch.nn.parallel.DistributedDataParallel`
@@ -283,15 +286,45 @@ class DreamerAgent(nn.Module):
                 the losses go through it, so the gradients are averaged over
                 ranks before the step, and the metrics are averaged too.
         """
+        return self.read_metrics(*self.train_step(batch, parallel))
+
+    def train_step(
+        self, batch: TensorDictBase, parallel: nn.Module | None = None
+    ) -> tuple[list[str], torch.Tensor]:
+        """One optimiser step on ``batch`` that reads nothing back to the host.
+
+        The losses, the backward, the optimiser step and the slow critic's EMA; returns
+        the metrics' names and their values, one float32 tensor on the agent's device
+        (unread: on a GPU, the step's kernels may still be running). ``parallel``: as in
+        :meth:`update`. A step that reads no value back is what a CUDA graph can capture
+        (:class:`~torchdreamer.training.static_update.StaticUpdate`).
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.training import Config, DreamerAgent
+            >>> from tensordict import TensorDict
+            >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
+            >>> flags, zeros = torch.zeros(2, 8, dtype=torch.bool), torch.zeros(2, 8)
+            >>> batch = TensorDict(observation=torch.randn(2, 8, 4), reward=zeros, is_first=flags,
+            ...                    is_last=flags, is_terminal=flags,
+            ...                    prev_action=torch.zeros(2, 8, 2), batch_size=[2, 8])
+            >>> names, values = agent.train_step(batch)
+            >>> names[-1], values.shape == (len(names),), values.dtype
+            ('loss', True, torch.float32)
+        """
         total, metrics = (parallel or self)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         self.slow_critic.step()
         metrics["loss"] = total.detach()
-        stacked = torch.stack([v.reshape(()).float() for v in metrics.values()])
-        values = mean_over_ranks(stacked).tolist()
-        return dict(zip(metrics, values, strict=True))
+        return list(metrics), torch.stack([v.reshape(()).float() for v in metrics.values()])
+
+    @staticmethod
+    def read_metrics(names: list[str], values: torch.Tensor) -> dict[str, float]:
+        """:meth:`train_step`'s metrics as numbers, averaged over ranks under ``torchrun``:
+        the one read back to the host (on a GPU, it waits for the step)."""
+        return dict(zip(names, mean_over_ranks(values).tolist(), strict=True))
 
     # -------------------------------------------------------------------- acting
     def initial_state(self, batch: int) -> TensorDict:

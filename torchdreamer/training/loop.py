@@ -43,9 +43,11 @@ from torchdreamer.training.own_env import (
     with_env,
 )
 from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
+from torchdreamer.training.prefetch import Prefetcher
 from torchdreamer.training.progress import Progress
 from torchdreamer.training.replay import SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
+from torchdreamer.training.static_update import StaticUpdate
 from torchdreamer.training.stop import CompileGuard, Stop, UpdateInterrupted
 from torchdreamer.training.threads import configure_threads
 from torchdreamer.training.when import DreamerV3UpdateRatio, Every
@@ -497,6 +499,9 @@ class _Training:
         self.config, self.logdir, self.ranks, self.device = config, logdir, ranks, device
         self.state, self.agent, self.runner, self.log = state, agent, runner, log
         self.parallel = distributed.wrap(agent, ranks)
+        # On CUDA, the update's inputs at the same addresses every update (no graph yet:
+        # training/static_update.py); on CPU the plain update, the same numbers.
+        self.static = StaticUpdate(agent) if device.type == "cuda" else None
         self.pending: list[Episode] = []  # ended on this rank since the last gathering
         self.last: dict[str, float] = {}  # the latest update's loss terms
         self.logged_step = state.env_step
@@ -530,18 +535,29 @@ class _Training:
             # The steps of the loop that filled the first batch earn updates, as later ones.
             state.train_ratio.reset(own_steps - config.num_envs)
         due = state.train_ratio(own_steps)
-        for done in range(due):
-            if stop.requested and not self.ranks.distributed:
-                state.train_ratio.defer(due - done)
-                break
-            try:
-                with guard.updating():
-                    batch = state.replay.sample(config.batch_size, config.batch_length)
-                    self.last = self.agent.update(batch.to(self.device), self.parallel)
-            except UpdateInterrupted:  # the guard put back the state before it
-                state.train_ratio.defer(due - done)
-                break
-            state.updates += 1
+        # On CUDA, each batch is sampled, pinned and copied while the update before it
+        # runs, unless updates may still compile: an abandoned one puts back the
+        # replay's draws from before its own batch (training/prefetch.py).
+        ahead = self.device.type == "cuda" and not guard.updates_compile
+        length = config.batch_length
+        with Prefetcher(
+            state.replay, config.batch_size, length, due, self.device, background=ahead
+        ) as batches:
+            for done in range(due):
+                if stop.requested and not self.ranks.distributed:
+                    state.train_ratio.defer(due - done)
+                    break
+                try:
+                    with guard.updating():
+                        batch = next(batches)
+                        if self.static is not None:
+                            self.last = self.static(batch, self.parallel)
+                        else:
+                            self.last = self.agent.update(batch, self.parallel)
+                except UpdateInterrupted:  # the guard put back the state before it
+                    state.train_ratio.defer(due - done)
+                    break
+                state.updates += 1
 
     def scores(self) -> list[float]:
         """The recent scores, with this rank's episodes not yet gathered."""

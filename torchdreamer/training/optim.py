@@ -98,7 +98,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             step=0,
         )
         super().__init__(parameters, defaults)
-        self._scalar_tensors: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        self._scalar_tensors: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A copy or unpickled optimiser (torch keeps only defaults, state and groups)
@@ -119,18 +119,67 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             raise RuntimeError(
                 "DreamerV3Optimizer.step() found no parameter gradients: call backward() first."
             )
-        for group in self.param_groups:
-            group["step"] += 1
-            step, warmup = group["step"], group["warmup_steps"]
-            lr = group["lr"] * (min(1.0, (step - 1) / warmup) if warmup else 1.0)
+        for index, group in enumerate(self.param_groups):
+            if not self.captured:
+                group["step"] += 1
+            step = group["step"]
             # The multi-tensor kernels take one device and dtype per call.
             buckets: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is not None:
                     buckets.setdefault((p.device, p.dtype), []).append(p)
             for params in buckets.values():
-                self._update(group, params, step, lr)
+                self._update(index, group, params, step)
         return loss
+
+    @staticmethod
+    def _scalars(group: dict[str, Any], step: int) -> tuple[float, float, float]:
+        """Step ``step``'s learning rate and the two bias corrections."""
+        warmup = group["warmup_steps"]
+        lr = group["lr"] * (min(1.0, (step - 1) / warmup) if warmup else 1.0)
+        return lr, 1 - group["beta2"] ** step, 1 - group["beta1"] ** step
+
+    def _filled(
+        self, index: int, device: torch.device, scalars: tuple[float, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        """Group ``index``'s scalar tensors on ``device``, filled with ``scalars``."""
+        if (index, device) not in self._scalar_tensors:
+            zeros = tuple(torch.zeros((), device=device) for _ in scalars)
+            self._scalar_tensors[index, device] = zeros
+        # Filled in place: a fill is a kernel launch that carries the number, where a
+        # new tensor from a host value is a copy (on a GPU, one that waits for it).
+        tensors = self._scalar_tensors[index, device]
+        return tuple(t.fill_(x) for t, x in zip(tensors, scalars, strict=True))
+
+    #: A step captured in a CUDA graph
+    #: (:class:`~torchdreamer.training.static_update.StaticUpdate`): :meth:`step` then
+    #: neither counts the step nor fills its scalars, which a graph would replay as the
+    #: numbers of the captured step; it reads the scalar tensors that :meth:`advance`
+    #: filled before it.
+    captured = False
+
+    def advance(self) -> None:
+        """The host's part of one :meth:`step` when :attr:`captured`: count the step in
+        every group and fill its scalars (learning rate, bias corrections) into the
+        tensors the captured step reads. Call it before each replay of the graph.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer import DreamerV3Optimizer
+            >>> w = torch.nn.Parameter(torch.ones(3))
+            >>> opt = DreamerV3Optimizer([w], lr=0.1, warmup_steps=0)
+            >>> opt.captured = True
+            >>> opt.advance()  # the host's part ...
+            >>> (w ** 2).sum().backward()
+            >>> opt.step()  # ... and the device's, as a graph would replay it
+            >>> w.detach(), opt.param_groups[0]["step"]
+            (tensor([0.9000, 0.9000, 0.9000]), 1)
+        """
+        for index, group in enumerate(self.param_groups):
+            group["step"] += 1
+            scalars = self._scalars(group, group["step"])
+            for device in dict.fromkeys(p.device for p in group["params"]):
+                self._filled(index, device, scalars)
 
     #: Pass the per-step scalars (learning rate, bias corrections) to :meth:`_laprop` as
     #: 0-dim tensors: a compiled ``_laprop`` (``training/compiled.py``) then stays one
@@ -138,25 +187,26 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
     scalars_as_tensors = False
 
     def _update(
-        self, group: dict[str, Any], params: list[torch.Tensor], step: int, lr: float
+        self, index: int, group: dict[str, Any], params: list[torch.Tensor], step: int
     ) -> None:
         states = [self.state[p] for p in params]
         for state, p in zip(states, params, strict=True):
             if not state:
                 state["rms"] = torch.zeros_like(p, dtype=torch.float32)
                 state["momentum"] = torch.zeros_like(p, dtype=torch.float32)
-        beta1, beta2 = group["beta1"], group["beta2"]
-        scalars: tuple[Any, ...] = (lr, 1 - beta2**step, 1 - beta1**step)
-        if self.scalars_as_tensors:
-            # Filled in place: a fill is a kernel launch that carries the number, where a
-            # new tensor from a host value is a copy (on a GPU, one that waits for it).
-            device = params[0].device
-            if device not in self._scalar_tensors:
-                zeros = tuple(torch.zeros((), device=device) for _ in scalars)
-                self._scalar_tensors[device] = zeros
-            scalars = tuple(
-                t.fill_(x) for t, x in zip(self._scalar_tensors[device], scalars, strict=True)
-            )
+        device = params[0].device
+        scalars: tuple[Any, ...]
+        if self.captured:
+            if (index, device) not in self._scalar_tensors:
+                raise RuntimeError(
+                    "DreamerV3Optimizer.captured is set but advance() has not filled the "
+                    f"scalars of parameter group {index} on {device}: call advance() first."
+                )
+            scalars = self._scalar_tensors[index, device]
+        elif self.scalars_as_tensors:
+            scalars = self._filled(index, device, self._scalars(group, step))
+        else:
+            scalars = self._scalars(group, step)
         self._laprop(
             params,
             [p.grad for p in params],
@@ -164,8 +214,8 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             [s["momentum"] for s in states],
             group["agc"],
             group["parameter_norm_min"],
-            beta1,
-            beta2,
+            group["beta1"],
+            group["beta2"],
             group["eps"],
             *scalars,
         )
