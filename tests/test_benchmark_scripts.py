@@ -39,3 +39,21 @@ def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(
     assert rows[3]["error"] == "cudagraphs needs a CUDA device"
     assert rows[4]["error"] == "graph needs a CUDA device"
     assert "| small | bfloat16 | eager |" in finished.stdout
+
+
+def test_the_env_workers_script_dry_runs_on_cartpole(processes, tmp_path):
+    out = tmp_path / "rows.json"
+    command = [sys.executable, str(BENCHMARKS / "env_workers.py"), "--envs", "CartPole-v1"]
+    command += ["--num-envs", "2", "--workers", "0", "2", "--train-workers", "2"]
+    command += ["--rounds", "1", "--seconds", "0.3", "--train-steps", "96", "--out", str(out)]
+    finished = processes.run(command, tmp_path / "logs")
+    assert finished.returncode == 0, finished.stderr
+    rows = json.loads(out.read_text())
+    assert [(row["kind"], row["workers"]) for row in rows] == [
+        ("random", 0),
+        ("random", 2),
+        ("train", 2),
+    ]
+    assert all(row["env_steps_per_s"] > 0 for row in rows)
+    assert rows[2]["updates_per_s"] > 0
+    assert "| CartPole-v1 | random | 2 |" in finished.stdout

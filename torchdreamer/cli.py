@@ -76,8 +76,18 @@ def _preset(text: str) -> str:
     return canonical[text.lower()]
 
 
-_TYPES = {"int": _whole, "float": _number, "str": str}
-_METAVARS = {"int": "N", "float": "X"}
+def _auto_or_whole(text: str) -> int | str:
+    """``auto`` or a whole number (``--env-workers``)."""
+    if text == "auto":
+        return text
+    try:
+        return _whole(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a whole number") from None
+
+
+_TYPES = {"int": _whole, "float": _number, "str": str, "int | str": _auto_or_whole}
+_METAVARS = {"int": "N", "float": "X", "int | str": "{auto,N}"}
 
 
 def _help(text: str) -> str:

@@ -159,6 +159,16 @@ class Config:
     another size are resized to it. A power of two times 4, e.g. 32, 64 or 128."""
     num_envs: int = None  # type: ignore[assignment]
     """Environments stepped together (official 16). A ``suite`` sets it."""
+    env_workers: int | str = "auto"
+    """Worker processes the training environments step in: ``0`` in this process (one
+    after the other), N from 1 to ``num_envs`` (the copies split over N processes that
+    step them in parallel while the loop waits: the same episodes for the same seed), or
+    ``auto``: 0, in this process, for vector observations, gymnasium ids and
+    environments from Python, where it is fastest on 2 cores; for the suites' pixel
+    environments (``dmc:*`` with ``obs`` image or both, ``atari*:*``, ``crafter``)
+    ``envs.PIXEL_SUITE_WORKERS``, 0 too until ``benchmarks/env_workers.py`` has measured
+    them (docs/performance.md). The run saves the number ``auto`` resolves to.
+    Evaluations and videos step in this process."""
     batch_size: int = 16
     """Replay sequences per update (official 16)."""
     batch_length: int = 64
@@ -260,6 +270,7 @@ class Config:
             value = getattr(self, name)
             if not low(value) or not high(value):
                 raise ValueError(f"{name} must be {_describe(name)}, got {value}.")
+        self.env_workers = _env_workers(self.env_workers, self.num_envs)
         side = self.image_size
         if side < 4 or side % 4 or (side // 4) & (side // 4 - 1):
             raise ValueError(f"image_size must be 4 * 2**k pixels (32, 64, 128...), got {side}.")
@@ -324,6 +335,7 @@ class Config:
         "log_every",
         "checkpoint_every",
         "threads",
+        "env_workers",
         "compile",
         "precision",
         "eval_every",
@@ -375,6 +387,25 @@ def _word_list(name: str, value: str, choices: tuple[str, ...]) -> str:
         if words.count(word) > 1:
             raise ValueError(f"{name}: {word!r} is named twice in {value!r}; name it once.")
     return ",".join(words)
+
+
+def _env_workers(value: Any, num_envs: int) -> int | str:
+    """``env_workers`` checked: ``"auto"``, or a whole number from 0 to ``num_envs``."""
+    if value == "auto":
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(
+            f"env_workers must be 'auto' or a whole number >= 0 (0: the environments step "
+            f"in this process), got {value!r}."
+        )
+    if value > num_envs:
+        raise ValueError(
+            f"env_workers {value} is more than num_envs {num_envs}: each worker steps at "
+            f"least one environment; use 0 to {num_envs}, or 'auto'."
+        )
+    return value
 
 
 def _positive(value: float) -> bool:

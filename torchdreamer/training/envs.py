@@ -16,15 +16,20 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec as EnvSpecOfGym
-from tensordict import TensorDictBase
-from torchrl.envs import GymWrapper
 
 from torchdreamer.training.suites import is_suite_id, make_suite_env
+from torchdreamer.training.workers import WorkerVectorEnv
 
 if TYPE_CHECKING:
+    from tensordict import TensorDictBase
+    from torchrl.envs import GymWrapper
+
     from torchdreamer.training.own_env import EnvSource
 
-__all__ = ["EnvSpec", "RecordFrames", "ResizeImage", "make_env", "recorder"]
+# TorchRL is imported where an environment is wrapped, not here: env worker processes
+# import this module to make their copies, and need gymnasium and torch only.
+
+__all__ = ["EnvSpec", "RecordFrames", "ResizeImage", "env_workers_for", "make_env", "recorder"]
 
 
 @dataclass(frozen=True)
@@ -400,30 +405,84 @@ def _suite_copy(env_id: str, seed: int, image_size: int, obs: str, record: bool)
     return RecordFrames(env) if record else env
 
 
-def _vector(makers: list[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
+def _vector(makers: list[Callable[[], gym.Env]], workers: int = 0) -> gym.vector.VectorEnv:
+    """The copies stepped in this process (``workers`` 0) or over ``workers`` processes,
+    reset on the step an episode ends either way."""
+    if workers:
+        return WorkerVectorEnv(makers, workers)
     return gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
-def _gym_vector(env_id: str, num_envs: int, image_size: int, record: bool) -> gym.vector.VectorEnv:
+def _gym_vector(
+    env_id: str, num_envs: int, image_size: int, record: bool, workers: int = 0
+) -> gym.vector.VectorEnv:
     gym_spec = _registered(env_id)
     makers = [partial(_gym_copy, gym_spec, image_size, record and i == 0) for i in range(num_envs)]
     try:
-        return _vector(makers)
+        return _vector(makers, workers)
     except (gym.error.DependencyNotInstalled, ImportError) as error:
         raise _missing_dependency(env_id, gym_spec, error) from error
 
 
 def _suite_vector(
-    env_id: str, num_envs: int, seed: int, image_size: int, obs: str, record: bool
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    image_size: int,
+    obs: str,
+    record: bool,
+    workers: int = 0,
 ) -> gym.vector.VectorEnv:
     makers = [
         partial(_suite_copy, env_id, seed + i, image_size, obs, record and i == 0)
         for i in range(num_envs)
     ]
     try:
-        return _vector(makers)
+        return _vector(makers, workers)
     except ImportError as error:  # the suite's package: the message names its extra
         raise ValueError(str(error)) from error
+
+
+#: The worker processes ``env_workers="auto"`` gives the suites' pixel environments
+#: (DMC from images, Atari, Crafter), at most one per copy; every other environment
+#: steps in the training process, which is fastest for vector observations on 2 cores.
+#: 0 until ``benchmarks/env_workers.py`` has measured the pixel suites
+#: (docs/performance.md): the loop waits for every env step, so one worker only adds
+#: the pickling, and 2 or more can gain only where stepping the copies in parallel
+#: outweighs it, by a share of the time that the update leaves small.
+PIXEL_SUITE_WORKERS = 0
+
+
+def _pixel_suite(env_id: str, obs: str) -> bool:
+    """Whether ``env_id`` is a suite environment that renders or emulates images."""
+    family = env_id.partition(":")[0]
+    return is_suite_id(env_id) and (family != "dmc" or obs in ("image", "both"))
+
+
+def env_workers_for(env_id: EnvSource, setting: int | str, num_envs: int, obs: str = "auto") -> int:
+    """The worker processes that ``Config.env_workers`` (``setting``) steps ``num_envs``
+    copies of ``env_id`` in: the number given, or for ``"auto"``
+    :data:`PIXEL_SUITE_WORKERS` (at most ``num_envs``) for a suite's pixel environment
+    and 0 (in this process) for any other.
+
+    Examples:
+        >>> from torchdreamer.training.envs import env_workers_for
+        >>> env_workers_for("CartPole-v1", "auto", num_envs=16)
+        0
+        >>> from torchdreamer.training.envs import PIXEL_SUITE_WORKERS
+        >>> pixels = env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="image")
+        >>> pixels == PIXEL_SUITE_WORKERS
+        True
+        >>> env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="proprio")
+        0
+        >>> env_workers_for("CartPole-v1", 2, num_envs=16)
+        2
+    """
+    if setting != "auto":
+        return int(setting)
+    if isinstance(env_id, str) and _pixel_suite(env_id, obs):
+        return min(PIXEL_SUITE_WORKERS, num_envs)
+    return 0
 
 
 def recorder(env: GymWrapper) -> RecordFrames:
@@ -442,6 +501,7 @@ def make_env(
     obs: str = "auto",
     *,
     record: bool = False,
+    workers: int = 0,
 ) -> tuple[GymWrapper, EnvSpec]:
     """``num_envs`` copies of ``env_id`` stepped together, and their :class:`EnvSpec`.
 
@@ -461,12 +521,17 @@ def make_env(
     caller's: closing the TorchRL env leaves it open).
 
     The copies run in this process (gymnasium's synchronous vector env, which
-    is fastest for cheap simulators on a 2-core machine), reset themselves
+    is fastest for cheap simulators on a 2-core machine), or, with ``workers``
+    N >= 1, split over N worker processes
+    (:class:`~torchdreamer.training.workers.WorkerVectorEnv`: the same episodes
+    for the same seed; a factory given from Python must pickle; closing the
+    TorchRL env ends the workers). They reset themselves
     when an episode ends, and are wrapped as one TorchRL environment with
     batch size ``[num_envs]``. Image observations of another size than
     ``image_size x image_size`` are resized to it (:class:`ResizeImage`).
     ``record=True`` keeps the frames of the first copy's first episode
-    (:class:`RecordFrames`, reached through :func:`recorder`), for a video.
+    (:class:`RecordFrames`, reached through :func:`recorder`), for a video;
+    such copies run in this process.
     TorchRL's INFO lines about the wrapping (its check of the terminal-observation
     reader) are not printed; its warnings are.
 
@@ -482,6 +547,13 @@ def make_env(
         ValueError: unknown environment id 'CartPol-v1': ... Did you mean: `CartPole`? (pass ...
 
     """
+    from torchrl.envs import GymWrapper
+
+    if workers and record:
+        raise ValueError(
+            "record=True keeps the frames of a copy in this process: make recorded "
+            "environments with workers=0."
+        )
     if not isinstance(env_id, str):
         from torchdreamer.training.own_env import describe, python_vector
 
@@ -491,7 +563,7 @@ def make_env(
                 f"obs={obs!r} picks a DMC suite's observations; an environment given from "
                 "Python has its own: leave obs 'auto'."
             )
-        vector = python_vector(env_id, num_envs, image_size, record)
+        vector = python_vector(env_id, num_envs, image_size, record, workers)
     elif env_id.startswith("python:"):
         raise ValueError(
             f"environment {env_id!r} was given from Python (a function or a vector env); no "
@@ -500,18 +572,22 @@ def make_env(
         )
     elif is_suite_id(env_id):
         name = env_id
-        vector = _suite_vector(env_id, num_envs, seed, image_size, obs, record)
+        vector = _suite_vector(env_id, num_envs, seed, image_size, obs, record, workers)
     else:
         name = env_id
-        vector = _gym_vector(env_id, num_envs, image_size, record)
+        vector = _gym_vector(env_id, num_envs, image_size, record, workers)
     try:
         spec = _spec_of(name, vector.single_observation_space, vector.single_action_space)
     except ValueError:
         vector.close()
         raise
-    with _torchrl_quiet():
-        env = GymWrapper(vector, device="cpu")
-    env.set_seed(seed)
+    try:
+        with _torchrl_quiet():
+            env = GymWrapper(vector, device="cpu")
+        env.set_seed(seed)
+    except BaseException:
+        vector.close()
+        raise
     return env, spec
 
 

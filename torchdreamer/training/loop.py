@@ -31,7 +31,7 @@ from torchdreamer.training.checkpoint import (
 from torchdreamer.training.compiled import compile_agent, compiles, has_images
 from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.console import say
-from torchdreamer.training.envs import make_env
+from torchdreamer.training.envs import env_workers_for, make_env
 from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
 from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
 from torchdreamer.training.own_env import (
@@ -710,6 +710,8 @@ def train(
     logdir = Path(logdir)
     config = with_env(config, env, logdir, resume)
     source = env if env is not None else config.env
+    workers = env_workers_for(source, config.env_workers, config.num_envs, config.obs)
+    config = dataclasses.replace(config, env_workers=workers)  # config.json saves the number
     configure_threads(config.threads)
     ranks = distributed.current()
     device = distributed.device_for(config.device, ranks)
@@ -745,7 +747,14 @@ def _train(
     _seed(config.seed)  # the same initial networks on every rank
     # Environments restart on resume; a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + start + ranks.rank * config.num_envs
-    env, spec = make_env(source, config.num_envs, env_seed, config.image_size, config.obs)
+    env, spec = make_env(
+        source,
+        config.num_envs,
+        env_seed,
+        config.image_size,
+        config.obs,
+        workers=config.env_workers,
+    )
     try:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         check_replay_memory(

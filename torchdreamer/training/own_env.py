@@ -245,15 +245,27 @@ def _made_by(factory: EnvFactory, image_size: int, record: bool) -> gym.Env:
 
 
 def python_vector(
-    env: EnvFactory | gym.vector.VectorEnv, num_envs: int, image_size: int, record: bool
+    env: EnvFactory | gym.vector.VectorEnv,
+    num_envs: int,
+    image_size: int,
+    record: bool,
+    workers: int = 0,
 ) -> gym.vector.VectorEnv:
-    """``num_envs`` copies from a factory, or a vector env of as many, ready to wrap."""
+    """``num_envs`` copies from a factory (over ``workers`` processes, if any; the factory
+    must pickle), or a vector env of as many, ready to wrap."""
     _check_type(env)
     if not isinstance(env, gym.vector.VectorEnv):
         makers = [
             functools.partial(_made_by, env, image_size, record and i == 0) for i in range(num_envs)
         ]
-        return _vector(makers)
+        return _vector(makers, workers)
+    if workers:
+        raise ValueError(
+            f"env_workers {workers} runs copies that torchdreamer makes in worker processes; "
+            f"a vector env given from Python ({type(env).__name__}) steps its copies "
+            "itself: set env_workers 0 (or make it a gymnasium.vector.AsyncVectorEnv), or "
+            "pass a function that makes one copy."
+        )
     if env.num_envs != num_envs:
         raise ValueError(
             f"the vector env has {env.num_envs} copies where {num_envs} are asked for; "
