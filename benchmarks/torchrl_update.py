@@ -55,8 +55,9 @@ def count(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def torchrl_learner(preset: str):
-    """TorchRL's DreamerV3 at ``preset``'s widths: (loss, parameters by part)."""
+def torchrl_learner(preset: str, device: str | torch.device = "cpu"):
+    """TorchRL's DreamerV3 at ``preset``'s widths, on ``device``: (loss, parameters by
+    part)."""
     from torchrl.data import Composite, OneHot, Unbounded
     from torchrl.envs.model_based.dreamer import DreamerEnv
     from torchrl.modules import (
@@ -138,7 +139,7 @@ def torchrl_learner(preset: str):
             TensorDictModule(SymExpTwoHot(BINS), ["reward_logits"], ["reward"]),
         ),
     )
-    env = DreamerEnv(imagination, prior_shape=(stoch,), belief_shape=(deter,))
+    env = DreamerEnv(imagination, prior_shape=(stoch,), belief_shape=(deter,), device=device)
     env.observation_spec = Composite(state=Unbounded(stoch), belief=Unbounded(deter))
     env.state_spec = env.observation_spec.clone()
     env.action_spec = OneHot(ACTIONS)
@@ -180,7 +181,7 @@ def torchrl_learner(preset: str):
         actor_loss=actor_loss,
         slow_critic_regularization=1.0,
     )
-    loss = DreamerV3Loss(model_loss, actor_loss, value_loss)
+    loss = DreamerV3Loss(model_loss, actor_loss, value_loss).to(device)
     parts = {
         "RSSM": count(prior, posterior),
         "encoder": count(encoder),
@@ -193,16 +194,16 @@ def torchrl_learner(preset: str):
     return loss, parts
 
 
-def torchrl_sample(preset: str) -> TensorDict:
-    """Our replay batch in TorchRL's layout: zero start states, actions one-hot,
-    flags ``[B, T, 1]`` under ``next``."""
+def torchrl_sample(preset: str, batch: int = BATCH, length: int = LENGTH) -> TensorDict:
+    """Our replay batch (``batch`` x ``length`` steps) in TorchRL's layout: zero start
+    states, actions one-hot, flags ``[B, T, 1]`` under ``next``."""
     size = PRESETS[preset]
-    ours = replay_batch(BATCH, LENGTH)
+    ours = replay_batch(batch, length)
     flag = lambda key: ours[key].unsqueeze(-1)  # noqa: E731
     return TensorDict(
         {
-            "state": torch.zeros(BATCH, LENGTH, size.categoricals * size.classes),
-            "belief": torch.zeros(BATCH, LENGTH, size.deter),
+            "state": torch.zeros(batch, length, size.categoricals * size.classes),
+            "belief": torch.zeros(batch, length, size.deter),
             "action": ours["prev_action"],
             "is_init": flag("is_first"),
             "next": {
@@ -212,15 +213,23 @@ def torchrl_sample(preset: str) -> TensorDict:
                 "terminated": flag("is_terminal"),
             },
         },
-        [BATCH, LENGTH],
+        [batch, length],
     )
 
 
-def torchrl_step(preset: str, compiled: bool):
+def torchrl_step(
+    preset: str,
+    compiled: bool,
+    device: str | torch.device = "cpu",
+    batch: int = BATCH,
+    length: int = LENGTH,
+):
+    """TorchRL's whole update at ``preset`` on ``device``, on one ``batch`` x ``length``
+    sample: (the step, parameters by part, seconds its compiling warm-up took)."""
     from torchrl.objectives import SoftUpdate
     from torchrl.trainers.algorithms import DreamerV3OptimizationStepper, DreamerV3Optimizer
 
-    loss, parts = torchrl_learner(preset)
+    loss, parts = torchrl_learner(preset, device)
     stepper = DreamerV3OptimizationStepper(
         loss,
         DreamerV3Optimizer(loss.parameters()),
@@ -229,7 +238,7 @@ def torchrl_step(preset: str, compiled: bool):
         cudagraph=False,
         warmup_steps=1,
     )
-    sample = torchrl_sample(preset)
+    sample = torchrl_sample(preset, batch, length).to(device)
     started = time.perf_counter()
     if compiled:  # TorchRL compiles in warmup(), one forward and backward, no step
         stepper.warmup(sample)

@@ -1,10 +1,12 @@
-"""The prepared GPU script runs end to end (on CPU, at a tiny batch, without the test
-extras): a row per plan entry, with its figures, or the reason it was not measured."""
+"""The prepared GPU script runs end to end (on CPU, at a tiny batch and a few seconds of
+training, without the test extras): a row per plan entry, with its figures, or the reason
+it was not measured."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,22 +17,26 @@ def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(
     processes, tmp_path, monkeypatch
 ):
     # A GPU machine may have the package installed alone: neither the script nor the
-    # processes it starts may import pytest (TorchRL's test helpers do).
-    no_pytest = tmp_path / "no_pytest"
-    no_pytest.mkdir()
-    (no_pytest / "pytest.py").write_text('raise ImportError("pytest is not installed")\n')
-    paths = [str(no_pytest), os.environ.get("PYTHONPATH", "")]
+    # processes it starts may import pytest (TorchRL's test helpers do). JAX is made
+    # unimportable too, so that the official entry says so wherever this runs.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for module in ("pytest", "jax"):
+        (blocked / f"{module}.py").write_text(f'raise ImportError("{module} is not installed")\n')
+    paths = [str(blocked), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path for path in paths if path))
     out = tmp_path / "rows.json"
     plan = ["small:float32:eager", "small:bfloat16:eager", "small:float32:static"]
-    plan += ["small:float32:cudagraphs", "small:float32:graph"]
+    plan += ["small:float32:cudagraphs", "small:float32:graph", "torchrl:small:float32:eager"]
+    plan += ["official:small:float32", "throughput:small:CartPole-v1"]
     command = [sys.executable, str(BENCHMARKS / "gpu_update.py"), "--device", "cpu"]
     command += ["--plan", *plan, "--batch", "2", "8", "--warmup", "0", "--updates", "1"]
+    command += ["--throughput", "5"]
     finished = processes.run([*command, "--out", str(out)], tmp_path / "logs")
     assert finished.returncode == 0, finished.stderr
     rows = json.loads(out.read_text())
     assert [row["entry"] for row in rows] == plan
-    for row in rows[:3]:
+    for row in rows[:3] + rows[5:6]:
         assert row["update_ms"] > 0 and row["first_s"] > 0 and row["peak_mib"] > 0, row
         assert row["kernels"] > 100 and row["graphs_after_warmup"] == 0, row
     # The loop's path (a replay, the prefetcher, the static inputs): the same operators
@@ -38,7 +44,21 @@ def test_the_gpu_script_dry_runs_on_cpu_and_names_what_it_could_not_run(
     assert abs(rows[2]["kernels"] - rows[0]["kernels"]) < 100, rows
     assert rows[3]["error"] == "cudagraphs needs a CUDA device"
     assert rows[4]["error"] == "graph needs a CUDA device"
-    assert "| small | bfloat16 | eager |" in finished.stdout
+    # TorchRL's update at the same widths: the same order of operators as ours.
+    assert 0.5 < rows[5]["kernels"] / rows[0]["kernels"] < 2, rows
+    assert rows[6] == {
+        "entry": "official:small:float32",
+        "error": f"not run: no --official-src; jax not importable by {sys.executable}",
+    }
+    run = rows[7]
+    assert run["stopped_by_sigterm"] == signal.SIGTERM, run
+    assert 0 < run["wall_s"] < 60 and run["env_steps"] > 0 and run["updates"] > 0, run
+    assert run["env_steps_per_s"] == run["env_steps"] / run["wall_s"], run
+    assert run["updates_per_s"] == run["updates"] / run["wall_s"], run
+    assert run["num_envs"] == 16 and run["gpu_busy"] == "unavailable: not a CUDA device", run
+    assert "| torchdreamer | small | bfloat16 | eager |" in finished.stdout
+    assert "| TorchRL | small | float32 | eager |" in finished.stdout
+    assert "| CartPole-v1 | small |" in finished.stdout
 
 
 def test_the_env_workers_script_dry_runs_on_cartpole(processes, tmp_path):
