@@ -485,66 +485,56 @@ def main() -> None:
 SIDES = {"ours": "torchdreamer", "torchrl": "TorchRL", "official": "official (JAX)"}
 
 
+UPDATE_COLUMNS = ["side", "preset", "precision", "mode", "ms per update", "first update"]
+UPDATE_COLUMNS += ["kernels per update", "peak MiB", "graphs after warm-up"]
+THROUGHPUT_COLUMNS = ["env", "preset", "wall s", "env steps", "updates", "env steps/s"]
+THROUGHPUT_COLUMNS += ["updates/s", "after the first update: env steps/s", "updates/s"]
+THROUGHPUT_COLUMNS += ["GPU busy"]
+
+
+def number(value: float | None, form: str) -> str:
+    """``value`` in ``form``, or a dash where it was not measured."""
+    return "—" if value is None else format(value, form)
+
+
 def print_tables(rows: list[dict]) -> None:
     """The update entries' table, then the throughput entries' (each if any)."""
-    kinds = [parse(row["entry"])[0] for row in rows]
-    if set(kinds) - {"throughput"}:
-        update_table(rows)
-    if "throughput" in kinds:
-        throughput_table(rows)
-
-
-def update_table(rows: list[dict]) -> None:
-    print(
-        "\n| side | preset | precision | mode | ms per update | first update "
-        "| kernels per update | peak MiB | graphs after warm-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    updates, throughputs = [], []
     for row in rows:
         kind, parts = parse(row["entry"])
         if kind == "throughput":
+            preset, env = parts
+            cells = [env, preset]
+            if "error" not in row:
+                busy = row["gpu_busy"]
+                cells += [
+                    f"{row['wall_s']:.0f}",
+                    f"{row['env_steps']:,}",
+                    f"{row['updates']:,}",
+                    f"{row['env_steps_per_s']:.1f}",
+                    f"{row['updates_per_s']:.2f}",
+                    number(row["steady_env_steps_per_s"], ".1f"),
+                    number(row["steady_updates_per_s"], ".2f"),
+                    f"{busy:.0%}" if isinstance(busy, float) else busy,
+                ]
+            throughputs.append(cells + ([row["error"]] if "error" in row else []))
             continue
         cells = [SIDES[kind], *parts] + (["jit"] if kind == "official" else [])
-        if "error" in row:
-            cells += [row["error"], "", "", "", ""]
-        else:
+        if "error" not in row:
             cells += [
                 f"{row['update_ms']:.1f}",
                 f"{row['first_s']:.1f} s",
-                "—" if row["kernels"] is None else f"{row['kernels']:,}",
+                number(row["kernels"], ","),
                 f"{row['peak_mib']:,.0f}",
-                "—" if row["graphs_after_warmup"] is None else str(row["graphs_after_warmup"]),
+                number(row["graphs_after_warmup"], "d"),
             ]
-        print("| " + " | ".join(cells) + " |")
-
-
-def throughput_table(rows: list[dict]) -> None:
-    print(
-        "\n| env | preset | wall s | env steps | updates | env steps/s | updates/s "
-        "| after the first update: env steps/s | updates/s | GPU busy |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        kind, (preset, *rest) = parse(row["entry"])
-        if kind != "throughput":
-            continue
-        cells = [rest[0], preset]
-        if "error" in row:
-            cells += [row["error"], "", "", "", "", "", "", ""]
-        else:
-            steady = [row["steady_env_steps_per_s"], row["steady_updates_per_s"]]
-            busy = row["gpu_busy"]
-            cells += [
-                f"{row['wall_s']:.0f}",
-                f"{row['env_steps']:,}",
-                f"{row['updates']:,}",
-                f"{row['env_steps_per_s']:.1f}",
-                f"{row['updates_per_s']:.2f}",
-                "—" if steady[0] is None else f"{steady[0]:.1f}",
-                "—" if steady[1] is None else f"{steady[1]:.2f}",
-                f"{busy:.0%}" if isinstance(busy, float) else busy,
-            ]
-        print("| " + " | ".join(cells) + " |")
+        updates.append(cells + ([row["error"]] if "error" in row else []))
+    for columns, lines in ((UPDATE_COLUMNS, updates), (THROUGHPUT_COLUMNS, throughputs)):
+        if lines:
+            print("\n| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
+            for cells in lines:
+                cells += [""] * (len(columns) - len(cells))
+                print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
