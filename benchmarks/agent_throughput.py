@@ -50,7 +50,7 @@ def replay_batch(b: int = 16, t: int = 64) -> TensorDict:
 
 def measure(preset: str, min_run_time: float) -> dict[str, float]:
     torch.manual_seed(0)
-    config = Config(preset=preset)
+    config = Config(preset=preset, precision="float32")
     agent = DreamerAgent((4,), 2, discrete=True, config=config)
     batch = replay_batch()
     agent.update(batch)

@@ -39,7 +39,9 @@ sys.path.insert(0, benchmarks)
 from agent_throughput import replay_batch  # this checkout's batch, at either commit
 
 torch.manual_seed(0)
-agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))
+# float32 at every commit (older trees have no precision field; newer default to auto)
+extra = {"precision": "float32"} if "precision" in Config.__dataclass_fields__ else {}
+agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset, **extra))
 if compiled:
     from torchdreamer.training.compiled import compile_agent
 

@@ -97,7 +97,9 @@ def image_batch(b: int = 16, t: int = 64, actions: int = 17) -> TensorDict:
 def child(mode: str, preset: str, warmup: int, updates: int, image: bool) -> None:
     torch.manual_seed(0)
     shape, actions = ((64, 64, 3), 17) if image else ((4,), 2)
-    agent = DreamerAgent(shape, actions, discrete=True, config=Config(preset=preset))
+    agent = DreamerAgent(
+        shape, actions, discrete=True, config=Config(preset=preset, precision="float32")
+    )
     batch = image_batch() if image else replay_batch()
     if mode == "counted":
         # Each inductor kernel recorded by name in the profiler (a cost in every kernel).

@@ -62,7 +62,9 @@ def main() -> None:
     if "OMP_NUM_THREADS" in os.environ:
         parser.error("unset OMP_NUM_THREADS: the benchmark sets the thread counts itself.")
     torch.manual_seed(0)
-    agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=args.preset))
+    agent = DreamerAgent(
+        (4,), 2, discrete=True, config=Config(preset=args.preset, precision="float32")
+    )
     batch = replay_batch()
     rates: dict[tuple[str, bool], list[float]] = {}
     chosen: dict[tuple[str, bool], list[int]] = {}

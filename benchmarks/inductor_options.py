@@ -42,7 +42,9 @@ def option(text: str) -> tuple[str, object]:
 def compiled_agent(preset: str, settings: dict[str, object], batch, warmup: int):
     """An agent compiled under ``settings``, after its first ``warmup`` updates, and their time."""
     torch.manual_seed(0)
-    agent = compile_agent(DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset)))
+    agent = compile_agent(
+        DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset, precision="float32"))
+    )
     with inductor_config.patch(settings):
         start = time.perf_counter()
         for _ in range(warmup):

@@ -71,7 +71,9 @@ def world_model_module(network: nn.Module) -> TensorDictSequential:
 def world_model_of(preset: str) -> WorldModel:
     """The world model the agent trains at ``preset``, on CartPole's shapes."""
     torch.manual_seed(0)
-    return DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset)).world_model
+    return DreamerAgent(
+        (4,), 2, discrete=True, config=Config(preset=preset, precision="float32")
+    ).world_model
 
 
 def losses_on(network: nn.Module) -> tuple[nn.Module, nn.Module]:

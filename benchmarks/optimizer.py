@@ -26,7 +26,7 @@ from torchdreamer.training import Config, DreamerAgent
 
 def parameters(preset: str) -> list[torch.nn.Parameter]:
     torch.manual_seed(0)
-    agent = DreamerAgent((8,), 4, discrete=True, config=Config(preset=preset))
+    agent = DreamerAgent((8,), 4, discrete=True, config=Config(preset=preset, precision="float32"))
     params = [torch.nn.Parameter(p.detach().clone()) for p in agent.trainable_parameters()]
     for p in params:
         p.grad = torch.randn_like(p)

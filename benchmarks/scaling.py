@@ -51,7 +51,9 @@ def _rank(rank: int, world: int, port: int, threads: int, args, results) -> None
     ranks = distributed.init_from_env()
     try:
         torch.manual_seed(0)
-        agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=args.preset))
+        agent = DreamerAgent(
+            (4,), 2, discrete=True, config=Config(preset=args.preset, precision="float32")
+        )
         parallel = distributed.wrap(agent, ranks)
         torch.manual_seed(rank)
         batch = replay_batch(BATCH, LENGTH)

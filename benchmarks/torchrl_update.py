@@ -246,7 +246,9 @@ def torchrl_step(
 
 
 def our_step(preset: str, compiled: bool):
-    agent = DreamerAgent((OBSERVATIONS,), ACTIONS, discrete=True, config=Config(preset=preset))
+    agent = DreamerAgent(
+        (OBSERVATIONS,), ACTIONS, discrete=True, config=Config(preset=preset, precision="float32")
+    )
     if compiled:
         compile_agent(agent)
     batch = replay_batch(BATCH, LENGTH)

@@ -59,7 +59,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=args.preset))
+    agent = DreamerAgent(
+        (4,), 2, discrete=True, config=Config(preset=args.preset, precision="float32")
+    )
     if args.compile:
         compile_agent(agent)
     times: dict[str, list[float]] = defaultdict(list)
