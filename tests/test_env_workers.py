@@ -23,7 +23,7 @@ from test_own_env import TINY as OWN_TINY
 
 from torchdreamer.cli import _config, _parser
 from torchdreamer.training import Config, train
-from torchdreamer.training.envs import PIXEL_SUITE_WORKERS, env_workers_for, make_env
+from torchdreamer.training.envs import env_workers_for, make_env
 from torchdreamer.training.workers import WorkerVectorEnv, groups
 
 #: test_own_env's tiny run, longer and with 4 copies: several episodes end in it.
@@ -83,13 +83,15 @@ def test_the_command_line_takes_auto_or_a_number():
         parse(["train", "--env-workers", "some"])
 
 
-def test_auto_runs_pixel_suites_in_workers_and_everything_else_in_process():
+def test_auto_runs_dmc_images_in_two_workers_and_everything_else_in_process():
     assert env_workers_for("CartPole-v1", "auto", 16) == 0
     assert env_workers_for("dmc:walker_walk", "auto", 16, obs="proprio") == 0
     assert env_workers_for(Failing, "auto", 16) == 0
-    for env_id, obs in (("dmc:walker_walk", "image"), ("crafter", "auto"), ("atari:pong", "auto")):
-        assert env_workers_for(env_id, "auto", 16, obs) == PIXEL_SUITE_WORKERS
-        assert env_workers_for(env_id, "auto", 1, obs) == min(PIXEL_SUITE_WORKERS, 1)
+    for obs in ("image", "both"):
+        assert env_workers_for("dmc:walker_walk", "auto", 16, obs) == 2
+        assert env_workers_for("dmc:walker_walk", "auto", 1, obs) == 1  # one per copy at most
+    for env_id in ("crafter", "atari:pong", "atari100k:pong"):
+        assert env_workers_for(env_id, "auto", 16) == 0
     assert env_workers_for("dmc:walker_walk", 3, 16, obs="image") == 3
 
 

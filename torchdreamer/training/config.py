@@ -163,11 +163,10 @@ class Config:
     """Worker processes the training environments step in: ``0`` in this process (one
     after the other), N from 1 to ``num_envs`` (the copies split over N processes that
     step them in parallel while the loop waits: the same episodes for the same seed), or
-    ``auto``: 0, in this process, for vector observations, gymnasium ids and
-    environments from Python, where it is fastest on 2 cores; for the suites' pixel
-    environments (``dmc:*`` with ``obs`` image or both, ``atari*:*``, ``crafter``)
-    ``envs.PIXEL_SUITE_WORKERS``, 0 too until ``benchmarks/env_workers.py`` has measured
-    them (docs/performance.md). The run saves the number ``auto`` resolves to.
+    ``auto``: 2 for DMC from images (``dmc:*`` with ``obs`` image or both), 0 for every
+    other environment (vector observations, Atari, Crafter, gymnasium ids, environments
+    from Python), as measured fastest on 2 cores (``envs.AUTO_WORKERS``,
+    docs/performance.md). The run saves the number ``auto`` resolves to.
     Evaluations and videos step in this process."""
     batch_size: int = 16
     """Replay sequences per update (official 16)."""

@@ -443,46 +443,48 @@ def _suite_vector(
         raise ValueError(str(error)) from error
 
 
-#: The worker processes ``env_workers="auto"`` gives the suites' pixel environments
-#: (DMC from images, Atari, Crafter), at most one per copy; every other environment
-#: steps in the training process, which is fastest for vector observations on 2 cores.
-#: 0 until ``benchmarks/env_workers.py`` has measured the pixel suites
-#: (docs/performance.md): the loop waits for every env step, so one worker only adds
-#: the pickling, and 2 or more can gain only where stepping the copies in parallel
-#: outweighs it, by a share of the time that the update leaves small.
-PIXEL_SUITE_WORKERS = 0
+#: The worker processes ``env_workers="auto"`` gives each suite's pixel environments, at
+#: most one per copy; every other environment steps in the training process. Measured
+#: with ``benchmarks/env_workers.py`` (docs/performance.md, 2-core AMD EPYC, 4 copies):
+#: 2 workers made a training run on DMC images 1.25x faster (its rendering runs beside
+#: the other copies'), while Atari (0.94x) and Crafter (0.96x) lost what the pickling
+#: costs, and vector observations lose more (CartPole stepped at 0.39x with 2 workers).
+AUTO_WORKERS = {"dmc": 2}
 
 
-def _pixel_suite(env_id: str, obs: str) -> bool:
-    """Whether ``env_id`` is a suite environment that renders or emulates images."""
+def _pixel_family(env_id: str, obs: str) -> str | None:
+    """The suite family of ``env_id`` where it renders or emulates images, else None."""
     family = env_id.partition(":")[0]
-    return is_suite_id(env_id) and (family != "dmc" or obs in ("image", "both"))
+    if not is_suite_id(env_id) or (family == "dmc" and obs not in ("image", "both")):
+        return None
+    return family
 
 
 def env_workers_for(env_id: EnvSource, setting: int | str, num_envs: int, obs: str = "auto") -> int:
     """The worker processes that ``Config.env_workers`` (``setting``) steps ``num_envs``
     copies of ``env_id`` in: the number given, or for ``"auto"``
-    :data:`PIXEL_SUITE_WORKERS` (at most ``num_envs``) for a suite's pixel environment
-    and 0 (in this process) for any other.
+    :data:`AUTO_WORKERS` of its suite (at most ``num_envs``) for a suite's pixel
+    environment and 0 (in this process) for any other.
 
     Examples:
         >>> from torchdreamer.training.envs import env_workers_for
         >>> env_workers_for("CartPole-v1", "auto", num_envs=16)
         0
-        >>> from torchdreamer.training.envs import PIXEL_SUITE_WORKERS
-        >>> pixels = env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="image")
-        >>> pixels == PIXEL_SUITE_WORKERS
-        True
+        >>> env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="image")
+        2
+        >>> env_workers_for("dmc:walker_walk", "auto", num_envs=1, obs="image")
+        1
         >>> env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="proprio")
+        0
+        >>> env_workers_for("crafter", "auto", num_envs=1)
         0
         >>> env_workers_for("CartPole-v1", 2, num_envs=16)
         2
     """
     if setting != "auto":
         return int(setting)
-    if isinstance(env_id, str) and _pixel_suite(env_id, obs):
-        return min(PIXEL_SUITE_WORKERS, num_envs)
-    return 0
+    family = _pixel_family(env_id, obs) if isinstance(env_id, str) else None
+    return min(AUTO_WORKERS.get(family, 0), num_envs)
 
 
 def recorder(env: GymWrapper) -> RecordFrames:
