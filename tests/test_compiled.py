@@ -50,7 +50,10 @@ def agents():
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    config = Config(imagination_horizon=5, batch_size=B, batch_length=T, warmup=0, lr=3e-4)
+    # float32: the tolerances below are float32's roundings (bfloat16's are 2**16 larger).
+    config = Config(
+        imagination_horizon=5, batch_size=B, batch_length=T, warmup=0, lr=3e-4, precision="float32"
+    )
     eager = DreamerAgent((4,), 2, discrete=True, config=config)
     # The two-hot heads start uniform over 255 bins reaching ±4.8e8, where the decoded
     # value is float32 noise of order 0.1-1 (an ulp of one outer bin's probability
