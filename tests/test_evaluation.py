@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
+from tiny import TINY_RUN
 
 from torchdreamer import cli
 from torchdreamer.training import Config, DreamerAgent, Policy
@@ -19,15 +20,7 @@ from torchdreamer.training.logs import RunLog, read_evaluations
 from torchdreamer.training.loop import train
 from torchdreamer.training.runner import Episode
 
-TINY = dict(
-    steps=96,
-    num_envs=2,
-    batch_size=2,
-    batch_length=8,
-    train_ratio=4,
-    imagination_horizon=3,
-    threads=1,
-)
+TINY = dict(TINY_RUN, steps=96)
 
 
 def read_csv(path):
