@@ -710,8 +710,6 @@ def train(
     logdir = Path(logdir)
     config = with_env(config, env, logdir, resume)
     source = env if env is not None else config.env
-    workers = env_workers_for(source, config.env_workers, config.num_envs, config.obs)
-    config = dataclasses.replace(config, env_workers=workers)  # config.json saves the number
     configure_threads(config.threads)
     ranks = distributed.current()
     device = distributed.device_for(config.device, ranks)
@@ -734,9 +732,11 @@ def _train(
     source: EnvSource,
 ) -> Summary:
     logdir = directory.path
-    # The dtype ``auto`` picks on this machine is the one config.json keeps.
+    # What ``auto`` picks on this machine (the dtype, the env workers) is what
+    # config.json keeps.
     precision, precision_why = resolve_precision(config.precision, device.type)
-    config = dataclasses.replace(config, precision=precision)
+    workers = env_workers_for(source, config.env_workers, config.num_envs, config.obs)
+    config = dataclasses.replace(config, precision=precision, env_workers=workers)
     # 1. Check: the loggers, the run directory and the checkpoint to resume (rank 0).
     distributed.run_on_main(lambda: RunLog.check(config.logger, logdir, resume))
     config, checkpoint = distributed.run_on_main(
