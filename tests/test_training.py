@@ -7,14 +7,18 @@ import copy
 import csv
 import dataclasses
 import math
+import pickle
 import signal
 import subprocess
 import sys
+from collections import deque
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from processes import cpu_ticks, tree_size, wait_for
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from tiny import TINY_RUN
 
 import torchdreamer.training.config as config_module
@@ -229,33 +233,89 @@ def test_train_smoke_run_then_eval(tmp_path):
     assert "score over 2 episodes:" in evaluation.stdout
 
 
-def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path, processes):
-    logdir = tmp_path / "run"
-    args = ["--steps", "720", *TINY, "--checkpoint-every", "120", "--log-every", "40"]
-    command = [sys.executable, "-m", "torchdreamer.cli", "train", *args]
-    process = processes.start(
-        [*command, "--logdir", str(logdir), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def state_differences(a, b, path="checkpoint", seen=None):
+    """The places where two runs' states differ, bit for bit: tensors by dtype, shape and
+    bits, arrays likewise, numpy generators by their state, containers item by item, the
+    pickled environment copies unpickled, and any other object attribute by attribute."""
+    seen = set() if seen is None else seen
+    if isinstance(a, bytes) and isinstance(b, bytes) and a[:1] == b"\x80":
+        a, b = pickle.loads(a), pickle.loads(b)  # the environments' copies, pickled
+    if type(a) is not type(b):
+        return [f"{path}: {type(a).__name__} != {type(b).__name__}"]
+    if isinstance(a, torch.Tensor):
+        bits = [t.detach().contiguous().flatten().view(torch.uint8) for t in (a, b)]
+        same = (a.dtype, a.shape) == (b.dtype, b.shape) and torch.equal(*bits)
+        return [] if same else [f"{path}: {a.dtype}{list(a.shape)} tensors differ"]
+    if isinstance(a, np.ndarray):
+        same = (a.dtype, a.shape) == (b.dtype, b.shape) and a.tobytes() == b.tobytes()
+        return [] if same else [f"{path}: arrays differ"]
+    if isinstance(a, np.random.Generator):
+        a, b = a.bit_generator.state, b.bit_generator.state
+    if isinstance(a, TensorDictBase):
+        a, b = dict(a.items()), dict(b.items())
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(map(str, set(a) ^ set(b)))} in one only"]
+        nested = (state_differences(a[k], b[k], f"{path}.{k}", seen) for k in a)
+        return [difference for found in nested for difference in found]
+    if isinstance(a, list | tuple | deque):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} != {len(b)} items"]
+        nested = (
+            state_differences(x, y, f"{path}[{i}]", seen)
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+        )
+        return [difference for found in nested for difference in found]
+    if hasattr(a, "__dict__") and not isinstance(a, type):
+        if (id(a), id(b)) in seen:
+            return []
+        seen.add((id(a), id(b)))
+        fields = vars(a), vars(b)
+        if isinstance(a, gym.spaces.Space):
+            # Gymnasium seeds a space's generator from the OS's entropy when something
+            # first samples from it (TorchRL's wrapping tries a random step); the run
+            # never samples from a space: its draws come from the generators compared.
+            fields = ({k: v for k, v in d.items() if k != "_np_random"} for d in fields)
+        return state_differences(*fields, f"{path}<{type(a).__name__}>", seen)
+    same = a == b or (a != a and b != b)  # NaN == NaN here
+    return [] if same else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_resume_after_kill_9_ends_as_the_uninterrupted_run(tmp_path, processes):
+    """A run killed (SIGKILL) after its second checkpoint and some updates past it, then
+    resumed, loses and repeats no step, and ends with the very state of a run of the same
+    seed that was never stopped: networks, optimiser (moments, step counts), return
+    normalisation, replay (every column of every stream, cursors), the generators (torch,
+    numpy, Python, the replay's sampler, each environment's) and where each environment is,
+    bit for bit (float32 on CPU, one thread each)."""
+    logdir, whole = tmp_path / "run", tmp_path / "whole"
+    args = [
+        *("--steps", "320", *TINY, "--checkpoint-every", "80", "--log-every", "40"),
+        *("--precision", "float32", "--threads", "1", "--env-workers", "0", "--eval-every", "0"),
+    ]
+    command = [sys.executable, "-m", "torchdreamer.cli", "train", *args, "--no-progress"]
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = processes.start([*command, "--logdir", str(logdir)], **quiet)
+    uninterrupted = processes.start([*command, "--logdir", str(whole)], stderr=subprocess.PIPE)
     checkpoint_path = logdir / "checkpoint.pt"
     killed_at = None
 
-    def second_checkpoint() -> bool:
+    def updated_past_the_second_checkpoint() -> bool:
         nonlocal killed_at
         if process.poll() is not None:
             return True
-        if checkpoint_path.exists():
-            step = torch.load(checkpoint_path, weights_only=False)["counters"]["env_step"]
-            if step >= 240:
+        if checkpoint_path.exists() and (logdir / "metrics.csv").exists():
+            counters = torch.load(checkpoint_path, weights_only=False)["counters"]
+            logged = read_csv(logdir / "metrics.csv")
+            if counters["env_step"] >= 160 and int(logged[-1]["updates"]) > counters["updates"]:
                 process.send_signal(signal.SIGKILL)
-                killed_at = step
+                killed_at = counters["env_step"]
                 return True
         return False
 
     # Fails only when the run stops making progress (CPU time, files growing), however slow.
     wait_for(
-        second_checkpoint,
+        updated_past_the_second_checkpoint,
         lambda: (cpu_ticks(groups=[process.pid]), tree_size([logdir])),
         "the first training run",
     )
@@ -263,19 +323,39 @@ def test_resume_after_kill_9_loses_and_repeats_no_step(tmp_path, processes):
     assert killed_at is not None, "the run ended or stalled before its second checkpoint"
     assert process.returncode == -signal.SIGKILL
     before = torch.load(checkpoint_path, weights_only=False)["counters"]
-    assert before["env_step"] < 720
+    assert before["env_step"] < 320
 
     result = run_cli("train", "--resume", str(logdir), "--no-progress")
     assert result.returncode == 0, result.stderr
-    after = torch.load(checkpoint_path, weights_only=False)["counters"]
-    assert after["env_step"] == 720
+    resumed = torch.load(checkpoint_path, weights_only=False)
+    after = resumed["counters"]
+    assert after["env_step"] == 320
     assert after["updates"] > before["updates"]
     steps = [int(r["env_step"]) for r in read_csv(logdir / "metrics.csv")]
-    assert steps == list(range(40, 721, 40)), "every interval logged exactly once"
+    assert steps == list(range(40, 321, 40)), "every interval logged exactly once"
     updates = [int(r["updates"]) for r in read_csv(logdir / "metrics.csv")]
     assert updates == sorted(updates)
     episode_steps = [int(r["env_step"]) for r in read_csv(logdir / "episodes.csv")]
-    assert episode_steps == sorted(episode_steps) and episode_steps[-1] <= 720
+    assert episode_steps == sorted(episode_steps) and episode_steps[-1] <= 320
+
+    wait_for(
+        lambda: uninterrupted.poll() is not None,
+        lambda: (cpu_ticks(groups=[uninterrupted.pid]), tree_size([whole])),
+        "the uninterrupted run",
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr.read().decode()
+    expected = torch.load(whole / "checkpoint.pt", weights_only=False)
+    # What the comparison covers is there: networks with the return percentiles, the
+    # optimiser's moments and step counts, the replay's rows, the environments' copies.
+    assert {"actor_loss.retnorm.low", "actor_loss.retnorm.high"} <= set(expected["agent"])
+    assert {"momentum", "rms"} <= set(expected["optimizer"]["state"][0])
+    assert expected["optimizer"]["param_groups"][0]["step"] == expected["counters"]["updates"]
+    (part,) = expected["ranks"]
+    assert part["replay"]["rows"] and part["acting"]["copies"] is not None
+    for counters in (expected["counters"], resumed["counters"]):
+        counters.pop("wall_time")
+    differences = state_differences(expected, resumed)
+    assert not differences, f"{len(differences)} differences: {differences[:10]}"
 
 
 @pytest.mark.parametrize(

@@ -628,7 +628,8 @@ class _Training:
         self.saved_step = self.state.env_step
         if self.log is not None:
             self.log.flush()  # what the checkpoint counts is on disk before it
-        parts = distributed.gather_objects(self.state.rank_state_dict())
+        acting = {"acting": self.runner.state_dict()}
+        parts = distributed.gather_objects({**self.state.rank_state_dict(), **acting})
         distributed.check_in_sync(self.agent, _optimizer_tensors(self.agent.optimizer))
         if self.ranks.is_main:
             save_checkpoint(
@@ -797,6 +798,8 @@ def _train(
         if ranks.is_main:
             log = RunLog(logdir, resume_step=resume_step, loggers=config.logger, config=config)
         runner = EnvRunner(env, spec, agent)
+        if own is not None:  # the same episodes where the copies could be saved
+            runner.load_state_dict(own.get("acting"))
         stopped_by = _loop(
             config,
             logdir,

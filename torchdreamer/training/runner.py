@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
@@ -12,6 +15,9 @@ from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.envs import EnvSpec
 
 __all__ = ["EnvRunner", "Episode"]
+
+#: The runner's attributes that it is made with rather than accumulates by stepping.
+_MADE_WITH = frozenset({"env", "spec", "agent", "device", "num_envs"})
 
 
 @dataclass
@@ -77,6 +83,55 @@ class EnvRunner:
         self.streams = _Streams(
             torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where every environment is between two steps: its copies, pickled, and the
+        runner's own values (the current observations, the acting state, the running
+        scores), for :meth:`load_state_dict` to continue the very same episodes.
+
+        ``"copies"`` is None where the copies cannot be saved faithfully: copies stepped
+        in worker processes or by a vector env given from Python, a simulator that does
+        not pickle, or one that pickles by being made again
+        (:class:`gymnasium.utils.EzPickle`: MuJoCo, Box2D).
+
+        Examples:
+            >>> from torchdreamer.training import Config, DreamerAgent
+            >>> from torchdreamer.training.envs import make_env
+            >>> from torchdreamer.training.runner import EnvRunner
+            >>> def runner(seed):
+            ...     env, spec = make_env("CartPole-v1", num_envs=2, seed=seed)
+            ...     agent = DreamerAgent((4,), 2, discrete=True, config=Config())
+            ...     return EnvRunner(env, spec, agent)
+            >>> first, second = runner(0), runner(1)
+            >>> _ = first.step(env_step=2)
+            >>> second.load_state_dict(first.state_dict())
+            True
+            >>> (first.step(4)[0][0][0] == second.step(4)[0][0][0]).all()
+            True
+            >>> first.env.close(), second.env.close()
+            (None, None)
+        """
+        own = {key: value for key, value in vars(self).items() if key not in _MADE_WITH}
+        return {"copies": _pickled_copies(self.env), "runner": own}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> bool:
+        """Continue where :meth:`state_dict` was taken, if it saved the copies: True then;
+        False (nothing changed: the episodes start afresh) otherwise."""
+        copies = _copies(self.env)
+        if not state or state.get("copies") is None or copies is None:
+            return False
+        restored = pickle.loads(state["copies"])
+        if len(restored) != len(copies):
+            return False
+        for index, copy in enumerate(restored):
+            copies[index].close()
+            copies[index] = copy
+        for key, value in state["runner"].items():
+            current = getattr(self, key, None)
+            if isinstance(current, torch.Tensor | TensorDictBase):
+                value = value.to(current.device)
+            setattr(self, key, value)
+        return True
 
     def _rows(
         self,
@@ -153,3 +208,26 @@ class EnvRunner:
         keep = (~done).to(self.device).unsqueeze(-1).to(self.state["action"].dtype)
         self.state.set("action", self.state["action"] * keep)
         return additions, episodes
+
+
+def _copies(env: EnvBase) -> list[gym.Env] | None:
+    """The gymnasium copies that ``env`` steps in this process, or None."""
+    vector = getattr(env, "_env", None)  # GymWrapper's gymnasium vector env
+    return vector.envs if type(vector) is gym.vector.SyncVectorEnv else None
+
+
+def _pickled_copies(env: EnvBase) -> bytes | None:
+    """The copies pickled, or None where that would not keep where they are."""
+    copies = _copies(env)
+    if copies is None:
+        return None
+    for copy in copies:
+        layer = copy
+        while layer is not None:
+            if isinstance(layer, gym.utils.EzPickle):
+                return None  # pickled as its constructor's arguments: made afresh
+            layer = getattr(layer, "env", None) if isinstance(layer, gym.Wrapper) else None
+    try:
+        return pickle.dumps(copies)
+    except Exception:  # a simulator without pickling (a C handle): started afresh
+        return None
