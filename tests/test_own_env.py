@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +22,7 @@ from torch import nn
 from torchdreamer import DreamerV3ActorLoss
 from torchdreamer.modules import MultiOneHotCategorical
 from torchdreamer.training import Config, DreamerAgent, evaluate, train
+from torchdreamer.training.checkpoint import load_checkpoint
 from torchdreamer.training.envs import make_env
 from torchdreamer.training.logs import read_evaluations
 
@@ -112,7 +114,11 @@ def test_a_factory_trains_evaluates_and_resumes(tmp_path):
         dataclasses.replace(TINY, steps=48), logdir, resume=True, progress=False, env=again
     )
     assert resumed.env_step == 48 and resumed.updates > summary.updates
-    assert sum(len(env.received) for env in again.made[: TINY.num_envs]) >= 16
+    # Its copies go on from where the checkpoint left them (pickled there, their episodes
+    # unbroken); the factory's new ones only had their spaces checked.
+    copies = pickle.loads(load_checkpoint(logdir)["ranks"][0]["acting"]["copies"])
+    before = sum(len(env.received) for env in trained)
+    assert sum(len(env.unwrapped.received) for env in copies) >= before + 16
     assert sorted(read_evaluations(logdir)) == [16, 32, 48]
     # The trained policy plays on the same factory's copies.
     assert len(evaluate(logdir, episodes=3, env=Maker())) == 3
