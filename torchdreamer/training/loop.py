@@ -746,7 +746,8 @@ def _train(
     own = distributed.scatter_objects(directory.rank_parts) if checkpoint is not None else None
     start = checkpoint["counters"]["env_step"] if checkpoint is not None else 0
     _seed(config.seed)  # the same initial networks on every rank
-    # Environments restart on resume; a seed per start and rank keeps episodes distinct.
+    # Environments restart on resume (unless the checkpoint holds their copies: see
+    # EnvRunner.state_dict); a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + start + ranks.rank * config.num_envs
     env, spec = make_env(
         source,
