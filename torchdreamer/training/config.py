@@ -182,6 +182,17 @@ class Config:
     pixel runs whose replay would not fit: the process's memory stays small, the files
     grow to the replay's size on disk, and checkpoints refer to them instead of copying
     them."""
+    replay_context: int = 1
+    """Replayed steps before each trained window whose stored latent starts the world
+    model (official 1): ``1`` replays ``batch_length + 1`` steps, the posterior latent
+    the policy stored with the first (refreshed by every update that trains on that
+    step since) is the RSSM's start state and the other ``batch_length`` steps are
+    trained; ``0`` starts every window from the zero state, flagged ``is_first``."""
+    replay_online: bool = True
+    """Train on every fresh window once soon after it is written, besides the uniform
+    draws (the official ``replay.online``): each stream's windows ending at every
+    ``batch_length + replay_context``-th step are queued, and each batch takes queued
+    windows first, uniform draws for the rest."""
     imagination_horizon: int = 15
     """Imagined steps from every replay state (official 15)."""
     horizon: float = 333.0
@@ -273,10 +284,13 @@ class Config:
         side = self.image_size
         if side < 4 or side % 4 or (side // 4) & (side // 4 - 1):
             raise ValueError(f"image_size must be 4 * 2**k pixels (32, 64, 128...), got {side}.")
-        if self.replay_capacity < self.num_envs * self.batch_length:
+        if self.replay_context not in (0, 1):
+            raise ValueError(f"replay_context must be 0 or 1, got {self.replay_context!r}.")
+        window = self.batch_length + self.replay_context
+        if self.replay_capacity < self.num_envs * window:
             raise ValueError(
                 f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
-                f"{self.batch_length} steps per environment ({self.num_envs} envs)."
+                f"{window} steps per environment ({self.num_envs} envs)."
             )
 
     def _apply_suite(self) -> None:

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from torchdreamer.training import distributed
-from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.agent import LATENT, DreamerAgent
 from torchdreamer.training.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -45,7 +46,7 @@ from torchdreamer.training.own_env import (
 from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
 from torchdreamer.training.prefetch import Prefetcher
 from torchdreamer.training.progress import Progress
-from torchdreamer.training.replay import SequenceReplay
+from torchdreamer.training.replay import INDEX, SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.static_update import StaticUpdate
 from torchdreamer.training.stop import CompileGuard, Stop, UpdateInterrupted
@@ -58,6 +59,7 @@ __all__ = [
     "StoppedBeforeStart",
     "RunState",
     "Summary",
+    "check_replay_latents",
     "check_replay_memory",
     "evaluate",
     "train",
@@ -338,9 +340,11 @@ or --replay-on-disk.
     shapes = (
         observation_shape.values() if isinstance(observation_shape, dict) else [observation_shape]
     )
-    # uint8 images, float32 vectors; then the action, the reward and three flags.
+    # uint8 images, float32 vectors; then the action, the reward and three flags, and
+    # with the replay context the policy's latent (float32).
     pixels = sum(math.prod(shape) * (1 if len(shape) == 3 else 4) for shape in shapes)
-    row = pixels + 4 * action_dim + 4 + 3
+    latent = config.size.stoch_size + config.size.deter if config.replay_context else 0
+    row = pixels + 4 * action_dim + 4 + 3 + 4 * latent
     rows = min(config.replay_capacity, config.steps)
     needed = rows * row * processes
     on_disk = config.replay_on_disk
@@ -357,6 +361,34 @@ or --replay-on-disk.
             f"{advice}."
         )
     return needed
+
+
+def check_replay_latents(config: Config, replay: SequenceReplay, logdir: Path) -> None:
+    """Raise unless a resumed replay holds the policy's latents where
+    ``config.replay_context`` needs them (a replay written before they were stored).
+
+    Examples:
+        >>> import torch
+        >>> from pathlib import Path
+        >>> from tensordict import TensorDict
+        >>> from torchdreamer.training import Config, SequenceReplay
+        >>> from torchdreamer.training.loop import check_replay_latents
+        >>> replay = SequenceReplay(1, 10)
+        >>> replay.add(TensorDict(x=torch.zeros(1), batch_size=[1]), torch.ones(1).bool())
+        >>> check_replay_latents(Config(replay_context=0), replay, Path("run"))
+        >>> check_replay_latents(Config(), replay, Path("run"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the replay of the checkpoint in run holds no policy latents ...
+    """
+    if not config.replay_context or replay.storage is None or LATENT in replay.storage.keys():
+        return
+    raise ValueError(
+        f"the replay of the checkpoint in {logdir} holds no policy latents (it was written "
+        "by a torchdreamer before the replay context), and this run's replay_context "
+        "1 starts every window from one; start the run over, or train it to the end "
+        "with the torchdreamer that started it."
+    )
 
 
 def _described(shape: tuple[int, ...] | dict[str, tuple[int, ...]]) -> str:
@@ -523,7 +555,8 @@ class _Training:
         config, state = self.config, self.state
         batch_steps = config.batch_size * config.batch_length
         own_steps = state.env_step // self.ranks.world_size
-        return state.replay.can_sample(config.batch_length) and own_steps >= batch_steps
+        window = config.batch_length + config.replay_context
+        return state.replay.can_sample(window) and own_steps >= batch_steps
 
     def update(self, stop: Stop, guard: CompileGuard) -> None:
         """The updates due at the train ratio; a stop request cuts them short, and a
@@ -539,7 +572,7 @@ class _Training:
         # runs, unless updates may still compile: an abandoned one puts back the
         # replay's draws from before its own batch (training/prefetch.py).
         ahead = self.device.type == "cuda" and not guard.updates_compile
-        length = config.batch_length
+        length = config.batch_length + config.replay_context
         with Prefetcher(
             state.replay, config.batch_size, length, due, self.device, background=ahead
         ) as batches:
@@ -547,6 +580,8 @@ class _Training:
                 if stop.requested and not self.ranks.distributed:
                     state.train_ratio.defer(due - done)
                     break
+                # The online queue's windows, put back with the guard's state if abandoned.
+                sampling = state.replay.sampling_state() if guard.updates_compile else None
                 try:
                     with guard.updating():
                         batch = next(batches)
@@ -555,8 +590,13 @@ class _Training:
                         else:
                             self.last = self.agent.update(batch, self.parallel)
                 except UpdateInterrupted:  # the guard put back the state before it
+                    if sampling is not None:
+                        state.replay.set_sampling_state(sampling)
                     state.train_ratio.defer(due - done)
                     break
+                if config.replay_context:  # the refreshed latents, as the official update
+                    latents = TensorDict({LATENT: self.agent.latents}, self.agent.latents.shape)
+                    state.replay.update(batch.get(INDEX), latents)
                 state.updates += 1
 
     def scores(self) -> list[float]:
@@ -777,14 +817,22 @@ def _train(
             _seed(rank_seed)  # each rank explores and imagines with its own draws
         generator = torch.Generator().manual_seed(rank_seed)
         replay_files = logdir / REPLAY / f"rank{ranks.rank}" if config.replay_on_disk else None
+        online = config.batch_length + config.replay_context if config.replay_online else None
         replay = SequenceReplay(
-            config.num_envs, config.replay_capacity, generator, directory=replay_files
+            config.num_envs,
+            config.replay_capacity,
+            generator,
+            directory=replay_files,
+            online=online,
         )
         state = RunState(config, replay, generator)
         if checkpoint is not None and own is not None:
             agent.load_state_dict(checkpoint["agent"])
             agent.optimizer.load_state_dict(checkpoint["optimizer"])
             state.load_state_dict(checkpoint, own, ranks.world_size)
+            check_replay_latents(config, replay, logdir)
+            # The environments restart: each stream's episode under way ends here.
+            replay.close_streams()
         compiled, why = compiles(config, device, has_images(agent), ranks.distributed)
         if compiled:
             compile_agent(agent)
