@@ -267,7 +267,9 @@ class WorldModel(nn.Module):
             is_first = is_first.squeeze(-1)
         if (prev_stoch is None) != (prev_deter is None):
             raise ValueError("pass both prev_stoch and prev_deter, or neither.")
-        start = None if prev_stoch is None else (prev_stoch[:, 0], prev_deter[:, 0])
+        start = None
+        if prev_stoch is not None:  # contiguous: the compiled filter sees one layout
+            start = (prev_stoch[:, 0].contiguous(), prev_deter[:, 0].contiguous())
         out = self.rssm.observe(self.embed(observation), prev_action, is_first, start)
         reward_logits, _ = self.reward(out["stoch"], out["deter"])
         continuation_logit, _ = self.continuation(out["stoch"], out["deter"])
