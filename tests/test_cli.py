@@ -7,6 +7,7 @@ are detected and the previous one named; a second writer is refused by the lock.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -230,8 +231,13 @@ def test_replay_memory_counts_only_the_rows_a_run_reaches():
     from torchdreamer.training.loop import check_replay_memory
 
     huge_capacity = Config(steps=1000, replay_capacity=10**13)
-    # 1000 rows of 4 floats, a 2-way one-hot action, reward and flags.
-    assert check_replay_memory(huge_capacity, (4,), 2, available=10**6) == 1000 * (16 + 8 + 7)
+    # 1000 rows of 4 floats, a 2-way one-hot action, reward and flags, and the policy's
+    # latent (float32; the small preset: deter 256, 32 categoricals of 4 classes).
+    latent = 4 * (256 + 32 * 4)
+    expected = 1000 * (16 + 8 + 7 + latent)
+    assert check_replay_memory(huge_capacity, (4,), 2, available=10**7) == expected
+    without = dataclasses.replace(huge_capacity, replay_context=0)
+    assert check_replay_memory(without, (4,), 2, available=10**7) == 1000 * (16 + 8 + 7)
     with pytest.raises(ValueError, match="would reach 100000 rows .* in each of 2 processes"):
         check_replay_memory(Config(steps=10**5), (4,), 2, available=5 * 10**6, processes=2)
 

@@ -318,7 +318,8 @@ def check_replay_memory(
     """The bytes the replay can reach in this run; raises if they exceed ``available``.
 
     A run reaches ``min(replay_capacity, steps)`` rows (one observation, action,
-    reward and flags each), in each of ``processes`` processes on this machine.
+    reward and flags each, and with ``replay_context`` the policy's latent), in each
+    of ``processes`` processes on this machine.
     ``available`` defaults to the memory the machine has free now or, with
     ``config.replay_on_disk``, to the disk space free at ``where`` (the run
     directory, or the nearest folder above it that exists).
@@ -328,12 +329,12 @@ def check_replay_memory(
         >>> from torchdreamer.training.loop import check_replay_memory
         >>> config = Config(steps=1000, replay_capacity=10**12)
         >>> check_replay_memory(config, (64, 64, 3), 6, available=2**30)  # 1000 rows
-        12319000
+        13855000
         >>> check_replay_memory(Config(steps=10**6), (64, 64, 3), 6, available=2**30)
         Traceback (most recent call last):
         ...
-        ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 11.5 GiB, \
-more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580) \
+        ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 12.9 GiB, \
+more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 38749) \
 or --replay-on-disk.
 
     """
