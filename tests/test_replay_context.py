@@ -323,3 +323,24 @@ def test_a_resumed_run_closes_its_cut_episodes_and_keeps_latents(tmp_path):
         ones = latent["state"].sum(-1)
         assert (ones[acted] == config.size.categoricals).all()
         assert ((ones[~acted] == 0) | (ones[~acted] == config.size.categoricals)).all()
+
+
+def test_a_run_without_context_or_queue_stores_no_latents(tmp_path):
+    config = Config(
+        **TINY_RUN,
+        env="CartPole-v1",
+        steps=40,
+        precision="float32",
+        replay_context=0,
+        replay_online=False,
+    )
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary.updates > 0
+    replay = load_checkpoint(tmp_path / "run")["ranks"][0]["replay"]
+    assert all(LATENT not in rows.keys() for rows in replay["rows"])
+    assert replay["queue"] == []
+
+
+def test_replay_context_is_0_or_1():
+    with pytest.raises(ValueError, match="replay_context must be 0 or 1"):
+        Config(replay_context=2)
