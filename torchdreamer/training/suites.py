@@ -13,8 +13,9 @@ actions are ``Discrete`` or a ``Box`` in ``[-1, 1]``. ``terminated`` marks the e
 task (game over, death, a DMC discount of 0), ``truncated`` a time limit. Rewards are the
 suite's own, unclipped, summed over the repeated steps.
 
-The official per-suite run settings are :data:`torchdreamer.training.config.SUITE_PRESETS`
-(``torchdreamer train --suite atari100k``).
+Each suite's env takes the official settings of its suite (:data:`ENV_SETTINGS`); the
+official per-suite run settings are :data:`torchdreamer.training.config.OFFICIAL`
+(``torchdreamer train --suite atari100k``; ``--show-config`` prints them).
 """
 
 from __future__ import annotations
