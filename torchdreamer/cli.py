@@ -266,6 +266,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from torchdreamer.training.evaluation import policy_name
     from torchdreamer.training.loop import evaluate
 
     try:
@@ -279,7 +280,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     say(
         f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
-        f"min {min(scores):.1f}, max {max(scores):.1f}"
+        f"min {min(scores):.1f}, max {max(scores):.1f}; {policy_name(args.sample)} policy"
     )
     if args.video is not None:
         say(f"video of the first episode in {args.video}")
