@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from torchdreamer.training.config import (
+    ACTOR_GRADS,
     COMPILE_MODES,
     PRECISIONS,
     PRESETS,
@@ -124,6 +125,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             "preset": tuple(PRESETS),
             "compile": COMPILE_MODES,
             "precision": PRECISIONS,
+            "actor_grad": ACTOR_GRADS,
         }.get(item.name)
         parser.add_argument(
             flag,

@@ -242,7 +242,8 @@ class Config:
     eval_episodes: int = 4
     """Episodes per evaluation."""
     eval_sample: bool = False
-    """Sample the evaluation's actions, as in training, instead of the most likely one."""
+    """Sample the evaluation's actions, as in training, instead of the most likely one
+    (``eval.csv``'s ``policy`` column and the summary line say ``sampled`` or ``greedy``)."""
     eval_video: bool = True
     """Write each evaluation's GIF (vector-observation environments are rendered)."""
     threads: int = 0
