@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from torchdreamer.training.config import (
+    ACTOR_GRADS,
     COMPILE_MODES,
     PRECISIONS,
     PRESETS,
@@ -125,6 +126,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             "preset": tuple(PRESETS),
             "compile": COMPILE_MODES,
             "precision": PRECISIONS,
+            "actor_grad": ACTOR_GRADS,
         }.get(item.name)
         parser.add_argument(
             flag,
@@ -312,6 +314,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from torchdreamer.training.evaluation import policy_name
     from torchdreamer.training.loop import evaluate
 
     try:
@@ -325,7 +328,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     say(
         f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
-        f"min {min(scores):.1f}, max {max(scores):.1f}"
+        f"min {min(scores):.1f}, max {max(scores):.1f}; {policy_name(args.sample)} policy"
     )
     if args.video is not None:
         say(f"video of the first episode in {args.video}")

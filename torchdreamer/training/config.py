@@ -191,8 +191,20 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 #: videos go besides the run directory's own files (see ``docs/loggers.md``).
 LOGGERS = ("tensorboard", "wandb", "mlflow", "csv")
 
+#: Values ``actor_grad`` accepts.
+ACTOR_GRADS = ("reinforce", "dynamics")
+
 #: The fields that take one of a few words, with those words.
-_CHOICES = {"obs": OBSERVATIONS, "compile": COMPILE_MODES, "precision": PRECISIONS}
+_CHOICES = {
+    "obs": OBSERVATIONS,
+    "compile": COMPILE_MODES,
+    "precision": PRECISIONS,
+    "actor_grad": ACTOR_GRADS,
+}
+
+#: Fields a saved config (``config.json``, a checkpoint's) written before they existed
+#: takes: the value that run trained with, so a resumed run goes on as it began.
+_WHEN_ABSENT = {"actor_grad": "dynamics"}
 
 #: The fields that take a comma-separated list of a few words (each once), with those words.
 _LISTS = {"logger": LOGGERS}
@@ -294,6 +306,14 @@ class Config:
     """λ of the λ-returns (official 0.95)."""
     entropy_bonus: float = 3e-4
     """Actor entropy coefficient (official 3e-4)."""
+    actor_grad: str = "reinforce"
+    """How the actor learns from imagined trajectories: ``reinforce`` (the official,
+    ``ac_grads: False``): ``-log π(a|s) sg(advantage)`` for every kind of action, the
+    imagined states stop-gradiented; or ``dynamics``: continuous actions backpropagate
+    the λ-returns through the imagined dynamics (DreamerV3's first release,
+    ``actor_grad_cont: backprop``), while discrete actions, whose samples carry no
+    gradient, learn by REINFORCE under both. A ``config.json`` written before this field
+    existed loads with ``dynamics``, what such runs trained with."""
     slow_critic_tau: float = 0.02
     """Slow-critic EMA rate, applied every update (official 0.02)."""
     slow_critic_weight: float = 1.0
@@ -328,7 +348,8 @@ class Config:
     eval_episodes: int = 4
     """Episodes per evaluation."""
     eval_sample: bool = False
-    """Sample the evaluation's actions, as in training, instead of the most likely one."""
+    """Sample the evaluation's actions, as in training, instead of the most likely one
+    (``eval.csv``'s ``policy`` column and the summary line say ``sampled`` or ``greedy``)."""
     eval_video: bool = True
     """Write each evaluation's GIF (vector-observation environments are rendered)."""
     threads: int = 0
@@ -469,9 +490,23 @@ class Config:
         if unknown:
             raise ValueError(f"{path} has unknown fields {unknown}.")
         try:
-            return cls(**values)
+            return cls.from_saved(values)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> Config:
+        """The config of saved ``values`` (``config.json``'s, a checkpoint's): fields
+        they predate take the value their run trained with, not today's default.
+
+        Examples:
+            >>> from torchdreamer.training import Config
+            >>> Config.from_saved({"env": "Pendulum-v1"}).actor_grad  # saved before the field
+            'dynamics'
+            >>> Config().actor_grad
+            'reinforce'
+        """
+        return cls(**{**_WHEN_ABSENT, **values})
 
     def differences(self, other: Config) -> dict[str, tuple[Any, Any]]:
         """Fields, other than :attr:`RESUMABLE` ones, where ``other`` differs."""
