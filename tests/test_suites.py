@@ -69,6 +69,7 @@ OFFICIAL_DEFAULTS = {
     "horizon": 333,  # agent.horizon
     "lmbda": 0.95,  # agent.imag_loss.lam
     "entropy_bonus": 3e-4,  # agent.imag_loss.actent
+    "actor_grad": "reinforce",  # agent.ac_grads False: REINFORCE for every action kind
     "slow_critic_tau": 0.02,  # agent.slowvalue.rate
     "slow_critic_weight": 1.0,  # agent.imag_loss.slowreg
     "replay_value_scale": 0.3,  # agent.loss_scales.repval

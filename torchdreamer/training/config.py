@@ -76,6 +76,7 @@ _OFFICIAL_DEFAULTS: dict[str, tuple[str, Any]] = {
     "horizon": ("agent.horizon", 333.0),
     "lmbda": ("agent.imag_loss.lam", 0.95),
     "entropy_bonus": ("agent.imag_loss.actent", 3e-4),
+    "actor_grad": ("agent.ac_grads (False: REINFORCE)", "reinforce"),
     "slow_critic_tau": ("agent.slowvalue.rate", 0.02),
     "slow_critic_weight": ("agent.imag_loss.slowreg", 1.0),
     "replay_value_scale": ("agent.loss_scales.repval", 0.3),
