@@ -360,11 +360,16 @@ def _old_composition(agent, batch):
 
 
 @pytest.mark.parametrize(
-    ("shape", "discrete", "image"),
-    [((4,), True, False), ((3,), False, False), ((16, 16, 3), True, True)],
-    ids=["vector-discrete", "vector-continuous", "image-discrete"],
+    ("shape", "discrete", "image", "actor_grad"),
+    [
+        ((4,), True, False, "reinforce"),
+        ((3,), False, False, "reinforce"),
+        ((3,), False, False, "dynamics"),
+        ((16, 16, 3), True, True, "reinforce"),
+    ],
+    ids=["vector-discrete", "vector-continuous", "vector-continuous-dynamics", "image-discrete"],
 )
-def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypatch):
+def test_agent_losses_equal_the_old_composition(shape, discrete, image, actor_grad, monkeypatch):
     """DreamerV3Loss computes the agent's terms and gradients as the plain composition.
 
     The replay critic's gradient reaches the world model through the posterior
@@ -376,7 +381,13 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     monkeypatch.setitem(PRESETS, "test", SMALL)
     torch.manual_seed(0)
     # float32: the composition below computes without autocast, to float32's roundings.
-    config = Config(preset="test", imagination_horizon=3, warmup=0, precision="float32")
+    config = Config(
+        preset="test",
+        imagination_horizon=3,
+        warmup=0,
+        precision="float32",
+        actor_grad=actor_grad,
+    )
     agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
     with torch.no_grad():  # the critic's zero-initialised output passes back no gradient
         for p in agent.critic.parameters():
@@ -385,14 +396,15 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     batch = batch_for(shape, 2, image=image)
     batch["is_terminal"][1, 3] = batch["is_last"][1, 3] = True
 
-    # Whether each critic call records a graph: with REINFORCE (discrete) the actor
-    # loss's critic pass, with its gradient, is the value loss's too; then the slow
-    # critic, the replay critic and its slow critic.
+    # Whether each critic call records a graph: with REINFORCE (every action by default;
+    # discrete ones always) the actor loss's critic pass, with its gradient, is the value
+    # loss's too; then the slow critic, the replay critic and its slow critic.
     calls = []
     agent.critic.module.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(1)
     total, metrics = agent.losses(batch)
-    assert calls == ([True, False, True, False] if discrete else [True, True, False, True, False])
+    reinforce = discrete or actor_grad == "reinforce"
+    assert calls == ([True, False, True, False] if reinforce else [True, True, False, True, False])
     torch.manual_seed(1)
     old = _old_composition(old_agent, batch)
 

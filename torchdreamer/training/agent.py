@@ -66,8 +66,9 @@ class DreamerAgent(nn.Module):
             observation: a reconstruction head per key).
         action_dim: Number of discrete actions, or the continuous action size
             (multi-discrete: ``sum(action_nvec)``).
-        discrete: Discrete (one-hot, REINFORCE) or continuous (bounded normal,
-            gradients through the world model) actions.
+        discrete: Discrete (one-hot) or continuous (bounded normal) actions. The actor
+            learns by REINFORCE, or for continuous actions under
+            ``Config(actor_grad="dynamics")`` by gradients through the world model.
         config: Sizes and hyperparameters.
         action_nvec: Multi-discrete actions (``discrete=True``): the number of actions
             of each component. The actor is one categorical per component
@@ -180,7 +181,8 @@ class DreamerAgent(nn.Module):
             ),
             imagination_horizon=config.imagination_horizon,
             entropy_bonus=config.entropy_bonus,
-            use_reinforce=discrete,
+            # Discrete samples carry no gradient: REINFORCE under either actor_grad.
+            use_reinforce=discrete or config.actor_grad == "reinforce",
             return_normalization_reduce=concat_over_ranks,
         )
         self.actor_loss.make_value_estimator(

@@ -33,8 +33,14 @@ from torchdreamer.training.compiled import compile_agent, compiles, has_images
 from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.console import say
 from torchdreamer.training.envs import env_workers_for, make_env
-from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
-from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
+from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws, policy_name
+from torchdreamer.training.logs import (
+    RunLog,
+    plot_curve,
+    read_evaluation_policies,
+    read_evaluations,
+    write_gif,
+)
 from torchdreamer.training.own_env import (
     ENV_SPEC,
     EnvSource,
@@ -89,6 +95,9 @@ class Summary:
     evaluation: tuple[int, list[float]] | None = None
     """The run's last evaluation (``eval.csv``): its env step and its episodes' scores;
     None if it made none."""
+    evaluation_policy: str | None = None
+    """How the last evaluation chose its actions, ``greedy`` or ``sampled``; None if
+    ``eval.csv`` does not say (logged before it did: the line takes the config's)."""
 
     def line(self, config: Config) -> str:
         speed = self.env_step / max(self.wall_time, 1e-9)
@@ -96,17 +105,18 @@ class Summary:
         evaluated = ""
         if self.evaluation is not None:
             # Training episodes sample their actions; evaluations take the likeliest
-            # unless config.eval_sample.
+            # unless config.eval_sample: each score names its policy.
             step, scores = self.evaluation
+            policy = self.evaluation_policy or policy_name(config.eval_sample)
             evaluated = (
-                f"; evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
+                f"; {policy} evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
                 f"(mean of {len(scores)} episodes)"
             )
         return (
             f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
             f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
-            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 episodes "
-            f"{self.mean_score:.1f}{evaluated}; update {self.update}"
+            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 training episodes "
+            f"(sampled) {self.mean_score:.1f}{evaluated}; update {self.update}"
         )
 
 
@@ -650,7 +660,7 @@ class _Training:
         )
         if result is None:
             return
-        self.log.evaluation(step, result.episodes, result.frames)
+        self.log.evaluation(step, result.episodes, result.frames, result.policy)
         replay = self.state.replay
         if config.eval_video and self.agent.world_model.is_image:
             if replay.can_sample(config.batch_length):
@@ -862,12 +872,13 @@ def _train(
         )
     finally:
         env.close()
-    curve, evaluation = None, None
+    curve, evaluation, evaluation_policy = None, None, None
     if ranks.is_main:
         curve = plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
         evaluations = read_evaluations(logdir)
         if evaluations:
             evaluation = max(evaluations.items())
+            evaluation_policy = read_evaluation_policies(logdir).get(evaluation[0])
     return Summary(
         state.env_step,
         state.updates,
@@ -877,6 +888,7 @@ def _train(
         curve,
         update,
         evaluation,
+        evaluation_policy,
     )
 
 
