@@ -6,12 +6,8 @@ from a checkout, writes a copy whose only change is the import line
 ``from torchrl.objectives import (DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss)``
 switched to ``from torchdreamer import (...)``, runs both files with pytest in a temporary
 folder and prints, for every test, the outcome on each implementation and, where torchdreamer
-fails, the first line of its error. A third run switches the import too and passes the
-arguments that the "Differences from TorchRL" tables of docs/torchrl.md gives to get TorchRL's
-behaviour (``DreamerV3ModelLoss(lambda_continue=0.0, kl_mode="balanced", unimix=0.0,
-detach_output=True)``, through a ``conftest.py`` that sets them as the defaults), so that
-what still fails there is a difference that has no argument. The test files are read,
-never copied into this project.
+fails, the first line of its error. The test files are read, never copied into this
+project.
 
 From a git directory it runs each revision of ``--refs`` (default: upstream's current
 file, ``HEAD``, and the one shipped with ``v0.13.3``), one table per revision, then the
@@ -67,25 +63,6 @@ def switched(original: Path) -> Path:
     return copy
 
 
-#: A conftest that gives DreamerV3ModelLoss TorchRL's defaults (docs/torchrl.md's differences).
-TORCHRL_DEFAULTS = """
-import functools
-
-from torchdreamer.objectives import model
-
-_init = model.DreamerV3ModelLoss.__init__
-_TORCHRL = dict(lambda_continue=0.0, kl_mode="balanced", unimix=0.0, detach_output=True)
-
-
-@functools.wraps(_init)
-def _with_torchrl_defaults(self, *args, **kwargs):
-    _init(self, *args, **{**_TORCHRL, **kwargs})
-
-
-model.DreamerV3ModelLoss.__init__ = _with_torchrl_defaults
-"""
-
-
 def run(test_file: Path) -> dict[str, tuple[str, str]]:
     """pytest's outcome of each test in ``test_file``, with the first line of any error."""
     report = test_file.with_suffix(".xml")
@@ -115,24 +92,20 @@ def run(test_file: Path) -> dict[str, tuple[str, str]]:
 
 
 def compare(source: Path, ref: str) -> list[dict[str, tuple[str, str]]]:
-    """Outcomes on TorchRL, on torchdreamer, and on torchdreamer with TorchRL's defaults."""
+    """Outcomes on TorchRL and on torchdreamer."""
     with tempfile.TemporaryDirectory() as folder:
         tests = extract(source, Path(folder), ref)
         original = tests / "test_dreamer_v3.py"
         theirs, ours = run(original), run(switched(original))
-        (tests / "conftest.py").write_text(TORCHRL_DEFAULTS)
-        restored = run(tests / "test_dreamer_v3_torchdreamer.py")
     print(
-        f"\n## {ref}\n\n| test | torchrl | torchdreamer | torchdreamer, TorchRL's defaults | "
-        "torchdreamer's error |\n|---|---|---|---|---|"
+        f"\n## {ref}\n\n| test | torchrl | torchdreamer | torchdreamer's error or skip reason |"
+        "\n|---|---|---|---|"
     )
     for name in theirs:
         outcome, _ = theirs[name]
         mine, message = ours.get(name, ("missing", ""))
-        again, message_again = restored.get(name, ("missing", ""))
-        shown = message_again if again != "passed" else (message if mine != "passed" else "")
-        print(f"| `{name}` | {outcome} | {mine} | {again} | {shown} |")
-    return [theirs, ours, restored]
+        print(f"| `{name}` | {outcome} | {mine} | {message if mine != 'passed' else ''} |")
+    return [theirs, ours]
 
 
 def main() -> None:
@@ -144,13 +117,13 @@ def main() -> None:
     args = parser.parse_args()
     source = args.source.absolute()
     refs = args.refs if is_git_dir(source) else ["checkout"]
-    totals: list[Counter] = [Counter(), Counter(), Counter()]
+    totals: list[Counter] = [Counter(), Counter()]
     for ref in refs:
         for total, outcomes in zip(totals, compare(source, ref), strict=True):
             counts = Counter(outcome for outcome, _ in outcomes.values())
             total.update(counts)
     print()
-    labels = ("torchrl", "torchdreamer", "with TorchRL's defaults")
+    labels = ("torchrl", "torchdreamer")
     for label, counts in zip(labels, totals, strict=True):
         shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         print(f"{label}, {' + '.join(refs)}: {shown} (of {sum(counts.values())})")

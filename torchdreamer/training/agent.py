@@ -152,7 +152,7 @@ class DreamerAgent(nn.Module):
             squash = not self.world_model.is_image
         # The replay batch (official per-step layout) goes under "next", where
         # the TorchRL-style model loss reads targets and world-model outputs.
-        self.model_loss = DreamerV3ModelLoss(
+        self.model_loss = DreamerV3ModelLoss.official(
             TensorDictModule(
                 self.world_model,
                 [
