@@ -6,12 +6,12 @@ from a checkout, writes a copy whose only change is the import line
 ``from torchrl.objectives import (DreamerV3ActorLoss, DreamerV3ModelLoss, DreamerV3ValueLoss)``
 switched to ``from torchdreamer import (...)``, runs both files with pytest in a temporary
 folder and prints, for every test, the outcome on each implementation and, where torchdreamer
-fails, the first line of its error. A third run switches the import too and passes the
-arguments that the "Differences from TorchRL" tables of docs/torchrl.md gives to get TorchRL's
-behaviour (``DreamerV3ModelLoss(lambda_continue=0.0, kl_mode="balanced", unimix=0.0,
-detach_output=True)``, through a ``conftest.py`` that sets them as the defaults), so that
-what still fails there is a difference that has no argument. The test files are read,
-never copied into this project.
+fails, the first line of its error. The test files are read, never copied into this
+project.
+
+From a git directory it runs each revision of ``--refs`` (default: upstream's current
+file, ``HEAD``, and the one shipped with ``v0.13.3``), one table per revision, then the
+totals over them.
 
 Run: ``python benchmarks/torchrl_tests.py /work/.mirror/pytorch+rl/repo``
 """
@@ -31,11 +31,15 @@ FILES = ("test/objectives/test_dreamer_v3.py", "test/objectives/_objectives_comm
 IMPORT = re.compile(r"^from torchrl\.objectives import \(\n(\s+DreamerV3\w+,\n)+\)", re.M)
 
 
-def extract(source: Path, into: Path) -> Path:
-    """TorchRL's test files under ``into``, from a git directory or a checkout."""
-    if (source / "HEAD").exists() and not (source / "test").exists():  # a bare git dir
+def is_git_dir(source: Path) -> bool:
+    return (source / "HEAD").exists() and not (source / "test").exists()
+
+
+def extract(source: Path, into: Path, ref: str = "HEAD") -> Path:
+    """TorchRL's test files under ``into``, from a git directory (at ``ref``) or a checkout."""
+    if is_git_dir(source):
         archive = subprocess.run(
-            ["git", "--git-dir", str(source), "archive", "HEAD", *FILES],
+            ["git", "--git-dir", str(source), "archive", ref, *FILES],
             check=True,
             capture_output=True,
         ).stdout
@@ -57,25 +61,6 @@ def switched(original: Path) -> Path:
     swap = lambda match: match.group(0).replace("torchrl.objectives", "torchdreamer")  # noqa: E731
     copy.write_text(IMPORT.sub(swap, text))
     return copy
-
-
-#: A conftest that gives DreamerV3ModelLoss TorchRL's defaults (docs/torchrl.md's differences).
-TORCHRL_DEFAULTS = """
-import functools
-
-from torchdreamer.objectives import model
-
-_init = model.DreamerV3ModelLoss.__init__
-_TORCHRL = dict(lambda_continue=0.0, kl_mode="balanced", unimix=0.0, detach_output=True)
-
-
-@functools.wraps(_init)
-def _with_torchrl_defaults(self, *args, **kwargs):
-    _init(self, *args, **{**_TORCHRL, **kwargs})
-
-
-model.DreamerV3ModelLoss.__init__ = _with_torchrl_defaults
-"""
 
 
 def run(test_file: Path) -> dict[str, tuple[str, str]]:
@@ -106,30 +91,42 @@ def run(test_file: Path) -> dict[str, tuple[str, str]]:
     return outcomes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path, help="a pytorch/rl git directory or checkout")
-    args = parser.parse_args()
+def compare(source: Path, ref: str) -> list[dict[str, tuple[str, str]]]:
+    """Outcomes on TorchRL and on torchdreamer."""
     with tempfile.TemporaryDirectory() as folder:
-        tests = extract(args.source.absolute(), Path(folder))
+        tests = extract(source, Path(folder), ref)
         original = tests / "test_dreamer_v3.py"
         theirs, ours = run(original), run(switched(original))
-        (tests / "conftest.py").write_text(TORCHRL_DEFAULTS)
-        restored = run(tests / "test_dreamer_v3_torchdreamer.py")
     print(
-        "| test | torchrl | torchdreamer | torchdreamer, TorchRL's defaults | torchdreamer's "
-        "error |\n|---|---|---|---|---|"
+        f"\n## {ref}\n\n| test | torchrl | torchdreamer | torchdreamer's error or skip reason |"
+        "\n|---|---|---|---|"
     )
     for name in theirs:
         outcome, _ = theirs[name]
         mine, message = ours.get(name, ("missing", ""))
-        again, message_again = restored.get(name, ("missing", ""))
-        shown = message_again if again != "passed" else (message if mine != "passed" else "")
-        print(f"| `{name}` | {outcome} | {mine} | {again} | {shown} |")
-    runs = (("torchrl", theirs), ("torchdreamer", ours), ("with TorchRL's defaults", restored))
-    for label, outcomes in runs:
-        counts = Counter(outcome for outcome, _ in outcomes.values())
-        print(f"{label}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        print(f"| `{name}` | {outcome} | {mine} | {message if mine != 'passed' else ''} |")
+    return [theirs, ours]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a pytorch/rl git directory or checkout")
+    parser.add_argument(
+        "--refs", nargs="+", default=["HEAD", "v0.13.3"], help="revisions (git directory only)"
+    )
+    args = parser.parse_args()
+    source = args.source.absolute()
+    refs = args.refs if is_git_dir(source) else ["checkout"]
+    totals: list[Counter] = [Counter(), Counter()]
+    for ref in refs:
+        for total, outcomes in zip(totals, compare(source, ref), strict=True):
+            counts = Counter(outcome for outcome, _ in outcomes.values())
+            total.update(counts)
+    print()
+    labels = ("torchrl", "torchdreamer")
+    for label, counts in zip(labels, totals, strict=True):
+        shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        print(f"{label}, {' + '.join(refs)}: {shown} (of {sum(counts.values())})")
 
 
 if __name__ == "__main__":

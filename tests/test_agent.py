@@ -298,8 +298,12 @@ def test_images_of_another_size_are_resized_for_the_agent():
     env.close()
 
 
-@pytest.mark.parametrize("env_id", ["TinyImage-v0", "Pendulum-v1"])
-def test_short_training_run(env_id, tmp_path, monkeypatch):
+# Updates start when each env has made 8 steps (a batch, step 16) and a stream holds a
+# window of 8 steps and its context step: TinyImage's episodes end at their 8th step,
+# whose final observation is a row of its own (9 rows at step 16: 17 updates, one per
+# step); Pendulum's 200-step ones do not (9 rows at step 18: 16 updates).
+@pytest.mark.parametrize(("env_id", "updates"), [("TinyImage-v0", 17), ("Pendulum-v1", 16)])
+def test_short_training_run(env_id, updates, tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "test", SMALL)
     config = Config(
         env=env_id,
@@ -314,7 +318,7 @@ def test_short_training_run(env_id, tmp_path, monkeypatch):
         image_size=32,  # TinyImage's 16 x 16 frames are resized
     )
     summary = train(config, tmp_path / "run", progress=False)
-    assert summary.env_step == 48 and summary.updates == 17  # from step 16, one per step
+    assert summary.env_step == 48 and summary.updates == updates
     assert (tmp_path / "run" / "learning_curve.png").exists() or env_id == "Pendulum-v1"
 
 
@@ -360,11 +364,16 @@ def _old_composition(agent, batch):
 
 
 @pytest.mark.parametrize(
-    ("shape", "discrete", "image"),
-    [((4,), True, False), ((3,), False, False), ((16, 16, 3), True, True)],
-    ids=["vector-discrete", "vector-continuous", "image-discrete"],
+    ("shape", "discrete", "image", "actor_grad"),
+    [
+        ((4,), True, False, "reinforce"),
+        ((3,), False, False, "reinforce"),
+        ((3,), False, False, "dynamics"),
+        ((16, 16, 3), True, True, "reinforce"),
+    ],
+    ids=["vector-discrete", "vector-continuous", "vector-continuous-dynamics", "image-discrete"],
 )
-def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypatch):
+def test_agent_losses_equal_the_old_composition(shape, discrete, image, actor_grad, monkeypatch):
     """DreamerV3Loss computes the agent's terms and gradients as the plain composition.
 
     The replay critic's gradient reaches the world model through the posterior
@@ -376,7 +385,13 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     monkeypatch.setitem(PRESETS, "test", SMALL)
     torch.manual_seed(0)
     # float32: the composition below computes without autocast, to float32's roundings.
-    config = Config(preset="test", imagination_horizon=3, warmup=0, precision="float32")
+    config = Config(
+        preset="test",
+        imagination_horizon=3,
+        warmup=0,
+        precision="float32",
+        actor_grad=actor_grad,
+    )
     agent = DreamerAgent(shape, 2, discrete=discrete, config=config)
     with torch.no_grad():  # the critic's zero-initialised output passes back no gradient
         for p in agent.critic.parameters():
@@ -385,14 +400,15 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, monkeypa
     batch = batch_for(shape, 2, image=image)
     batch["is_terminal"][1, 3] = batch["is_last"][1, 3] = True
 
-    # Whether each critic call records a graph: with REINFORCE (discrete) the actor
-    # loss's critic pass, with its gradient, is the value loss's too; then the slow
-    # critic, the replay critic and its slow critic.
+    # Whether each critic call records a graph: with REINFORCE (every action by default;
+    # discrete ones always) the actor loss's critic pass, with its gradient, is the value
+    # loss's too; then the slow critic, the replay critic and its slow critic.
     calls = []
     agent.critic.module.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(1)
     total, metrics = agent.losses(batch)
-    assert calls == ([True, False, True, False] if discrete else [True, True, False, True, False])
+    reinforce = discrete or actor_grad == "reinforce"
+    assert calls == ([True, False, True, False] if reinforce else [True, True, False, True, False])
     torch.manual_seed(1)
     old = _old_composition(old_agent, batch)
 

@@ -186,6 +186,62 @@ def test_image_encoder_and_decoder_have_the_official_layers(preset):
     assert bool(((reconstruction > 0) & (reconstruction < 1)).all())  # sigmoid output
 
 
+def test_atari_images_96_by_96_grey_take_the_official_cnn_and_an_update_trains_it():
+    # The official atari env is 96 x 96 grey. Each of the 4 CNN stages halves the side
+    # (96 -> 48 -> 24 -> 12 -> 6); the decoder starts from the 6 x 6 map and doubles it back.
+    expected = official_image_counts(OFFICIAL_SIZES["size1m"], side=96, channels=1)
+    wm = WorldModel((96, 96, 1), 18, PRESETS["size1m"])
+    assert count(wm.encoder) == expected["encoder"]
+    assert count(wm.decoder) == expected["decoder"]
+    assert wm.encoder.out_features == expected["embed"] == 6 * 6 * 4 * 4
+    shapes = []
+    for net in (wm.encoder.net, wm.decoder.net):
+        for module in net:
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(lambda m, i, out: shapes.append(out.shape[1:]))
+    images = torch.randint(0, 256, (2, 3, 96, 96, 1), dtype=torch.uint8)
+    out = wm(images, torch.zeros(2, 3, 18), torch.zeros(2, 3, dtype=torch.bool))
+    assert out[4].shape == (2, 3, 96, 96, 1)
+    # Encoder convs (depth * (2, 3, 4, 4), each before a 2 x 2 pooling), then decoder convs
+    # (after each upsampling: depth * (4, 3, 2), then the image's one channel).
+    assert [tuple(s) for s in shapes] == [
+        (8, 96, 96),
+        (12, 48, 48),
+        (16, 24, 24),
+        (16, 12, 12),
+        (16, 12, 12),
+        (12, 24, 24),
+        (8, 48, 48),
+        (1, 96, 96),
+    ]
+    # One update of a small agent on 96 x 96 grey images moves the CNNs.
+    torch.manual_seed(0)
+    config = Config(preset="small", image_size=96, imagination_horizon=3, warmup=0)
+    agent = DreamerAgent((96, 96, 1), 18, discrete=True, config=config)
+    b, t = 2, 4
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[:, 0] = True
+    batch = TensorDict(
+        observation=torch.randint(0, 256, (b, t, 96, 96, 1), dtype=torch.uint8),
+        prev_action=torch.nn.functional.one_hot(torch.randint(0, 18, (b, t)), 18).float(),
+        is_first=first,
+        reward=torch.randn(b, t),
+        is_last=torch.zeros(b, t, dtype=torch.bool),
+        is_terminal=torch.zeros(b, t, dtype=torch.bool),
+        batch_size=[b, t],
+    )
+    cnns = {
+        name: p.detach().clone()
+        for name, p in agent.world_model.named_parameters()
+        if name.startswith(("encoder.net", "decoder.net"))
+    }
+    metrics = agent.update(batch)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()), metrics
+    params = dict(agent.world_model.named_parameters())
+    still = [name for name, before in cnns.items() if torch.equal(params[name], before)]
+    assert not still, still
+
+
 def test_output_layers_start_at_the_official_scales():
     torch.manual_seed(0)
     agent = cartpole_agent("size1m")

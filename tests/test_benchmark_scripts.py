@@ -77,3 +77,37 @@ def test_the_env_workers_script_dry_runs_on_cartpole(processes, tmp_path):
     assert all(row["env_steps_per_s"] > 0 for row in rows)
     assert rows[2]["updates_per_s"] > 0
     assert "| CartPole-v1 | random | 2 |" in finished.stdout
+
+
+def test_the_parity_report_reads_both_sides_logs(processes, tmp_path):
+    # Official side: the harness adapter's episodes.csv (absolute times) and the launcher's
+    # run_info.json. Ours: episodes.csv by env step, timed by the polled clock.csv.
+    official, ours = tmp_path / "official-s0", tmp_path / "ours-s0"
+    official.mkdir()
+    ours.mkdir()
+    (official / "run_info.json").write_text(json.dumps({"launch_time": 1000.0}))
+    lines = ["time,step,score,length,env"]
+    lines += [f"{1000 + 6 * k},{100 * k},{10 * k},{10 * k},0" for k in range(1, 41)]
+    (official / "episodes.csv").write_text("\n".join(lines) + "\n")
+    (ours / "parity_run.json").write_text(json.dumps({"command": [], "start": 0.0}))
+    lines = ["env_step,score,length,env"]
+    lines += [f"{100 * k},{20 * k},{20 * k},0" for k in range(1, 41)]
+    (ours / "episodes.csv").write_text("\n".join(lines) + "\n")
+    (ours / "clock.csv").write_text("wall_s,env_step\n0,0\n120,4000\n")
+    plot = tmp_path / "parity.png"
+    command = [sys.executable, str(BENCHMARKS / "official_parity.py"), "report"]
+    command += ["--task", "CartPole-v1", "--ours", str(ours), "--official", str(official)]
+    finished = processes.run([*command, "--plot", str(plot)], tmp_path / "logs")
+    assert finished.returncode == 0, finished.stderr
+    rows = {line.split(" | ")[0]: line for line in finished.stdout.splitlines() if "-s0" in line}
+    # Ours: scores 20k, so mean-10 at episode k >= 10 is 20 * (k - 4.5); 100 first at
+    # k = 10 (mean 110), env step 1,000, wall 1000 / 4000 * 120 s = 0.5 min.
+    assert "| 1,000 / 0.5 |" in rows["| ours ours-s0"]
+    # Official: scores 10k, mean-10 10 * (k - 4.5); 100 first at k = 15 (105): step
+    # 1,500, 90 s after launch = 1.5 min; the best is the last, 355 at 4,000.
+    assert "| 1,500 / 1.5 |" in rows["| official official-s0"]
+    assert "| 355 (4,000) | 355 (4,000) |" in rows["| official official-s0"]
+    # One official seed is its own range; ours (twice its scores) lies above it at
+    # every grid point both runs reach (2,000 ... 4,000 by 2,000: two points).
+    assert "within or above the official seeds' range at 100% of 2 grid points" in finished.stdout
+    assert plot.stat().st_size > 0

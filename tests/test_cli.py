@@ -7,6 +7,7 @@ are detected and the previous one named; a second writer is refused by the lock.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -143,7 +144,8 @@ def test_help_and_config_import_no_torch():
     code = (
         "import sys, contextlib, io\n"
         "from torchdreamer.cli import main\n"
-        "for argv in (['--help'], ['train', '--help'], ['eval', '--help']):\n"
+        "for argv in (['--help'], ['train', '--help'], ['eval', '--help'],\n"
+        "             ['train', '--suite', 'atari', '--show-config']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()):\n"
         "        try:\n"
         "            main(argv)\n"
@@ -174,6 +176,30 @@ def test_train_options_are_the_config_fields_with_their_docs(capsys):
     assert "(default: 100000)" in text and "0 = automatic" in text
     code, out, _ = main("eval", "--help", capsys=capsys)
     assert code == 0 and "episodes to run (default: 10)" in " ".join(out.split())
+
+
+def test_show_config_prints_each_field_beside_the_official_and_trains_nothing(capsys, tmp_path):
+    logdir = tmp_path / "run"
+    args = ["train", "--suite", "atari", "--lr", "1e-4", "--logdir", str(logdir)]
+    code, out, _ = main(*args, "--show-config", capsys=capsys)
+    assert code == 0 and not logdir.exists()
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    # configs.yaml (e3f0224): defaults + atari; lr given on the command line.
+    assert rows["lr"] == ["lr", "0.0001", "4e-05", "agent.opt.lr", "given"]
+    assert rows["image_size"] == ["image_size", "96", "96", "env.atari.size"]
+    assert rows["replay_capacity"] == ["replay_capacity", "5,000,000", "5,000,000", "replay.size"]
+    assert rows["steps"] == ["steps", "51,000,000", "51,000,000", "run.steps"]
+    assert out.splitlines()[-1] == "1 difference from the official: lr"
+    # Without a suite, beside the official defaults, each difference with its reason.
+    code, out, _ = main("train", "--show-config", capsys=capsys)
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("warmup "))
+    assert line.split()[1:4] == ["200", "1,000", "agent.opt.warmup"]
+    assert "docs/performance.md" in line
+    code, _, err = main(
+        "train", "--suite", "atari", "--env", "crafter", "--show-config", capsys=capsys
+    )
+    assert code == 2 and "suite 'atari' is for the env atari:<task>" in err
 
 
 def test_friendly_numbers_and_preset_names(capsys, tmp_path):
@@ -230,8 +256,13 @@ def test_replay_memory_counts_only_the_rows_a_run_reaches():
     from torchdreamer.training.loop import check_replay_memory
 
     huge_capacity = Config(steps=1000, replay_capacity=10**13)
-    # 1000 rows of 4 floats, a 2-way one-hot action, reward and flags.
-    assert check_replay_memory(huge_capacity, (4,), 2, available=10**6) == 1000 * (16 + 8 + 7)
+    # 1000 rows of 4 floats, a 2-way one-hot action, reward and flags, and the policy's
+    # latent (float32; the small preset: deter 256, 32 categoricals of 4 classes).
+    latent = 4 * (256 + 32 * 4)
+    expected = 1000 * (16 + 8 + 7 + latent)
+    assert check_replay_memory(huge_capacity, (4,), 2, available=10**7) == expected
+    without = dataclasses.replace(huge_capacity, replay_context=0)
+    assert check_replay_memory(without, (4,), 2, available=10**7) == 1000 * (16 + 8 + 7)
     with pytest.raises(ValueError, match="would reach 100000 rows .* in each of 2 processes"):
         check_replay_memory(Config(steps=10**5), (4,), 2, available=5 * 10**6, processes=2)
 

@@ -163,7 +163,7 @@ def test_dict_keys_that_torchrl_uses_are_refused():
 
 
 def test_the_replay_memory_of_a_dict_observation_counts_every_key():
-    config = Config(steps=1000, replay_capacity=10**9)
+    config = Config(steps=1000, replay_capacity=10**9, replay_context=0)
     shapes = {"joints": (3,), "camera": (16, 16, 3)}
     # per row: 3 float32 + 768 uint8, a 2-float action, the reward and three flags
     assert check_replay_memory(config, shapes, 2, available=2**40) == 1000 * (12 + 768 + 8 + 7)

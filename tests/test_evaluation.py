@@ -16,8 +16,8 @@ from torchdreamer.training import Config, DreamerAgent, Policy
 from torchdreamer.training.checkpoint import load_checkpoint
 from torchdreamer.training.envs import EnvSpec
 from torchdreamer.training.evaluation import dream, evaluate_policy
-from torchdreamer.training.logs import RunLog, read_evaluations
-from torchdreamer.training.loop import train
+from torchdreamer.training.logs import RunLog, read_evaluation_policies, read_evaluations
+from torchdreamer.training.loop import Summary, train
 from torchdreamer.training.runner import Episode
 
 TINY = dict(TINY_RUN, steps=96)
@@ -61,11 +61,18 @@ def test_each_evaluation_writes_rows_scalars_a_video_and_the_curve(tmp_path):
     assert [(int(r["env_step"]), int(r["episode"])) for r in rows] == [
         (step, episode) for step in (32, 64, 96) for episode in range(3)
     ]
-    # The summary line reports the last evaluation beside the training episodes' mean.
+    # Each row names the policy: the likeliest action (config.eval_sample is off).
+    assert {r["policy"] for r in rows} == {"greedy"}
+    # The summary line reports the last evaluation beside the training episodes' mean,
+    # each named by how its actions were chosen.
     last = [float(r["score"]) for r in rows if int(r["env_step"]) == 96]
-    assert summary.evaluation == (96, last)
-    expected = f"; evaluation at 96 env steps {sum(last) / 3:.1f} (mean of 3 episodes); update"
-    assert f"10 episodes {summary.mean_score:.1f}{expected}" in summary.line(config)
+    assert summary.evaluation == (96, last) and summary.evaluation_policy == "greedy"
+    expected = (
+        f"; greedy evaluation at 96 env steps {sum(last) / 3:.1f} (mean of 3 episodes); update"
+    )
+    assert f"10 training episodes (sampled) {summary.mean_score:.1f}{expected}" in summary.line(
+        config
+    )
     lengths = {(int(r["env_step"]), int(r["episode"])): int(r["length"]) for r in rows}
     for row in rows:  # CartPole scores 1 per step
         assert float(row["score"]) == int(row["length"])
@@ -89,10 +96,46 @@ def test_each_evaluation_writes_rows_scalars_a_video_and_the_curve(tmp_path):
 def test_a_resume_drops_the_evaluations_after_its_checkpoint(tmp_path):
     log = RunLog(tmp_path)
     for step in (10, 20, 30):
-        log.evaluation(step, [Episode(step, 3.0, 3), Episode(step, 4.0, 4)], [])
+        log.evaluation(step, [Episode(step, 3.0, 3), Episode(step, 4.0, 4)], [], "greedy")
     log.close()
     RunLog(tmp_path, resume_step=20).close()
     assert list(read_evaluations(tmp_path)) == [10, 20]
+    assert read_evaluation_policies(tmp_path) == {10: "greedy", 20: "greedy"}
+
+
+def test_a_sampled_evaluation_is_named_so_in_eval_csv_and_the_summary(tmp_path):
+    logdir = tmp_path / "run"
+    config = Config(**TINY, eval_every=48, eval_episodes=2, eval_sample=True)
+    summary = train(config, logdir, progress=False)
+    rows = read_csv(logdir / "eval.csv")
+    assert [(int(r["env_step"]), r["policy"]) for r in rows] == [
+        (step, "sampled") for step in (48, 96) for _ in range(2)
+    ]
+    assert summary.evaluation_policy == "sampled"
+    assert "; sampled evaluation at 96 env steps " in summary.line(config)
+
+
+def test_an_eval_csv_of_an_older_run_gains_the_policy_column_on_resume(tmp_path):
+    # eval.csv as runs wrote it before the policy column: its readers still read it.
+    (tmp_path / "eval.csv").write_text("env_step,episode,score,length\n10,0,3,3\n10,1,4,4\n")
+    assert read_evaluations(tmp_path) == {10: [3.0, 4.0]}
+    assert read_evaluation_policies(tmp_path) == {}  # not recorded
+    log = RunLog(tmp_path, resume_step=10)
+    log.evaluation(20, [Episode(20, 5.0, 5)], [], "sampled")
+    log.close()
+    rows = read_csv(tmp_path / "eval.csv")
+    assert [(r["env_step"], r["score"], r["policy"]) for r in rows] == [
+        ("10", "3", ""),
+        ("10", "4", ""),
+        ("20", "5", "sampled"),
+    ]
+    assert read_evaluations(tmp_path) == {10: [3.0, 4.0], 20: [5.0]}
+    assert read_evaluation_policies(tmp_path) == {20: "sampled"}
+    # The summary names an unrecorded policy by the config's.
+    old = Summary(96, 10, 1.0, 9.0, evaluation=(10, [3.0, 4.0]))
+    assert "; greedy evaluation at 10 env steps 3.5" in old.line(Config(**TINY))
+    sampled = Config(**TINY, eval_sample=True)
+    assert "; sampled evaluation at 10 env steps 3.5" in old.line(sampled)
 
 
 def cartpole_policy():
@@ -170,6 +213,9 @@ def test_cli_eval_writes_a_video(tmp_path, capsys):
     assert cli.main(["eval", str(logdir), "--episodes", "2", "--video", str(video)]) == 0
     out = capsys.readouterr().out
     assert "score over 2 episodes" in out and f"video of the first episode in {video}" in out
+    assert "; greedy policy" in out
+    assert cli.main(["eval", str(logdir), "--episodes", "2", "--sample"]) == 0
+    assert "; sampled policy" in capsys.readouterr().out
     assert iio.imread(video).ndim == 4
 
 

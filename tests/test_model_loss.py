@@ -55,9 +55,9 @@ def world_model():
 
 
 def model_loss(model=None, **kwargs):
-    """The loss of the toy world model: symlog-space reconstructions, raw logits."""
+    """The official loss of the toy world model: symlog-space reconstructions, raw logits."""
     kwargs = {"unimix": 0.0, "symlog_predictions": True, **kwargs}
-    loss = DreamerV3ModelLoss(model or world_model(), **kwargs)
+    loss = DreamerV3ModelLoss.official(model or world_model(), **kwargs)
     loss.set_keys(pixels="observation", reco_pixels="reco_observation")
     return loss
 
@@ -118,7 +118,7 @@ def test_every_term_matches_a_plain_reference():
         assert loss_td[key].item() == pytest.approx(value, rel=1e-5), key
         assert loss_td[key].shape == ((1,) if key.startswith("loss_") else ()), key
     posterior = output["next", "posterior_logits"]
-    assert posterior.requires_grad  # detach_output=False by default
+    assert posterior.requires_grad  # official: detach_output=False
     # The input is not modified: no outputs written, the reward not renamed.
     assert set(data["next"].keys()) == {"observation", "reward", "terminated"}
     assert "true_reward" in output["next"].keys()
@@ -231,8 +231,9 @@ def test_errors():
         loss = model_loss()
         loss.set_keys(pixels=["observation", "pixels"])
         loss(replay())
-    with pytest.raises(KeyError, match="lambda_continue=0.0"):
-        model_loss()(replay().exclude(("next", "terminated")))
+    # As in TorchRL, a continuation term whose flag is missing is left out.
+    loss_td, _ = model_loss()(replay().exclude(("next", "terminated")))
+    assert "loss_model_continue" not in loss_td.keys()
     with pytest.raises(ValueError, match="num_reward_bins=16"):
         model_loss(num_reward_bins=16)(replay())
 

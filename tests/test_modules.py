@@ -272,7 +272,7 @@ def test_one_full_agent_update_trains_every_network():
     continuation = TensorDictModule(
         model.continuation, ["state", "belief"], ["_logit", "continuation"]
     )
-    model_loss = DreamerV3ModelLoss(world, unimix=0.0, symlog_predictions=True)
+    model_loss = DreamerV3ModelLoss.official(world, unimix=0.0, symlog_predictions=True)
     model_loss.set_keys(
         pixels="observation",
         reco_pixels=("reconstruction", "observation"),

@@ -91,9 +91,10 @@ def test_mode_is_each_components_likeliest_action_the_first_on_a_tie():
     assert torch.equal(action, expected)
 
 
-def test_head_mixes_one_percent_uniform_into_each_component():
+def test_head_mixes_a_given_one_percent_uniform_into_each_component():
+    # The default mixes none, as the official policy (tests/test_official_actor.py).
     torch.manual_seed(0)
-    head = MultiCategoricalActorHead(6, NVEC, hidden=8, layers=1)
+    head = MultiCategoricalActorHead(6, NVEC, hidden=8, layers=1, unimix=0.01)
     features = torch.randn(4, 6)
     out = head(features)
     raw = head.mlp(features).double()

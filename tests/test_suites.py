@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from torchdreamer.training import suites
-from torchdreamer.training.config import PRESETS, SUITE_PRESETS, Config
+from torchdreamer.training.config import OFFICIAL, PRESETS, WHY, Config, official_comparison
 from torchdreamer.training.suites import is_suite_id, make_suite_env
 
 
@@ -53,30 +54,121 @@ def test_a_missing_package_names_its_extra(env_id, module, extra, monkeypatch):
         make_suite_env(env_id, seed=0)
 
 
-def test_suite_presets_are_the_official_configs():
-    # dreamerv3/configs.yaml: the atari100k, atari, crafter, dmc_proprio and dmc_vision blocks.
-    expected = {
-        "atari100k": (110_000, 1, 256.0, "size200m", "image"),
-        "atari": (51_000_000, 16, 32.0, "size200m", "image"),
-        "crafter": (1_100_000, 1, 512.0, "size200m", "image"),
-        "dmc_proprio": (1_100_000, 16, 1024.0, "size1m", "proprio"),
-        "dmc_vision": (1_100_000, 16, 256.0, "size200m", "image"),
-    }
-    assert set(SUITE_PRESETS) == set(expected)
-    for name, values in expected.items():
-        config = Config(suite=name)
-        got = (config.steps, config.num_envs, config.train_ratio, config.preset, config.obs)
-        assert got == values, name
-        assert is_suite_id(config.env), name
-    # The official size1m: deter 512, hidden 64, classes 4, units 64, CNN depth 4.
-    size = PRESETS["size1m"]
-    assert (size.deter, size.hidden, size.classes, size.units, size.cnn_depth) == (
-        512,
+# dreamerv3/configs.yaml at danijar/dreamerv3 e3f0224, written out here in our fields' terms.
+# The `defaults` block (size200m's widths: rssm deter 8192, hidden 1024, classes 64, depth
+# 64, units 1024; jax.compute_dtype bfloat16):
+OFFICIAL_DEFAULTS = {
+    "preset": "size200m",
+    "seed": 0,
+    "num_envs": 16,  # run.envs
+    "batch_size": 16,
+    "batch_length": 64,
+    "train_ratio": 32.0,  # run.train_ratio
+    "replay_capacity": 5_000_000,  # replay.size 5e6
+    "replay_context": 1,  # replay_context
+    "replay_online": True,  # replay.online
+    "imagination_horizon": 15,  # agent.imag_length
+    "horizon": 333,  # agent.horizon
+    "lmbda": 0.95,  # agent.imag_loss.lam
+    "entropy_bonus": 3e-4,  # agent.imag_loss.actent
+    "actor_grad": "reinforce",  # agent.ac_grads False: REINFORCE for every action kind
+    "slow_critic_tau": 0.02,  # agent.slowvalue.rate
+    "slow_critic_weight": 1.0,  # agent.imag_loss.slowreg
+    "replay_value_scale": 0.3,  # agent.loss_scales.repval
+    "lr": 4e-5,  # agent.opt
+    "warmup": 1000,
+    "agc": 0.3,
+    "eps": 1e-20,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "precision": "bfloat16",  # jax.compute_dtype
+}
+# Each suite's block over the defaults, with its env's size (env.atari.size [96, 96],
+# env.atari100k / env.crafter / env.dmc size [64, 64]) and observation (dmc_proprio:
+# env.dmc.image False; dmc_vision: env.dmc.proprio False; the others have images only).
+OFFICIAL_SUITES = {
+    "atari100k": dict(
+        env="atari100k:pong",
+        steps=110_000,
+        num_envs=1,
+        train_ratio=256.0,
+        obs="image",
+        image_size=64,
+    ),
+    "atari": dict(env="atari:pong", steps=51_000_000, train_ratio=32.0, obs="image", image_size=96),
+    "crafter": dict(
+        env="crafter", steps=1_100_000, num_envs=1, train_ratio=512.0, obs="image", image_size=64
+    ),
+    "dmc_proprio": dict(
+        env="dmc:walker_walk",
+        steps=1_100_000,
+        train_ratio=1024.0,
+        preset="size1m",
+        obs="proprio",
+        image_size=64,
+    ),
+    "dmc_vision": dict(
+        env="dmc:walker_walk", steps=1_100_000, train_ratio=256.0, obs="image", image_size=64
+    ),
+}
+
+
+@pytest.mark.parametrize("suite", sorted(OFFICIAL_SUITES))
+def test_a_suite_is_every_official_setting_of_it(suite):
+    official = {**OFFICIAL_DEFAULTS, **OFFICIAL_SUITES[suite]}
+    config = Config(suite=suite)
+    for name, value in official.items():
+        assert getattr(config, name) == value, (suite, name)
+    assert is_suite_id(config.env)
+    # The package's table says the same, field by field, and nothing differs from it.
+    assert {name: value for name, (_, value) in OFFICIAL[suite].items()} == official
+    assert [row for row in official_comparison(config) if row[4] not in ("", "ours only")] == []
+
+
+def test_the_official_size1m_and_size200m_are_the_configs_sizes():
+    for name, (deter, hidden, classes, units, depth) in {
+        "size1m": (512, 64, 4, 64, 4),
+        "size200m": (8192, 1024, 64, 1024, 64),
+    }.items():
+        size = PRESETS[name]
+        assert (size.deter, size.hidden, size.classes, size.units, size.cnn_depth) == (
+            deter,
+            hidden,
+            classes,
+            units,
+            depth,
+        )
+
+
+def test_given_fields_win_over_a_suite_and_general_defaults_hold_without_one():
+    config = Config(suite="atari", lr=1e-4, warmup=200, image_size=64, precision="float32")
+    assert (config.lr, config.warmup, config.image_size, config.precision) == (
+        1e-4,
+        200,
         64,
-        4,
-        64,
-        4,
+        "float32",
     )
+    rows = {row[0]: row for row in official_comparison(config, given={"lr", "warmup"})}
+    assert rows["lr"][1:] == (1e-4, 4e-5, "agent.opt.lr", "given")
+    # An explicit official value stays, with no suite too.
+    assert Config(lr=4e-5, warmup=1000).lr == 4e-5
+    plain = Config()
+    assert (plain.lr, plain.warmup, plain.replay_capacity, plain.image_size) == (
+        1e-4,
+        200,
+        1_000_000,
+        64,
+    )
+    assert (plain.preset, plain.precision) == ("small", "auto")
+
+
+def test_each_general_default_that_differs_from_the_official_has_its_reason_in_the_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    differ = [row for row in official_comparison(Config()) if row[4] not in ("", "ours only")]
+    assert {row[0] for row in differ} >= {"lr", "warmup", "replay_capacity", "preset"}
+    for name, _, _, _, why in differ:
+        assert why == WHY[""][name], name
+        assert f"| `{name}` |" in readme, f"{name} is not in the README's table"
 
 
 def test_a_suite_preset_yields_to_given_fields_and_checks_the_env():
@@ -485,11 +577,50 @@ def test_the_suite_flag_applies_the_preset_prints_it_and_saves_it(tmp_path, caps
     assert code == 0
     out = capsys.readouterr().out
     assert (
-        "suite dmc_proprio (official settings): env dmc:cartpole_balance (given), steps 32 "
-        "(given), num_envs 2 (given), train_ratio 4.0 (given), preset size1m, obs proprio"
+        "suite dmc_proprio (official settings): env dmc:cartpole_balance (given), preset "
+        "size1m, obs proprio, steps 32 (given), image_size 64, num_envs 2 (given), train_ratio "
+        "4.0 (given), replay_capacity 1024 (given), lr 4e-05, warmup 1000, precision bfloat16"
     ) in out
     saved = json.loads((logdir / "config.json").read_text())
     assert (saved["suite"], saved["preset"], saved["obs"]) == ("dmc_proprio", "size1m", "proprio")
+
+
+def test_the_atari_suite_trains_on_96_by_96_grey_images(ale_py, tmp_path):
+    from torchdreamer.training.loop import train
+    from torchdreamer.training.policy import load_agent
+
+    tiny = dict(num_envs=2, batch_size=2, batch_length=8, train_ratio=4, imagination_horizon=3)
+    config = Config(
+        suite="atari", preset="small", steps=32, replay_capacity=1024, threads=1, **tiny
+    )
+    assert (config.image_size, config.lr, config.warmup) == (96, 4e-5, 1000)
+    summary = train(config, tmp_path / "run", progress=False)
+    assert (summary.env_step, summary.updates) == (32, 4)
+    agent = load_agent(tmp_path / "run")
+    image, _ = make_suite_env("atari:pong", seed=0, image_size=96).reset(seed=0)
+    assert image.shape == (96, 96, 1)
+    action, _ = agent.act(image, None)
+    assert 0 <= int(action) < 18
+
+
+def test_the_suite_envs_take_the_official_env_settings(ale_py):
+    # configs.yaml env.atari100k, env.atari, env.dmc, env.crafter (size, repeat, sticky,
+    # gray, actions, noops; pooling 2 by max for both Ataris).
+    official = {
+        "atari100k:pong": dict(size=(64, 64), repeat=4, sticky=False, gray=False, noops=30),
+        "atari:pong": dict(size=(96, 96), repeat=4, sticky=True, gray=True, noops=30),
+    }
+    for env_id, settings in official.items():
+        env = make_suite_env(env_id, seed=0)
+        assert {name: getattr(env, name) for name in settings} == settings, env_id
+        assert env.pooling == 2
+    assert make_suite_env("atari:pong", seed=0).action_space.n == 18  # actions: all
+    assert make_suite_env("atari100k:pong", seed=0).action_space.n == 6  # actions: needed
+    pytest.importorskip("dm_control")
+    dmc = make_suite_env("dmc:walker_walk", seed=0, obs="image")
+    assert (dmc.size, dmc.repeat, dmc.camera) == ((64, 64), 1, 0)
+    pytest.importorskip("crafter")
+    assert make_suite_env("crafter", seed=0).size == (64, 64)
 
 
 def test_dmc_proprio_videos_are_rendered_from_the_official_camera(dm_suite):

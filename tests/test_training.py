@@ -365,7 +365,7 @@ def test_resume_after_kill_9_ends_as_the_uninterrupted_run(tmp_path, processes):
         (["--env", "Blackjack-v1"], "Blackjack-v1: the observation space is Tuple"),
         (["--preset", "XXL"], "unknown preset 'XXL'"),
         (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
-        (["--image-size", "48"], "image_size must be 4 * 2**k pixels"),
+        (["--image-size", "40"], "image_size must be a multiple of 16 pixels"),
     ],
 )
 def test_bad_input_is_named(tmp_path, args, message):

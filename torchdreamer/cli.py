@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from torchdreamer.training.config import (
+    ACTOR_GRADS,
     COMPILE_MODES,
     PRECISIONS,
     PRESETS,
     SUITE_PRESETS,
     Config,
     field_docs,
+    official_comparison,
 )
 from torchdreamer.training.console import say
 
@@ -124,6 +126,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             "preset": tuple(PRESETS),
             "compile": COMPILE_MODES,
             "precision": PRECISIONS,
+            "actor_grad": ACTOR_GRADS,
         }.get(item.name)
         parser.add_argument(
             flag,
@@ -155,6 +158,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress (a bar on a terminal, a line a minute elsewhere)",
+    )
+    train.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config beside the official dreamerv3/configs.yaml values "
+        "(of --suite, or the official defaults), each difference with its reason, and exit "
+        "without training",
     )
     _add_config_options(train)
     evaluate = commands.add_parser(
@@ -205,6 +215,44 @@ def _suite_line(config: Config, given: dict[str, Any]) -> str:
         for name in SUITE_PRESETS[config.suite]
     )
     return f"suite {config.suite} (official settings): {fields}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value) or "''"
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    """``train --show-config``: the resolved config beside the official values; no training."""
+    try:
+        config, _, _ = _config(args)
+    except (ValueError, OSError) as error:
+        say(f"torchdreamer: error: {_message(error)}", sys.stderr)
+        return 2
+    rows = official_comparison(config, _given(args))
+    source = f"defaults + {config.suite}" if config.suite else "defaults; no --suite"
+    say(
+        f"the resolved config beside the official dreamerv3/configs.yaml (danijar/dreamerv3 "
+        f"e3f0224, {source}):"
+    )
+    table = [("field", "ours", "official", "configs.yaml key", "difference")] + [
+        (name, _shown(ours), _shown(value), key, note)
+        for name, ours, value, key, note in rows
+        if key is not None
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        say("  ".join([*cells, row[4]]).rstrip())
+    only = [f"{name} {_shown(ours)}" for name, ours, _, key, _ in rows if key is None]
+    say(f"ours only (no official counterpart): {', '.join(only)}")
+    differ = [row[0] for row in rows if row[3] is not None and row[4]]
+    say(
+        f"{len(differ)} difference{'s' * (len(differ) != 1)} from the official"
+        + (f": {', '.join(differ)}" if differ else "")
+    )
+    return 0
 
 
 def _config(args: argparse.Namespace) -> tuple[Config, Path, bool]:
@@ -266,6 +314,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from torchdreamer.training.evaluation import policy_name
     from torchdreamer.training.loop import evaluate
 
     try:
@@ -279,7 +328,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     say(
         f"score over {len(scores)} episodes: {mean:.1f} ± {std:.1f} (mean ± std), "
-        f"min {min(scores):.1f}, max {max(scores):.1f}"
+        f"min {min(scores):.1f}, max {max(scores):.1f}; {policy_name(args.sample)} policy"
     )
     if args.video is not None:
         say(f"video of the first episode in {args.video}")
@@ -289,6 +338,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "train" and args.show_config:
+            return _show_config(args)
         return _train(args) if args.command == "train" else _evaluate(args)
     except KeyboardInterrupt:  # before training started or after it ended: nothing to save
         say("torchdreamer: interrupted outside training; no run state was lost", sys.stderr)

@@ -10,8 +10,8 @@ __all__ = ["categorical_kl", "clip_free_nats", "kl_balance", "unimix_logits"]
 def unimix_logits(logits: torch.Tensor, mix: float = 0.01) -> torch.Tensor:
     """Logits of ``(1 - mix) * softmax(logits) + mix / K`` over the last dimension.
 
-    DreamerV3 mixes 1% of a uniform distribution into every categorical (latents,
-    actor) so that no probability reaches 0 and KL terms stay finite.
+    DreamerV3 mixes 1% of a uniform distribution into the latents' categoricals so
+    that no probability reaches 0 and KL terms stay finite (its policy mixes in none).
 
     Args:
         logits: ``[..., K]``.

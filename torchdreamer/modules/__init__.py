@@ -4,7 +4,7 @@ MLP blocks, a block-diagonal GRU RSSM, the official CNN encoder and decoder, the
 prediction heads and the world model, sized by one :class:`ModelSize`.
 Initialisation follows DreamerV3 (truncated-normal fan-in weights, RMSNorm and SiLU,
 zero-initialised reward and critic outputs, policy outputs at 1% scale, 1% unimix on
-the latents).
+the latents and none on the policy).
 """
 
 from __future__ import annotations

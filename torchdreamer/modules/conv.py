@@ -25,7 +25,7 @@ def _smallest(image_shape: tuple[int, int, int], stages: int) -> tuple[int, int]
     if height % factor or width % factor:
         raise ValueError(
             f"image sides must be multiples of 2**{stages} = {factor} (one halving per CNN "
-            f"stage, cnn_mults), got {height} x {width}; e.g. 64 x 64."
+            f"stage, cnn_mults), got {height} x {width}; e.g. 64 x 64 or 96 x 96."
         )
     return height // factor, width // factor
 
@@ -39,8 +39,9 @@ class ConvEncoder(nn.Module):
 
     Each stage is a stride-1 ``same`` convolution (kernel ``size.kernel``), a 2 x 2
     max-pool, channel RMSNorm and SiLU, with ``size.cnn_channels`` channels
-    (official ``depth * (2, 3, 4, 4)``: a 64 x 64 image ends as a 4 x 4 map). Pixels are
-    scaled to ``[-0.5, 0.5]`` first; the last map is flattened channel-last.
+    (official ``depth * (2, 3, 4, 4)``, ``strided: False``): each stage halves the sides,
+    so a 64 x 64 image ends as a 4 x 4 map and the official Atari's 96 x 96 as 6 x 6.
+    Pixels are scaled to ``[-0.5, 0.5]`` first; the last map is flattened channel-last.
 
     Args:
         image_shape: ``(H, W, C)``; sides multiples of ``2 ** len(size.cnn_mults)``.
@@ -52,6 +53,12 @@ class ConvEncoder(nn.Module):
         >>> encoder = ConvEncoder((64, 64, 3), ModelSize(cnn_depth=4))
         >>> encoder(torch.zeros(2, 5, 64, 64, 3, dtype=torch.uint8)).shape, encoder.out_features
         (torch.Size([2, 5, 256]), 256)
+        >>> ConvEncoder((96, 96, 1), ModelSize(cnn_depth=4)).out_features  # 6 x 6 x 16
+        576
+        >>> ConvEncoder((72, 72, 1), ModelSize(cnn_depth=4))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: image sides must be multiples of 2**4 = 16 (one halving per CNN stage, ...
 
     """
 
@@ -86,7 +93,8 @@ class ConvDecoder(nn.Module):
     smallest map) and ``stoch`` through ``Linear -> RMSNorm -> SiLU`` (width
     ``2 * units``) and a linear map to the same map; their sum is normalised over
     channels. Stages of 2x nearest upsampling, ``same`` convolution, RMSNorm and SiLU
-    then mirror the encoder, and a last upsampled convolution gives the image
+    then mirror the encoder from the smallest map (6 x 6 for a 96 x 96 image), and a last
+    upsampled convolution gives the image
     through a sigmoid, compared with ``pixels / 255``. Zero inputs predict mid-grey.
 
     Examples:

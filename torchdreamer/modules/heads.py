@@ -88,19 +88,25 @@ class ContinuationHead(nn.Module):
 
 
 class CategoricalActorHead(nn.Module):
-    """Logits of a discrete policy with DreamerV3's uniform mixing.
+    """Logits of a discrete policy.
 
     Returns normalised log-probabilities ``[..., num_actions]`` of
     ``(1 - unimix) softmax + unimix / num_actions``, for a one-hot categorical
-    (e.g. ``torchrl.modules.OneHotCategorical``). The output layer starts at 1% of
-    the usual scale (official policy ``outscale`` 0.01), so the first policy is close
-    to uniform.
+    (e.g. ``torchrl.modules.OneHotCategorical``). ``unimix`` is 0 by default: the
+    official policy head (``policy_dist_disc: categorical``) mixes in no uniform
+    distribution (its ``unimix`` setting reaches only one-hot outputs). The output
+    layer starts at 1% of the usual scale (official policy ``outscale`` 0.01), so the
+    first policy is close to uniform.
 
     Examples:
         >>> import torch
         >>> from torchdreamer.modules import CategoricalActorHead
-        >>> logits = CategoricalActorHead(8, 3, hidden=16, layers=1)(torch.randn(4, 8))
-        >>> bool((logits.exp() >= 0.01 / 3 - 1e-7).all())
+        >>> features = torch.randn(4, 8)
+        >>> head = CategoricalActorHead(8, 3, hidden=16, layers=1)
+        >>> torch.allclose(head(features), head.mlp(features).log_softmax(-1))
+        True
+        >>> mixed = CategoricalActorHead(8, 3, hidden=16, layers=1, unimix=0.01)
+        >>> bool((mixed(features).exp() >= 0.01 / 3 - 1e-7).all())
         True
     """
 
@@ -110,7 +116,7 @@ class CategoricalActorHead(nn.Module):
         num_actions: int,
         hidden: int = 512,
         layers: int = 3,
-        unimix: float = 0.01,
+        unimix: float = 0.0,
         outscale: float = 0.01,
     ) -> None:
         super().__init__()
@@ -118,7 +124,13 @@ class CategoricalActorHead(nn.Module):
         self.unimix = unimix
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        return unimix_logits(self.mlp(*features), self.unimix)
+        return _mixed(self.mlp(*features), self.unimix)
+
+
+def _mixed(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """Normalised log-probabilities of ``logits`` with ``unimix`` of a uniform mixed in;
+    without any, ``log_softmax`` (finite wherever the logits are)."""
+    return unimix_logits(logits, unimix) if unimix else logits.log_softmax(-1)
 
 
 def _sizes(nvec: Sequence[int]) -> tuple[int, ...]:
@@ -131,7 +143,7 @@ def _sizes(nvec: Sequence[int]) -> tuple[int, ...]:
 
 class MultiCategoricalActorHead(nn.Module):
     """Logits of a multi-discrete policy: one categorical per component, each mixed as
-    :class:`CategoricalActorHead` mixes its one.
+    :class:`CategoricalActorHead` mixes its one (by default not at all, as the official).
 
     For components of ``nvec = (n_1, ..., n_k)`` actions it returns ``[..., sum(nvec)]``
     values: component ``i``'s ``n_i`` normalised log-probabilities of
@@ -154,7 +166,7 @@ class MultiCategoricalActorHead(nn.Module):
         nvec: Sequence[int],
         hidden: int = 512,
         layers: int = 3,
-        unimix: float = 0.01,
+        unimix: float = 0.0,
         outscale: float = 0.01,
     ) -> None:
         super().__init__()
@@ -164,7 +176,7 @@ class MultiCategoricalActorHead(nn.Module):
 
     def forward(self, *features: torch.Tensor) -> torch.Tensor:
         parts = self.mlp(*features).split(self.nvec, dim=-1)
-        return torch.cat([unimix_logits(part, self.unimix) for part in parts], dim=-1)
+        return torch.cat([_mixed(part, self.unimix) for part in parts], dim=-1)
 
 
 class BoundedNormalActorHead(nn.Module):

@@ -242,11 +242,35 @@ class WorldModel(nn.Module):
         observation: torch.Tensor | TensorDictBase,
         prev_action: torch.Tensor,
         is_first: torch.Tensor,
+        prev_stoch: torch.Tensor | None = None,
+        prev_deter: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | TensorDict, ...]:
-        """Filter a ``[B, T]`` replay sequence; returns :data:`WORLD_MODEL_OUTPUTS`."""
+        """Filter a ``[B, T]`` replay sequence; returns :data:`WORLD_MODEL_OUTPUTS`.
+
+        ``prev_stoch`` and ``prev_deter`` (``[B, T, ...]``, together or not at all): the
+        latent state before each step; the filter starts from the first step's
+        (``[:, 0]``), the zero state if they are not given. A replay window whose
+        first step's latent was stored while acting passes it here, shifted one step.
+
+        Examples:
+            >>> import torch
+            >>> from torchdreamer.modules import ModelSize, WorldModel
+            >>> size = ModelSize(deter=16, hidden=16, categoricals=4, classes=4, units=16)
+            >>> model = WorldModel((4,), 2, size)
+            >>> obs, act = torch.randn(3, 5, 4), torch.zeros(3, 5, 2)
+            >>> first = torch.zeros(3, 5, dtype=torch.bool)
+            >>> stoch, deter = torch.zeros(3, 5, 16), torch.randn(3, 5, 16)
+            >>> model(obs, act, first, stoch, deter)[6].shape  # the posterior deter
+            torch.Size([3, 5, 16])
+        """
         if is_first.dim() == prev_action.dim():  # [B, T, 1]
             is_first = is_first.squeeze(-1)
-        out = self.rssm.observe(self.embed(observation), prev_action, is_first)
+        if (prev_stoch is None) != (prev_deter is None):
+            raise ValueError("pass both prev_stoch and prev_deter, or neither.")
+        start = None
+        if prev_stoch is not None:  # contiguous: the compiled filter sees one layout
+            start = (prev_stoch[:, 0].contiguous(), prev_deter[:, 0].contiguous())
+        out = self.rssm.observe(self.embed(observation), prev_action, is_first, start)
         reward_logits, _ = self.reward(out["stoch"], out["deter"])
         continuation_logit, _ = self.continuation(out["stoch"], out["deter"])
         return (

@@ -1,5 +1,10 @@
-"""Loss modules: they wire tensordict keys and networks around ``torchdreamer.functional``."""
+"""Loss modules: they wire tensordict keys and networks around ``torchdreamer.functional``.
 
+TorchRL 0.14.1's DreamerV3 losses, defaults included; ``official`` holds the official
+DreamerV3 configuration that each loss's ``official(...)`` classmethod applies.
+"""
+
+from torchdreamer.objectives import official
 from torchdreamer.objectives.actor import DreamerV3ActorLoss
 from torchdreamer.objectives.dreamer import DreamerV3Loss
 from torchdreamer.objectives.model import DreamerV3ModelLoss
@@ -12,4 +17,5 @@ __all__ = [
     "DreamerV3ModelLoss",
     "DreamerV3ValueLoss",
     "ReturnScale",
+    "official",
 ]

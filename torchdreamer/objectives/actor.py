@@ -12,22 +12,18 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.objectives import LossModule
-from torchrl.objectives.utils import ValueEstimators
+from torchrl.objectives.utils import ValueEstimators, default_value_kwargs
 from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
 
 from torchdreamer.functional import discount_weights, lambda_return
 from torchdreamer.functional.outputs import TwoHot
+from torchdreamer.objectives import official
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed, frozen
 from torchdreamer.objectives._shapes import per_step
 from torchdreamer.objectives.return_scale import ReturnScale
 
-__all__ = ["DREAMERV3_GAMMA", "DREAMERV3_LAMBDA", "DreamerV3ActorLoss"]
-
-#: The paper's discount, 1 - 1/333 (a 333-step horizon).
-DREAMERV3_GAMMA = 1 - 1 / 333
-#: The paper's λ.
-DREAMERV3_LAMBDA = 0.95
+__all__ = ["DreamerV3ActorLoss"]
 
 #: The estimators this loss supports: each is a λ-return, with λ = 0 (TD0),
 #: λ = 1 (TD1) or the estimator's ``lmbda`` (TDLambda).
@@ -87,17 +83,18 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: EMA rate of the percentiles (official 0.01).
         return_normalization_quantiles: Percentiles (official 5th and 95th).
         return_normalization_min_scale: Lower bound of ``S`` (official 1).
-        return_normalization_reduce: ``reduce=`` of :class:`ReturnScale`: maps
-            the local returns to those the percentiles are taken over (a
-            gather over ranks in data-parallel training); ``None`` keeps them
-            local.
         gamma: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
         lmbda: Refused, as in TorchRL: set it with :meth:`make_value_estimator`.
+        return_normalization_reduce: (torchdreamer) ``reduce=`` of
+            :class:`ReturnScale`: maps the local returns to those the
+            percentiles are taken over (a gather over ranks in data-parallel
+            training); ``None`` keeps them local.
 
     Only the actor is owned by this loss (its parameters, ``state_dict`` and
     device); the critic, world model and continuation model are used, frozen,
     and stay with their owners. ``gamma`` and ``λ`` live in
-    ``value_estimator`` (defaults ``1 - 1/333`` and ``0.95``); change them with
+    ``value_estimator`` (TorchRL's defaults ``0.99`` and ``0.95``; the official
+    ``1 - 1/333`` and ``0.95`` with :meth:`official`); change them with
     :meth:`make_value_estimator`.
 
     The ``state_dict`` uses TorchRL's names (``retnorm.low``, ``retnorm.high``,
@@ -199,9 +196,9 @@ class DreamerV3ActorLoss(LossModule):
         return_normalization_rate: float = 0.01,
         return_normalization_quantiles: tuple[float, float] = (0.05, 0.95),
         return_normalization_min_scale: float = 1.0,
-        return_normalization_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         gamma: float | None = None,
         lmbda: float | None = None,
+        return_normalization_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if gamma is not None or lmbda is not None:
@@ -235,6 +232,7 @@ class DreamerV3ActorLoss(LossModule):
         self._borrowed = Borrowed(
             {"value": value_model, "env": model_based_env, "continuation": continuation_model}
         )
+        self.__dict__["value_model"] = value_model  # where TorchRL keeps it, unregistered
         self._grids: dict[tuple[int, torch.device], TwoHot] = {}
         self.imagination_horizon = imagination_horizon
         self.discount_loss = bool(discount_loss)
@@ -251,6 +249,44 @@ class DreamerV3ActorLoss(LossModule):
         self.make_value_estimator()
         self.register_state_dict_post_hook(_as_torchrl_state)
         self.register_load_state_dict_pre_hook(_from_torchrl_state)
+
+    @classmethod
+    def official(
+        cls,
+        actor_model: TensorDictModuleBase,
+        value_model: TensorDictModuleBase,
+        model_based_env: Any,
+        **overrides: Any,
+    ) -> DreamerV3ActorLoss:
+        """The loss in the official DreamerV3 configuration.
+
+        TorchRL's defaults with :data:`torchdreamer.objectives.official.ACTOR_LOSS`
+        (``use_reinforce=True``), then ``make_value_estimator(TDLambda)`` with
+        :data:`~torchdreamer.objectives.official.ACTOR_VALUE_ESTIMATOR`
+        (gamma ``1 - 1/333``, λ 0.95). ``overrides`` are constructor arguments.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob
+            >>> from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+            >>> from torchrl.modules import OneHotCategorical
+            >>> from torchdreamer import DreamerV3ActorLoss
+            >>> class WorldModel(torch.nn.Module):
+            ...     def reset(self, td): ...
+            ...     def step(self, td): ...
+            >>> head = Prob(["logits"], ["action"], distribution_class=OneHotCategorical)
+            >>> actor = Seq(TensorDictModule(torch.nn.Linear(3, 2), ["state"], ["logits"]), head)
+            >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["state"], ["state_value"])
+            >>> loss = DreamerV3ActorLoss.official(actor, critic, WorldModel())
+            >>> loss.use_reinforce, round(loss.value_estimator.gamma.item(), 4)
+            (True, 0.997)
+        """
+        loss = cls(
+            actor_model, value_model, model_based_env, **{**official.ACTOR_LOSS, **overrides}
+        )
+        loss.make_value_estimator(ValueEstimators.TDLambda, **official.ACTOR_VALUE_ESTIMATOR)
+        return loss
 
     # ---------------------------------------------------------- borrowed modules
     @property
@@ -312,8 +348,9 @@ class DreamerV3ActorLoss(LossModule):
         ``ValueEstimators.TDLambda`` with its ``lmbda`` (the default),
         ``ValueEstimators.TD0`` with λ = 0 (one-step targets) and
         ``ValueEstimators.TD1`` with λ = 1 (rewards to the horizon, bootstrapped
-        from its last value). Defaults are the paper's ``gamma = 1 - 1/333``
-        and ``lmbda = 0.95`` (TorchRL's are ``0.99`` and ``0.95``).
+        from its last value). Defaults are TorchRL's, ``gamma = 0.99`` and
+        ``lmbda = 0.95`` (the official ``1 - 1/333`` and ``0.95`` are
+        :data:`torchdreamer.objectives.official.ACTOR_VALUE_ESTIMATOR`).
 
         Examples:
             >>> import torch
@@ -331,10 +368,10 @@ class DreamerV3ActorLoss(LossModule):
             >>> critic = TensorDictModule(torch.nn.Linear(3, 1), ["state"], ["state_value"])
             >>> loss = DreamerV3ActorLoss(actor, critic, WorldModel())
             >>> round(loss.value_estimator.gamma.item(), 4), loss.value_estimator.lmbda.item()
-            (0.997, 0.949999988079071)
-            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.99, lmbda=0.9)
+            (0.99, 0.949999988079071)
+            >>> loss.make_value_estimator(ValueEstimators.TDLambda, gamma=1 - 1 / 333, lmbda=0.9)
             >>> round(loss.value_estimator.gamma.item(), 4)
-            0.99
+            0.997
         """
         value_type = self.default_value_estimator if value_type is None else value_type
         if value_type not in _ESTIMATORS:
@@ -342,12 +379,13 @@ class DreamerV3ActorLoss(LossModule):
                 "DreamerV3ActorLoss computes λ-returns of imagined trajectories: use "
                 f"ValueEstimators.TD0, TD1 or TDLambda, not {value_type}."
             )
-        hyperparams.setdefault("gamma", DREAMERV3_GAMMA)
+        torchrl_defaults = default_value_kwargs(value_type)
+        hyperparams.setdefault("gamma", torchrl_defaults["gamma"])
         gamma = float(hyperparams["gamma"])
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}.")
         if value_type == ValueEstimators.TDLambda:
-            hyperparams.setdefault("lmbda", DREAMERV3_LAMBDA)
+            hyperparams.setdefault("lmbda", torchrl_defaults["lmbda"])
             lmbda = float(hyperparams["lmbda"])
             if not 0 <= lmbda <= 1:
                 raise ValueError(f"lmbda must lie in [0, 1], got {lmbda}.")

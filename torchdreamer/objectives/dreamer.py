@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -14,10 +13,6 @@ from torchdreamer.objectives.actor import DreamerV3ActorLoss
 from torchdreamer.objectives.value import DreamerV3ValueLoss
 
 __all__ = ["DreamerV3Loss"]
-
-
-def _scalar(value: Any) -> float:
-    return float(value.item() if torch.is_tensor(value) else value)
 
 
 class DreamerV3Loss(LossModule):
@@ -40,10 +35,13 @@ class DreamerV3Loss(LossModule):
        so ``model_loss`` must keep its output attached
        (``detach_output=False``); scaled by ``replay_value_loss_weight``.
 
-    The discount and λ of the replay returns are the actor's: its value
-    estimator is the one source of both. ``continuation_horizon`` and ``lmbda``
-    are accepted for TorchRL's signature and must agree with it
-    (``gamma == 1 - 1 / continuation_horizon``).
+    As in TorchRL, the replay returns take their discount ``1 - 1 /
+    continuation_horizon`` and their ``lmbda`` from this loss's arguments, the
+    imagined ones from the actor loss's value estimator. The defaults here are
+    the official ones (333 and 0.95); build the actor loss with
+    :meth:`DreamerV3ActorLoss.official <torchdreamer.DreamerV3ActorLoss.official>`
+    (or its ``make_value_estimator``) for the same discount in imagination:
+    TorchRL's actor default, gamma 0.99, differs.
 
     Args:
         model_loss: A :class:`~torchdreamer.DreamerV3ModelLoss`.
@@ -55,8 +53,8 @@ class DreamerV3Loss(LossModule):
         replay_value_loss_weight: Scale of the replay value loss (official
             0.3); 0 leaves it out.
         continuation_horizon: Discount horizon of the replay returns (official
-            333); must match the actor's gamma.
-        lmbda: λ of the replay returns (official 0.95); must match the actor's.
+            333).
+        lmbda: λ of the replay returns (official 0.95).
 
     Returns (forward): a tensordict of the ``loss_*`` terms (their sum is the
     objective), the detached metrics of the three losses, the unweighted
@@ -123,25 +121,6 @@ class DreamerV3Loss(LossModule):
         self.replay_value_loss_weight = float(replay_value_loss_weight)
         self.continuation_horizon = float(continuation_horizon)
         self.lmbda = float(lmbda)
-        self._checked_estimator: int | None = None
-        self._check_returns()
-
-    def _check_returns(self) -> None:
-        """Raise unless the replay returns' discount and λ are the actor's."""
-        estimator = self.actor_loss.value_estimator
-        if self._checked_estimator == id(estimator):
-            return
-        gamma, lmbda = _scalar(estimator.gamma), _scalar(estimator.lmbda)
-        horizon_gamma = 1 - 1 / self.continuation_horizon
-        if abs(gamma - horizon_gamma) > 1e-6 or abs(lmbda - self.lmbda) > 1e-6:
-            raise ValueError(
-                f"The replay returns would use gamma {horizon_gamma:.6g} "
-                f"(continuation_horizon={self.continuation_horizon}) and lmbda {self.lmbda}, "
-                f"the imagined ones gamma {gamma:.6g} and lmbda {lmbda} (the actor loss's "
-                "value estimator). Pass continuation_horizon=1 / (1 - gamma) and the same "
-                "lmbda, or make_value_estimator(...) on the actor loss to match."
-            )
-        self._checked_estimator = id(estimator)
 
     @property
     def in_keys(self) -> list[NestedKey]:
@@ -202,7 +181,6 @@ class DreamerV3Loss(LossModule):
 
     def forward(self, sample: TensorDictBase) -> TensorDict:
         """The losses of one update on a ``[B, T]`` replay batch (see the class)."""
-        self._check_returns()
         keys = self.tensor_keys
         model_td, posterior = self.model_loss(sample)
         features = posterior.get("next").select(keys.state, keys.belief, strict=False)

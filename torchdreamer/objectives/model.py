@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -19,6 +20,7 @@ from torchdreamer.functional import (
     unimix_logits,
 )
 from torchdreamer.functional.outputs import Bernoulli, SymlogMSE, TwoHot
+from torchdreamer.objectives import official
 from torchdreamer.objectives._call import require_tensordict_module
 from torchdreamer.objectives._shapes import per_step
 
@@ -36,10 +38,10 @@ def _as_list(keys: NestedKey | list[NestedKey]) -> list[NestedKey]:
 class DreamerV3ModelLoss(LossModule):
     """DreamerV3 world-model loss, a drop-in for ``torchrl.objectives.DreamerV3ModelLoss``.
 
-    The constructor, the accepted keys, the data layout and the output keys are
-    TorchRL's; the defaults are the official DreamerV3 configuration (see
-    "Differences from TorchRL" in docs/torchrl.md for the arguments that restore
-    TorchRL's defaults). ``world_model`` is any tensordict-in/tensordict-out
+    The constructor (its defaults included), the accepted keys, the data layout
+    and the output keys are TorchRL 0.14.1's, so switching the import changes
+    nothing; :meth:`official` builds the official DreamerV3 configuration.
+    ``world_model`` is any tensordict-in/tensordict-out
     module (a ``TensorDictModule``, or a module whose ``forward(tensordict)``
     returns the tensordict): it reads a ``[B, T]`` replay batch and writes its outputs under
     ``"next"``. Everything the loss reads sits under ``"next"``: the targets
@@ -53,14 +55,14 @@ class DreamerV3ModelLoss(LossModule):
 
     Terms, each a mean over the ``[B, T]`` batch and multiplied by its scale:
 
-    * ``loss_model_dynamic`` / ``loss_model_representation`` (``kl_mode=
-      "separate"``): :func:`~torchdreamer.functional.kl_balance`, the KL
-      summed over the categoricals of a state and clipped below at
-      ``free_bits``; scales ``lambda_kl * lambda_dynamic`` and ``lambda_kl *
-      lambda_representation``. ``kl_mode="balanced"`` gives TorchRL's
-      ``loss_model_kl`` instead: ``kl_alpha`` times the prior-training KL
-      plus ``1 - kl_alpha`` times the posterior-training KL, each clipped per
-      categorical and averaged over the categoricals.
+    * ``loss_model_kl`` (``kl_mode="balanced"``, TorchRL's default):
+      ``kl_alpha`` times the prior-training KL plus ``1 - kl_alpha`` times the
+      posterior-training KL, each clipped per categorical and averaged over
+      the categoricals. ``loss_model_dynamic`` / ``loss_model_representation``
+      (``kl_mode="separate"``, official) instead:
+      :func:`~torchdreamer.functional.kl_balance`, the KL summed over the
+      categoricals of a state and clipped below at ``free_bits``; scales
+      ``lambda_kl * lambda_dynamic`` and ``lambda_kl * lambda_representation``.
     * ``loss_model_reco``: squared (``"l2"``) or absolute (``"l1"``) error of
       each ``reco_pixels`` against its ``pixels`` target, summed over the
       features of a step (``global_average=False``) and over the heads. With
@@ -72,9 +74,12 @@ class DreamerV3ModelLoss(LossModule):
       ``uint8`` targets are scaled to ``[0, 1]``.
     * ``loss_model_reward``: two-hot cross-entropy of ``reward_logits`` over
       ``num_reward_bins`` bins, or with ``reward_two_hot=False`` the symlog MSE
-      of the scalar ``("next", "reward")`` prediction.
-    * ``loss_model_continue`` (when ``lambda_continue > 0``): Bernoulli
-      cross-entropy of the ``continue_pred`` logit against
+      of the scalar ``("next", "reward")`` prediction. Logits written under
+      ``("next", "reward")`` with no ``reward_logits`` entry are read there,
+      with TorchRL's ``DeprecationWarning``.
+    * ``loss_model_continue`` (when ``lambda_continue > 0`` and both the
+      ``continue_pred`` logit and a ``terminated``/``done`` flag are present,
+      as in TorchRL): Bernoulli cross-entropy of the logit against
       ``continue_target_scale * (1 - terminated)``.
 
     ``kl`` (detached) is the mean KL of the states before the free-bits clip.
@@ -84,33 +89,35 @@ class DreamerV3ModelLoss(LossModule):
 
     Keyword Args:
         lambda_kl: Scale of the KL terms (1.0).
-        lambda_reco: Scale of the reconstruction term (official 1.0).
-        lambda_reward: Scale of the reward term (official 1.0).
-        lambda_continue: Scale of the continuation term (official 1.0; 0 leaves
-            it out).
-        kl_mode: ``"separate"`` (official) or ``"balanced"``.
-        lambda_dynamic: Dynamics-KL scale in separate mode (official 1.0).
-        lambda_representation: Representation-KL scale (official 0.1).
-        unimix: Uniform mixture put into both categoricals before the KL
-            (official 0.01). Use 0.0 when the world model writes logits that
-            include it already, as torchdreamer's RSSM does.
+        lambda_reco: Scale of the reconstruction term (1.0).
+        lambda_reward: Scale of the reward term (1.0).
+        lambda_continue: Scale of the continuation term (TorchRL's 0.0 leaves it
+            out; official 1.0).
+        kl_mode: ``"balanced"`` (TorchRL's) or ``"separate"`` (official).
+        lambda_dynamic: Dynamics-KL scale in separate mode (1.0).
+        lambda_representation: Representation-KL scale in separate mode (0.1).
+        unimix: Uniform mixture put into both categoricals before the KL of
+            separate mode (TorchRL's 0.0; official 0.01); balanced mode, as in
+            TorchRL, takes none. Keep 0.0 when the world model writes
+            logits that include it already, as torchdreamer's RSSM does.
         continue_target_scale: Factor on the non-terminal continuation
             targets, in ``(0, 1]`` (1.0).
         kl_alpha: Balance of ``kl_mode="balanced"`` (0.8).
-        free_bits: Lower clip of the KL terms in nats (official 1.0).
+        free_bits: Lower clip of the KL terms in nats (1.0).
         reco_loss: ``"l2"`` or ``"l1"``.
         reco_symlog: Symlog the reconstruction targets, one bool for all heads
             or one per head (``True``).
         reward_two_hot: Two-hot reward logits (``True``) or a scalar reward
             prediction with symlog MSE.
-        num_reward_bins: Bins of the reward head (official 255).
+        num_reward_bins: Bins of the reward head (255).
         global_average: Average the reconstruction error over every element
             instead of summing it over the features of a step.
-        detach_output: Detach the returned world-model output. The official
-            update trains the representation through the replay value loss,
-            so it is ``False``.
-        symlog_predictions: The reconstructions of the ``reco_symlog`` heads are
-            in symlog space already; only their targets are symlog'ed.
+        detach_output: Detach the returned world-model output (TorchRL's
+            ``True``). The official update trains the representation through
+            the replay value loss, so it is ``False`` there.
+        symlog_predictions: (torchdreamer) The reconstructions of the
+            ``reco_symlog`` heads are in symlog space already; only their
+            targets are symlog'ed.
 
     Examples:
         >>> import torch
@@ -133,7 +140,7 @@ class DreamerV3ModelLoss(LossModule):
         ...     out_keys=[("next", k) for k in ("posterior_logits", "prior_logits",
         ...               "reward_logits", "continue_pred", "reco_observation")],
         ... )
-        >>> loss = DreamerV3ModelLoss(world_model)
+        >>> loss = DreamerV3ModelLoss.official(world_model)
         >>> loss.set_keys(pixels="observation", reco_pixels="reco_observation")
         >>> replay = TensorDict({"next": {
         ...     "observation": torch.randn(2, 5, 3),
@@ -145,6 +152,13 @@ class DreamerV3ModelLoss(LossModule):
         ['loss_model_continue', 'loss_model_dynamic', 'loss_model_reco',
          'loss_model_representation', 'loss_model_reward']
         >>> sum(loss_td[k] for k in loss_td.keys() if k.startswith("loss_")).backward()
+
+        With TorchRL's defaults, one balanced KL term and no continuation term:
+
+        >>> torchrl_loss = DreamerV3ModelLoss(world_model)
+        >>> torchrl_loss.set_keys(pixels="observation", reco_pixels="reco_observation")
+        >>> sorted(torchrl_loss(replay)[0].keys())
+        ['kl', 'loss_model_kl', 'loss_model_reco', 'loss_model_reward']
     """
 
     @dataclass
@@ -193,11 +207,11 @@ class DreamerV3ModelLoss(LossModule):
         lambda_kl: float = 1.0,
         lambda_reco: float = 1.0,
         lambda_reward: float = 1.0,
-        lambda_continue: float = 1.0,
-        kl_mode: Literal["balanced", "separate"] = "separate",
+        lambda_continue: float = 0.0,
+        kl_mode: Literal["balanced", "separate"] = "balanced",
         lambda_dynamic: float = 1.0,
         lambda_representation: float = 0.1,
-        unimix: float = 0.01,
+        unimix: float = 0.0,
         continue_target_scale: float = 1.0,
         kl_alpha: float = 0.8,
         free_bits: float = 1.0,
@@ -206,7 +220,7 @@ class DreamerV3ModelLoss(LossModule):
         reward_two_hot: bool = True,
         num_reward_bins: int = 255,
         global_average: bool = False,
-        detach_output: bool = False,
+        detach_output: bool = True,
         symlog_predictions: bool = False,
     ) -> None:
         super().__init__()
@@ -247,6 +261,25 @@ class DreamerV3ModelLoss(LossModule):
         self.symlog_predictions = bool(symlog_predictions)
         self.register_buffer("reward_bins", TwoHot(num_reward_bins).bins)
 
+    @classmethod
+    def official(cls, world_model: TensorDictModuleBase, **overrides: Any) -> DreamerV3ModelLoss:
+        """The loss in the official DreamerV3 configuration.
+
+        TorchRL's defaults with :data:`torchdreamer.objectives.official.MODEL_LOSS`
+        (``kl_mode="separate"``, ``lambda_continue=1.0``, ``unimix=0.01``,
+        ``detach_output=False``); ``overrides`` are any constructor arguments.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchdreamer import DreamerV3ModelLoss
+            >>> world_model = TensorDictModule(torch.nn.Identity(), ["x"], ["y"])
+            >>> loss = DreamerV3ModelLoss.official(world_model, unimix=0.0)
+            >>> loss.kl_mode, loss.lambda_continue, loss.unimix, loss.detach_output
+            ('separate', 1.0, 0.0, False)
+        """
+        return cls(world_model, **{**official.MODEL_LOSS, **overrides})
+
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
 
@@ -281,9 +314,6 @@ class DreamerV3ModelLoss(LossModule):
         keys = self.tensor_keys
         posterior = self._get(output, keys.posterior_logits, "the posterior logits")
         prior = self._get(output, keys.prior_logits, "the prior logits")
-        if self.unimix:
-            posterior = unimix_logits(posterior, self.unimix)
-            prior = unimix_logits(prior, self.unimix)
         if self.kl_mode == "balanced":
             # Per categorical: KL(sg(post) || prior) trains the prior, KL(post || sg(prior))
             # the posterior; each clipped, then averaged over categoricals and batch.
@@ -295,6 +325,9 @@ class DreamerV3ModelLoss(LossModule):
                 + (1 - self.kl_alpha) * clip_free_nats(posterior_side, self.free_bits).mean()
             )
             return {"loss_model_kl": self.lambda_kl * balanced, "kl": kl}
+        if self.unimix:  # separate mode only, as in TorchRL
+            posterior = unimix_logits(posterior, self.unimix)
+            prior = unimix_logits(prior, self.unimix)
         dynamic, representation = kl_balance(posterior, prior, free_nats=0.0)
         kl = dynamic.detach().mean()
         dynamic = clip_free_nats(dynamic, self.free_bits)
@@ -350,7 +383,17 @@ class DreamerV3ModelLoss(LossModule):
             f"The reward {_next(keys.reward)!r}",
         )
         if self.reward_two_hot:
-            logits = self._get(output, keys.reward_logits, "the reward logits")
+            logits = output.get(_next(keys.reward_logits), None)
+            if logits is None:
+                logits = self._get(output, keys.reward, "the reward logits")
+                warnings.warn(
+                    f"Reward logits read from {_next(keys.reward)!r} as no "
+                    f"{_next(keys.reward_logits)!r} is written: TorchRL deprecates this "
+                    "and it will be removed in v0.16. Write the logits to the "
+                    "reward_logits key.",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
             if logits.shape != (*batch, self.num_reward_bins):
                 raise ValueError(
                     f"The reward logits {_next(keys.reward_logits)!r} have shape "
@@ -367,20 +410,15 @@ class DreamerV3ModelLoss(LossModule):
             loss = SymlogMSE().loss(prediction, target)
         return self.lambda_reward * loss.mean()
 
-    def _continuation(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor:
+    def _continuation(self, output: TensorDictBase, batch: torch.Size) -> torch.Tensor | None:
+        """The continuation term, or ``None`` (as TorchRL) when its logit or flag is absent."""
         keys = self.tensor_keys
         logit = output.get(_next(keys.continue_pred), None)
         terminated = output.get(_next(keys.terminated), None)
         if terminated is None:
             terminated = output.get(_next(keys.done), None)
         if logit is None or terminated is None:
-            missing = _next(keys.continue_pred) if logit is None else _next(keys.terminated)
-            raise KeyError(
-                f"lambda_continue={self.lambda_continue} needs {missing!r} (continuation "
-                f"logit {_next(keys.continue_pred)!r}, flag {_next(keys.terminated)!r} or "
-                f"{_next(keys.done)!r}); write it, set_keys(...) to the key used, or pass "
-                "lambda_continue=0.0 to leave the term out (TorchRL's default)."
-            )
+            return None
         logit = per_step(logit, batch, f"The continuation logit {_next(keys.continue_pred)!r}")
         terminated = per_step(terminated, batch, "The terminal flag")
         target = (1 - terminated.to(logit.dtype)) * self.continue_target_scale
@@ -418,7 +456,8 @@ class DreamerV3ModelLoss(LossModule):
             "loss_model_reward": self._reward(output, batch),
             **self._kl_terms(output),
         }
-        if self.lambda_continue > 0:
-            losses["loss_model_continue"] = self._continuation(output, batch)
+        continuation = self._continuation(output, batch) if self.lambda_continue > 0 else None
+        if continuation is not None:
+            losses["loss_model_continue"] = continuation
         losses = {k: v.reshape(1) if k.startswith("loss_") else v for k, v in losses.items()}
         return TensorDict(losses, batch_size=[]), output.data if self.detach_output else output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -15,6 +16,7 @@ from torchrl.objectives import LossModule
 from torchdreamer.functional import lambda_return
 from torchdreamer.functional.outputs import Output, SymlogMSE, TwoHot
 from torchdreamer.functional.two_hot import Reduction
+from torchdreamer.objectives import official
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed
 from torchdreamer.objectives._shapes import per_step
@@ -105,8 +107,9 @@ class DreamerV3ValueLoss(LossModule):
             as ``target_value_model_params``; step a
             ``torchrl.objectives.SoftUpdate(loss, tau=0.02)`` after each
             optimiser step to update it.
-        reduction: ``"mean"`` (default; ``None`` means the same), ``"sum"`` or
-            ``"none"`` (per-step weighted loss with the batch shape).
+        reduction: ``"mean"`` (``None``, the default, means the same, as in
+            TorchRL), ``"sum"`` or ``"none"`` (per-step weighted loss with the
+            batch shape).
 
     Keyword Args:
         validate_inputs: Check that targets, predictions and weights are
@@ -147,6 +150,9 @@ class DreamerV3ValueLoss(LossModule):
         >>> loss_td["loss_value"].backward()
         >>> sorted(loss_td.keys())  # value_mean needs a decoded value from the head
         ['loss_value', 'target_mean', 'value_slow_loss']
+
+    The official DreamerV3 critic (two-hot, slow-critic regularised) is
+    :meth:`official`.
 
     The state_dict uses TorchRL's names (the critic under
     ``value_model_params``), so checkpoints load both ways.
@@ -208,7 +214,7 @@ class DreamerV3ValueLoss(LossModule):
         num_value_bins: int = 255,
         actor_loss: Any | None = None,
         slow_critic_regularization: float = 0.0,
-        reduction: Reduction | None = "mean",
+        reduction: Reduction | None = None,
         *,
         validate_inputs: bool = False,
     ) -> None:
@@ -269,6 +275,28 @@ class DreamerV3ValueLoss(LossModule):
             self._has_update_associated["value_model"] = False
         self.register_state_dict_post_hook(_critic_as_torchrl_names)
         self.register_load_state_dict_pre_hook(_critic_from_torchrl_names)
+
+    @classmethod
+    def official(cls, value_model: TensorDictModule, **overrides: Any) -> DreamerV3ValueLoss:
+        """The loss in the official DreamerV3 configuration.
+
+        TorchRL's defaults with :data:`torchdreamer.objectives.official.VALUE_LOSS`
+        (``value_loss="two_hot"``, ``slow_critic_regularization=1.0``);
+        ``overrides`` are any constructor arguments (link the actor loss with
+        ``actor_loss=`` for its gamma).
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> from torchdreamer import DreamerV3ValueLoss
+            >>> critic = TensorDictModule(
+            ...     torch.nn.Linear(4, 255), ["state"], ["state_value_logits"]
+            ... )
+            >>> loss = DreamerV3ValueLoss.official(critic)
+            >>> loss.value_loss, loss.slow_critic_regularization
+            ('two_hot', 1.0)
+        """
+        return cls(value_model, **{**official.VALUE_LOSS, **overrides})
 
     @property
     def value_model_params(self) -> TensorDictBase:
@@ -373,6 +401,14 @@ class DreamerV3ValueLoss(LossModule):
         key = keys.value_logits
         if logits is None:
             logits, key = output.get(unravel_key(keys.value), None), keys.value
+            if logits is not None and logits.shape[-1] == size:
+                warnings.warn(
+                    f"Value logits read from {keys.value!r} as no {keys.value_logits!r} "
+                    "is written: TorchRL deprecates this and it will be removed in v0.16. "
+                    "Write the logits to the value_logits key.",
+                    DeprecationWarning,
+                    stacklevel=4,
+                )
         if logits is None or logits.shape[-1] != size:
             found = (
                 "neither key"

@@ -42,6 +42,13 @@ if TYPE_CHECKING:
 __all__ = ["DreamerAgent"]
 
 _STATE = ["state", "belief"]
+#: The replay column of the posterior latent (``state``, ``belief``) stored with each
+#: step the policy acted on (the official ``replay_context`` entries).
+LATENT = "latent"
+#: The world model's input of the latent before each trained step (see :meth:`losses`).
+_PREV_LATENT = "prev_latent"
+#: Where a replay batch says where its rows are kept (``replay.INDEX``).
+_INDEX = "index"
 
 
 class DreamerAgent(nn.Module):
@@ -59,8 +66,9 @@ class DreamerAgent(nn.Module):
             observation: a reconstruction head per key).
         action_dim: Number of discrete actions, or the continuous action size
             (multi-discrete: ``sum(action_nvec)``).
-        discrete: Discrete (one-hot, REINFORCE) or continuous (bounded normal,
-            gradients through the world model) actions.
+        discrete: Discrete (one-hot) or continuous (bounded normal) actions. The actor
+            learns by REINFORCE, or for continuous actions under
+            ``Config(actor_grad="dynamics")`` by gradients through the world model.
         config: Sizes and hyperparameters.
         action_nvec: Multi-discrete actions (``discrete=True``): the number of actions
             of each component. The actor is one categorical per component
@@ -144,10 +152,13 @@ class DreamerAgent(nn.Module):
             squash = not self.world_model.is_image
         # The replay batch (official per-step layout) goes under "next", where
         # the TorchRL-style model loss reads targets and world-model outputs.
-        self.model_loss = DreamerV3ModelLoss(
+        self.model_loss = DreamerV3ModelLoss.official(
             TensorDictModule(
                 self.world_model,
-                [("next", key) for key in ("observation", "prev_action", "is_first")],
+                [
+                    *(("next", key) for key in ("observation", "prev_action", "is_first")),
+                    *(("next", _PREV_LATENT, key) for key in _STATE),
+                ],
                 [unravel_key(("next", key)) for key in WORLD_MODEL_OUTPUTS],
             ),
             unimix=0.0,  # the RSSM's logits include its unimix already
@@ -170,7 +181,8 @@ class DreamerAgent(nn.Module):
             ),
             imagination_horizon=config.imagination_horizon,
             entropy_bonus=config.entropy_bonus,
-            use_reinforce=discrete,
+            # Discrete samples carry no gradient: REINFORCE under either actor_grad.
+            use_reinforce=discrete or config.actor_grad == "reinforce",
             return_normalization_reduce=concat_over_ranks,
         )
         self.actor_loss.make_value_estimator(
@@ -199,6 +211,12 @@ class DreamerAgent(nn.Module):
             ),
         )
         self.config = config
+        self.latents: TensorDict | None = None
+        """The posterior latents of the steps the last :meth:`losses` trained on (``state``,
+        ``belief``, ``[B, T]``, float32, detached, on the agent's device): what training
+        writes back into the replay (:meth:`SequenceReplay.update`). Under a CUDA graph
+        (:class:`~torchdreamer.training.static_update.StaticUpdate`), the graph's output,
+        refreshed by every replay of it."""
         self.optimizer = DreamerV3Optimizer(
             self.trainable_parameters(),
             lr=config.lr,
@@ -257,17 +275,44 @@ class DreamerAgent(nn.Module):
     def losses(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss of one update and its detached terms, by name.
 
-        ``batch`` is a ``[B, T]`` replay batch in the official per-step layout
-        (``observation``, ``prev_action``, ``is_first``, ``reward``, ``is_last``,
-        ``is_terminal``); :class:`~torchdreamer.DreamerV3Loss` computes the terms.
+        ``batch`` is a replay batch in the official per-step layout (``observation``,
+        ``prev_action``, ``is_first``, ``reward``, ``is_last``, ``is_terminal``);
+        :class:`~torchdreamer.DreamerV3Loss` computes the terms. With a :data:`LATENT`
+        column (``Config.replay_context`` 1), the batch is ``[B, T + 1]``: the latent
+        stored with step 0 of each window starts the world model, and steps 1 to
+        ``T`` are trained (step 1's ``prev_action`` is the action taken at step 0);
+        without one, the ``[B, T]`` steps are trained from the zero state, the first
+        flagged ``is_first`` (the official replay's first step of every window). The
+        trained steps' posterior latents are left in :attr:`latents`.
         """
+        batch = self._trained(batch)
         with self.autocast():
             result = self.dreamer_loss(TensorDict({"next": batch}, batch_size=batch.batch_size))
         terms = {k: v for k, v in result.items() if k.startswith("loss_")}
         total = sum(terms.values())
         context = self.dreamer_loss.tensor_keys.replay_context
+        self.latents = result.get(context).apply(lambda x: x.float())
         metrics = {k: v.detach() for k, v in result.exclude(context).items()}
         return total, metrics
+
+    def _trained(self, batch: TensorDictBase) -> TensorDictBase:
+        """The steps :meth:`losses` trains on, with the latent before each (the first's
+        starts the world model)."""
+        keys = batch.keys()
+        if LATENT in keys:
+            trained = batch[:, 1:].exclude(LATENT, _INDEX)
+            return trained.set(_PREV_LATENT, batch.get(LATENT)[:, :-1])
+        trained = batch.exclude(_INDEX)
+        first = trained.get("is_first").clone()
+        first[:, 0] = True
+        trained.set("is_first", first)
+        rssm, (b, t) = self.world_model.rssm, batch.batch_size
+        device = first.device
+        zeros = {
+            "state": torch.zeros(b, 1, rssm.stoch_size, device=device).expand(b, t, -1),
+            "belief": torch.zeros(b, 1, rssm.deter_size, device=device).expand(b, t, -1),
+        }
+        return trained.set(_PREV_LATENT, TensorDict(zeros, batch_size=[b, t]))
 
     def forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`losses`: the forward a DistributedDataParallel wrapper calls."""

@@ -8,6 +8,7 @@ import inspect
 import json
 import math
 import textwrap
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -18,11 +19,14 @@ from torchdreamer.modules.size import ModelSize
 __all__ = [
     "LOGGERS",
     "MAX_TRAIN_RATIO",
+    "OFFICIAL",
     "PRESETS",
     "SUITE_PRESETS",
+    "WHY",
     "Config",
     "ModelSize",
     "field_docs",
+    "official_comparison",
     "resolve_precision",
 ]
 
@@ -48,31 +52,129 @@ PRESETS: dict[str, ModelSize] = {
     "size400m": ModelSize(deter=12288, hidden=1536, classes=96, units=1536, cnn_depth=96),
 }
 
-#: The official per-suite run settings (``dreamerv3/configs.yaml``: the ``atari100k``,
-#: ``atari``, ``crafter``, ``dmc_proprio`` and ``dmc_vision`` blocks), as the values of
-#: :class:`Config` fields that ``Config(suite=...)`` (``--suite``) starts from. ``steps``
-#: counts agent steps over all environments, each step repeating the action as the suite's
-#: adapter does (Atari 4, DMC and Crafter 1); ``env`` is the task used when none is given.
-#: ``atari`` keeps ``image_size`` 64: the official 96 is not a side our CNN takes (4 * 2**k).
-SUITE_PRESETS: dict[str, dict[str, Any]] = {
-    name: dict(zip(("env", "steps", "num_envs", "train_ratio", "preset", "obs"), row, strict=True))
+#: The official settings that :class:`Config` fields hold (``dreamerv3/configs.yaml`` at
+#: danijar/dreamerv3 ``e3f0224``), in our fields' terms: per field, its ``configs.yaml`` key
+#: and its value in the ``defaults`` block (``None``: none a run could use: the default task
+#: is a test stub, the default run never stops). ``steps`` counts agent steps over all
+#: environments, each repeating its action as the suite's adapter does (Atari 4, DMC and
+#: Crafter 1), as the official ``run.steps`` does. ``preset`` names the official size (the
+#: ``defaults`` block is ``size200m``'s widths: deter 8192, hidden 1024, classes 64, depth 64,
+#: units 1024). ``image_size`` is the side of the suite env's ``size`` (``<env>``).
+_OFFICIAL_DEFAULTS: dict[str, tuple[str, Any]] = {
+    "env": ("task", None),
+    "preset": ("agent.dyn.rssm.{deter,hidden,classes}, .*.depth, .*.units", "size200m"),
+    "obs": ("env.dmc.{proprio,image}", "both"),
+    "steps": ("run.steps", None),
+    "seed": ("seed", 0),
+    "image_size": ("env.<env>.size", 64),
+    "num_envs": ("run.envs", 16),
+    "batch_size": ("batch_size", 16),
+    "batch_length": ("batch_length", 64),
+    "train_ratio": ("run.train_ratio", 32.0),
+    "replay_capacity": ("replay.size", 5_000_000),
+    "replay_context": ("replay_context", 1),
+    "replay_online": ("replay.online", True),
+    "imagination_horizon": ("agent.imag_length", 15),
+    "horizon": ("agent.horizon", 333.0),
+    "lmbda": ("agent.imag_loss.lam", 0.95),
+    "entropy_bonus": ("agent.imag_loss.actent", 3e-4),
+    "actor_grad": ("agent.ac_grads (False: REINFORCE)", "reinforce"),
+    "slow_critic_tau": ("agent.slowvalue.rate", 0.02),
+    "slow_critic_weight": ("agent.imag_loss.slowreg", 1.0),
+    "replay_value_scale": ("agent.loss_scales.repval", 0.3),
+    "lr": ("agent.opt.lr", 4e-5),
+    "warmup": ("agent.opt.warmup", 1000),
+    "agc": ("agent.opt.agc", 0.3),
+    "eps": ("agent.opt.eps", 1e-20),
+    "beta1": ("agent.opt.beta1", 0.9),
+    "beta2": ("agent.opt.beta2", 0.999),
+    "precision": ("jax.compute_dtype", "bfloat16"),
+}
+
+#: What each suite's block (and its env's ``env.<env>`` settings) sets over the defaults:
+#: ``task`` (our id of it), ``run.steps``, ``run.envs``, ``run.train_ratio``, the size
+#: (``dmc_proprio``: ``size1m``), the observation (``env.dmc.image: False`` or
+#: ``env.dmc.proprio: False``; the other suites have images only) and the image side.
+_OFFICIAL_SUITES: dict[str, dict[str, Any]] = {
+    name: dict(
+        zip(
+            ("env", "steps", "num_envs", "train_ratio", "preset", "obs", "image_size"),
+            row,
+            strict=True,
+        )
+    )
     for name, row in {
-        "atari100k": ("atari100k:pong", 110_000, 1, 256.0, "size200m", "image"),
-        "atari": ("atari:pong", 51_000_000, 16, 32.0, "size200m", "image"),
-        "crafter": ("crafter", 1_100_000, 1, 512.0, "size200m", "image"),
-        "dmc_proprio": ("dmc:walker_walk", 1_100_000, 16, 1024.0, "size1m", "proprio"),
-        "dmc_vision": ("dmc:walker_walk", 1_100_000, 16, 256.0, "size200m", "image"),
+        "atari100k": ("atari100k:pong", 110_000, 1, 256.0, "size200m", "image", 64),
+        "atari": ("atari:pong", 51_000_000, 16, 32.0, "size200m", "image", 96),
+        "crafter": ("crafter", 1_100_000, 1, 512.0, "size200m", "image", 64),
+        "dmc_proprio": ("dmc:walker_walk", 1_100_000, 16, 1024.0, "size1m", "proprio", 64),
+        "dmc_vision": ("dmc:walker_walk", 1_100_000, 16, 256.0, "size200m", "image", 64),
     }.items()
 }
 
-#: The values of the fields a suite preset sets, when no suite is named.
+#: The official values of the fields that have one, per suite (``""``: the ``defaults``
+#: block alone), each with its ``configs.yaml`` key: ``OFFICIAL[suite][field] == (key,
+#: value)``. ``torchdreamer train --show-config`` prints them beside a run's config.
+OFFICIAL: dict[str, dict[str, tuple[str, Any]]] = {
+    suite: {
+        name: (
+            key.replace("<env>", suite.partition("_")[0] if suite else "<env>"),
+            changes.get(name, value),
+        )
+        for name, (key, value) in _OFFICIAL_DEFAULTS.items()
+    }
+    for suite, changes in {"": {}, **_OFFICIAL_SUITES}.items()
+}
+
+#: Where our value differs from the official on purpose, why: per suite (``""``: the
+#: general defaults, no suite), per field. A suite takes every official value but these.
+WHY: dict[str, dict[str, str]] = {
+    "": {
+        "env": "a task to run without naming one (the official default task is a test stub)",
+        "steps": "a CartPole-class run ends at 100k env steps (the official runs until stopped)",
+        "preset": "small (size1m's architecture with a GRU state of 256) trains CartPole in "
+        "minutes on a CPU; size200m is a GPU model (docs/suites.md: killed for memory on "
+        "a 24 GiB CPU machine)",
+        "obs": "one observation per env: proprio for dmc tasks (the official default "
+        "renders images besides; --obs both does too)",
+        "lr": "learns CartPole about twice as fast in wall time as 4e-5 with 1,000 warm-up "
+        "updates (docs/performance.md)",
+        "warmup": "goes with lr 1e-4 (docs/performance.md)",
+        "replay_capacity": "the same for runs under 1e6 env steps (the default runs 100k); "
+        "bounds the memory of longer image runs (64x64 RGB: 12 GB at 1e6, 61 GB at 5e6)",
+        "precision": "auto: bfloat16 where the CPU multiplies it natively, float32 on other "
+        "CPUs (where its casts cost more than they save) and on CUDA (not measured yet; "
+        "docs/performance.md)",
+    },
+}
+
+#: The general defaults of the fields whose default depends on the suite: their values
+#: when no suite is named (:data:`WHY` says where and why they differ from the official).
 _GENERAL = {
     "env": "CartPole-v1",
-    "steps": 100_000,
-    "num_envs": 16,
-    "train_ratio": 32.0,
     "preset": "small",
     "obs": "auto",
+    "steps": 100_000,
+    "image_size": 64,
+    "num_envs": 16,
+    "train_ratio": 32.0,
+    "replay_capacity": 1_000_000,
+    "lr": 1e-4,
+    "warmup": 200,
+    "precision": "auto",
+}
+
+#: The run settings ``Config(suite=...)`` (``--suite``) sets, per suite: the official value
+#: of each field whose default depends on the suite. The fields with one default for all
+#: hold the official value already (a test keeps ``Config(suite=S)`` equal to
+#: :data:`OFFICIAL` field by field).
+SUITE_PRESETS: dict[str, dict[str, Any]] = {
+    suite: {
+        name: value
+        for name, (_, value) in OFFICIAL[suite].items()
+        if name in _GENERAL and name not in WHY.get(suite, {})
+    }
+    for suite in _OFFICIAL_SUITES
 }
 
 #: Observation kinds ``obs`` accepts.
@@ -92,8 +194,20 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 #: videos go besides the run directory's own files (see ``docs/loggers.md``).
 LOGGERS = ("tensorboard", "wandb", "mlflow", "csv")
 
+#: Values ``actor_grad`` accepts.
+ACTOR_GRADS = ("reinforce", "dynamics")
+
 #: The fields that take one of a few words, with those words.
-_CHOICES = {"obs": OBSERVATIONS, "compile": COMPILE_MODES, "precision": PRECISIONS}
+_CHOICES = {
+    "obs": OBSERVATIONS,
+    "compile": COMPILE_MODES,
+    "precision": PRECISIONS,
+    "actor_grad": ACTOR_GRADS,
+}
+
+#: Fields a saved config (``config.json``, a checkpoint's) written before they existed
+#: takes: the value that run trained with, so a resumed run goes on as it began.
+_WHEN_ABSENT = {"actor_grad": "dynamics"}
 
 #: The fields that take a comma-separated list of a few words (each once), with those words.
 _LISTS = {"logger": LOGGERS}
@@ -139,9 +253,12 @@ class Config:
     its size."""
     suite: str = ""
     """An official per-suite preset: ``atari100k``, ``atari``, ``crafter``,
-    ``dmc_proprio`` or ``dmc_vision``. It sets ``env`` (its task), ``steps``,
-    ``num_envs``, ``train_ratio``, ``preset`` and ``obs`` as the official configs do;
-    each of them given explicitly overrides it. Empty: none."""
+    ``dmc_proprio`` or ``dmc_vision``. It sets every field to the official value of the
+    suite (``dreamerv3/configs.yaml``): ``env`` (its task), ``steps``, ``num_envs``,
+    ``train_ratio``, ``preset``, ``obs``, ``image_size``, ``replay_capacity``, ``lr``,
+    ``warmup`` and ``precision`` where the general defaults differ; each field given
+    explicitly overrides it (``--show-config`` compares a run's config with the official).
+    Empty: none."""
     obs: str = None  # type: ignore[assignment]
     """The observation of a DMC task: ``proprio`` (its readings as one vector),
     ``image`` (a render), ``both`` (the two as a dict observation) or ``auto``
@@ -154,9 +271,10 @@ class Config:
     """Seeds torch, the environments and the replay sampling."""
     device: str = "cpu"
     """``cpu`` or ``cuda`` (under ``torchrun``, each process takes GPU ``LOCAL_RANK``)."""
-    image_size: int = 64
-    """Side of the square images the agent sees (official 64): image observations of
-    another size are resized to it. A power of two times 4, e.g. 32, 64 or 128."""
+    image_size: int = None  # type: ignore[assignment]
+    """Side of the square images the agent sees (64; the suite ``atari`` 96, as the
+    official): image observations of another size are resized to it. A multiple of 16 (the
+    CNN halves it once per stage, 4 stages), e.g. 32, 64 or 96."""
     num_envs: int = None  # type: ignore[assignment]
     """Environments stepped together (official 16). A ``suite`` sets it."""
     env_workers: int | str = "auto"
@@ -175,13 +293,25 @@ class Config:
     train_ratio: float = None  # type: ignore[assignment]
     """Replayed steps per environment step (official 32 for CartPole-class tasks; at
     most 65536). A ``suite`` sets it."""
-    replay_capacity: int = 1_000_000
-    """Replay rows kept, over all environments; the oldest are dropped first."""
+    replay_capacity: int = None  # type: ignore[assignment]
+    """Replay rows kept, over all environments; the oldest are dropped first (1e6; official
+    5e6, which a ``suite`` sets)."""
     replay_on_disk: bool = False
     """Keep the replay in memory-mapped files in ``LOGDIR/replay`` instead of memory, for
     pixel runs whose replay would not fit: the process's memory stays small, the files
     grow to the replay's size on disk, and checkpoints refer to them instead of copying
     them."""
+    replay_context: int = 1
+    """Replayed steps before each trained window whose stored latent starts the world
+    model (official 1): ``1`` replays ``batch_length + 1`` steps, the posterior latent
+    the policy stored with the first (refreshed by every update that trains on that
+    step since) is the RSSM's start state and the other ``batch_length`` steps are
+    trained; ``0`` starts every window from the zero state, flagged ``is_first``."""
+    replay_online: bool = True
+    """Train on every fresh window once soon after it is written, besides the uniform
+    draws (the official ``replay.online``): each stream's windows ending at every
+    ``batch_length + replay_context``-th step are queued, and each batch takes queued
+    windows first, uniform draws for the rest."""
     imagination_horizon: int = 15
     """Imagined steps from every replay state (official 15)."""
     horizon: float = 333.0
@@ -190,17 +320,27 @@ class Config:
     """λ of the λ-returns (official 0.95)."""
     entropy_bonus: float = 3e-4
     """Actor entropy coefficient (official 3e-4)."""
+    actor_grad: str = "reinforce"
+    """How the actor learns from imagined trajectories: ``reinforce`` (the official,
+    ``ac_grads: False``): ``-log π(a|s) sg(advantage)`` for every kind of action, the
+    imagined states stop-gradiented; or ``dynamics``: continuous actions backpropagate
+    the λ-returns through the imagined dynamics (DreamerV3's first release,
+    ``actor_grad_cont: backprop``), while discrete actions, whose samples carry no
+    gradient, learn by REINFORCE under both. A ``config.json`` written before this field
+    existed loads with ``dynamics``, what such runs trained with."""
     slow_critic_tau: float = 0.02
     """Slow-critic EMA rate, applied every update (official 0.02)."""
     slow_critic_weight: float = 1.0
     """Weight of the regulariser toward the slow critic (official 1)."""
     replay_value_scale: float = 0.3
     """Scale of the critic loss on replayed sequences (official 0.3)."""
-    lr: float = 1e-4
-    """Learning rate (official 4e-5 with 1,000 warm-up updates; docs/performance.md's
-    CartPole runs compare the two). ``--lr 4e-5 --warmup 1000`` restores the official values."""
-    warmup: int = 200
-    """Updates of linear learning-rate warm-up (official 1000; see ``lr``)."""
+    lr: float = None  # type: ignore[assignment]
+    """Learning rate (1e-4; official 4e-5 with 1,000 warm-up updates, which a ``suite``
+    sets; docs/performance.md's CartPole runs compare the two). ``--lr 4e-5 --warmup 1000``
+    restores the official values."""
+    warmup: int = None  # type: ignore[assignment]
+    """Updates of linear learning-rate warm-up (200; official 1000, which a ``suite`` sets;
+    see ``lr``)."""
     agc: float = 0.3
     """Adaptive gradient clipping: ‖g‖ ≤ agc · max(‖w‖, 1e-3), per tensor (official 0.3)."""
     eps: float = 1e-20
@@ -222,7 +362,8 @@ class Config:
     eval_episodes: int = 4
     """Episodes per evaluation."""
     eval_sample: bool = False
-    """Sample the evaluation's actions, as in training, instead of the most likely one."""
+    """Sample the evaluation's actions, as in training, instead of the most likely one
+    (``eval.csv``'s ``policy`` column and the summary line say ``sampled`` or ``greedy``)."""
     eval_video: bool = True
     """Write each evaluation's GIF (vector-observation environments are rendered)."""
     threads: int = 0
@@ -232,16 +373,16 @@ class Config:
     ``off``, or ``auto``: compiled on CPU for vector observations and runs planned to
     make at least 1,000 updates (where the compile time is repaid); eager for images (no
     faster), on CUDA and under torchrun (not measured there yet)."""
-    precision: str = "auto"
+    precision: str = None  # type: ignore[assignment]
     """Dtype of the networks' computation: ``float32``, ``bfloat16`` (the official
-    ``compute_dtype``) or ``auto``: bfloat16 on CPUs that multiply it natively
-    (``avx512_bf16`` or AMX), float32 elsewhere and on CUDA (not measured there yet); a run
-    resolves it once and ``config.json`` keeps the dtype it computed in
-    (:func:`~torchdreamer.training.config.resolve_precision`). In bfloat16 the update's
-    losses and acting run under ``torch.autocast``, so matrix products and convolutions
-    take bfloat16 inputs and layers' activations stay in it; parameters, optimiser state,
-    norms' statistics, the heads' outputs (predictions, logits), the recurrent state and
-    the losses stay float32."""
+    ``compute_dtype``, which a ``suite`` sets) or ``auto`` (the default): bfloat16 on CPUs
+    that multiply it natively (``avx512_bf16`` or AMX), float32 elsewhere and on CUDA (not
+    measured there yet); a run resolves it once and ``config.json`` keeps the dtype it
+    computed in (:func:`~torchdreamer.training.config.resolve_precision`). In bfloat16 the
+    update's losses and acting run under ``torch.autocast``, so matrix products and
+    convolutions take bfloat16 inputs and layers' activations stay in it; parameters,
+    optimiser state, norms' statistics, the heads' outputs (predictions, logits), the
+    recurrent state and the losses stay float32."""
     logger: str = "tensorboard"
     """Where metrics, episode scores, evaluations and videos go, besides the run
     directory's own files (``metrics.csv``, ``metrics.jsonl``, ``episodes.csv``,
@@ -270,13 +411,19 @@ class Config:
             if not low(value) or not high(value):
                 raise ValueError(f"{name} must be {_describe(name)}, got {value}.")
         self.env_workers = _env_workers(self.env_workers, self.num_envs)
-        side = self.image_size
-        if side < 4 or side % 4 or (side // 4) & (side // 4 - 1):
-            raise ValueError(f"image_size must be 4 * 2**k pixels (32, 64, 128...), got {side}.")
-        if self.replay_capacity < self.num_envs * self.batch_length:
+        side, factor = self.image_size, 2 ** len(self.size.cnn_mults)
+        if side < factor or side % factor:
+            raise ValueError(
+                f"image_size must be a multiple of {factor} pixels (the CNN halves it once per "
+                f"stage, {len(self.size.cnn_mults)} stages), e.g. 64 or 96; got {side}."
+            )
+        if self.replay_context not in (0, 1):
+            raise ValueError(f"replay_context must be 0 or 1, got {self.replay_context!r}.")
+        window = self.batch_length + self.replay_context
+        if self.replay_capacity < self.num_envs * window:
             raise ValueError(
                 f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
-                f"{self.batch_length} steps per environment ({self.num_envs} envs)."
+                f"{window} steps per environment ({self.num_envs} envs)."
             )
 
     def _apply_suite(self) -> None:
@@ -287,7 +434,7 @@ class Config:
             raise ValueError(
                 f"unknown suite {self.suite!r}; choose one of {sorted(SUITE_PRESETS)} or ''."
             )
-        values = SUITE_PRESETS[self.suite] if self.suite else _GENERAL
+        values = {**_GENERAL, **SUITE_PRESETS[self.suite]} if self.suite else _GENERAL
         for name, value in values.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -360,9 +507,23 @@ class Config:
         if unknown:
             raise ValueError(f"{path} has unknown fields {unknown}.")
         try:
-            return cls(**values)
+            return cls.from_saved(values)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> Config:
+        """The config of saved ``values`` (``config.json``'s, a checkpoint's): fields
+        they predate take the value their run trained with, not today's default.
+
+        Examples:
+            >>> from torchdreamer.training import Config
+            >>> Config.from_saved({"env": "Pendulum-v1"}).actor_grad  # saved before the field
+            'dynamics'
+            >>> Config().actor_grad
+            'reinforce'
+        """
+        return cls(**{**_WHEN_ABSENT, **values})
 
     def differences(self, other: Config) -> dict[str, tuple[Any, Any]]:
         """Fields, other than :attr:`RESUMABLE` ones, where ``other`` differs."""
@@ -372,6 +533,45 @@ class Config:
             for key in mine
             if key not in self.RESUMABLE and mine[key] != theirs[key]
         }
+
+
+def official_comparison(
+    config: Config, given: Collection[str] = ()
+) -> list[tuple[str, Any, Any, str, str]]:
+    """``config`` beside the official settings of its suite (:data:`OFFICIAL`), field by
+    field: ``(field, ours, official, configs.yaml key, note)``. The note is empty where the
+    two agree, else ``given`` for a field in ``given`` (set by the user), or the reason
+    (:data:`WHY`) for a deliberate difference, and ``ours only`` for a field the official
+    config has no counterpart of (official and key ``None``).
+
+    Examples:
+        >>> from torchdreamer.training.config import Config, official_comparison
+        >>> rows = official_comparison(Config(suite="atari", lr=1e-4), given=["lr"])
+        >>> [row for row in rows if row[0] in ("image_size", "lr", "warmup", "device")]
+        ... # doctest: +NORMALIZE_WHITESPACE
+        [('device', 'cpu', None, None, 'ours only'),
+         ('image_size', 96, 96, 'env.atari.size', ''),
+         ('lr', 0.0001, 4e-05, 'agent.opt.lr', 'given'),
+         ('warmup', 1000, 1000, 'agent.opt.warmup', '')]
+        >>> next(row for row in official_comparison(Config()) if row[0] == "warmup")[4]
+        'goes with lr 1e-4 (docs/performance.md)'
+    """
+    official, why = OFFICIAL[config.suite], WHY.get(config.suite, {})
+    rows = []
+    for item in dataclasses.fields(config):
+        ours = getattr(config, item.name)
+        if item.name not in official:
+            rows.append((item.name, ours, None, None, "ours only"))
+            continue
+        key, value = official[item.name]
+        if ours == value:
+            note = ""
+        elif item.name in given:
+            note = "given"
+        else:
+            note = why.get(item.name, "differs; no reason recorded")
+        rows.append((item.name, ours, value, key, note))
+    return rows
 
 
 def _word_list(name: str, value: str, choices: tuple[str, ...]) -> str:

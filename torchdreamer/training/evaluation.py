@@ -17,7 +17,21 @@ from torchdreamer.training.own_env import EnvSource, copies_of
 from torchdreamer.training.policy import Policy
 from torchdreamer.training.runner import Episode
 
-__all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws"]
+__all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws", "policy_name"]
+
+
+def policy_name(sample: bool) -> str:
+    """How a score's actions were chosen: ``"sampled"`` from the policy (as training
+    episodes, and the official DreamerV3's reported scores, choose them) or ``"greedy"``
+    (the policy's most likely action). ``eval.csv``, the run's summary line and
+    ``torchdreamer eval`` name each evaluation's policy by these words.
+
+    Examples:
+        >>> from torchdreamer.training.evaluation import policy_name
+        >>> policy_name(False), policy_name(True)
+        ('greedy', 'sampled')
+    """
+    return "sampled" if sample else "greedy"
 
 
 @dataclass
@@ -29,6 +43,8 @@ class Evaluation:
     """The first episode's frames (``[H, W, C]`` uint8), empty when none could be made."""
     unavailable: str | None
     """Why there are no frames, when there are none."""
+    policy: str
+    """How the actions were chosen: ``greedy`` or ``sampled`` (:func:`policy_name`)."""
 
     @property
     def scores(self) -> list[float]:
@@ -67,7 +83,7 @@ def evaluate_policy(
     The policy acts through the method its users call (:meth:`Policy.act_torchrl
     <torchdreamer.training.policy.Policy.act_torchrl>`, under :meth:`Policy.act
     <torchdreamer.training.policy.Policy.act>`) and takes its most likely action
-    (``sample=True``: it samples, as in training).
+    (``sample=True``: it samples, as in training); :attr:`Evaluation.policy` says which.
     Up to ``parallel`` copies run together and each plays its share of the episodes in
     turn; the episodes are reported copy by copy and round by round, so which episodes
     count does not depend on how long they last. The draws come from a generator seeded
@@ -85,8 +101,8 @@ def evaluate_policy(
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=config)
         >>> policy = Policy(agent, EnvSpec((4,), discrete=True, action_dim=2), config)
         >>> result = evaluate_policy(policy, "CartPole-v1", 3, seed=0, video=True)
-        >>> len(result.scores), result.frames[0].shape  # CartPole rendered
-        (3, (400, 600, 3))
+        >>> len(result.scores), result.frames[0].shape, result.policy  # CartPole rendered
+        (3, (400, 600, 3), 'greedy')
         >>> len(result.frames) == result.episodes[0].length + 1  # the reset, then each step
         True
     """
@@ -108,9 +124,10 @@ def evaluate_policy(
     if played is None:
         return None
     ordered = [played[i][r] for r in range(max(share)) for i in range(copies) if r < share[i]]
+    kind = policy_name(sample)
     if frames is None:
-        return Evaluation(ordered, [], "no video was asked for")
-    return Evaluation(ordered, list(frames.frames), frames.unavailable)
+        return Evaluation(ordered, [], "no video was asked for", kind)
+    return Evaluation(ordered, list(frames.frames), frames.unavailable, kind)
 
 
 def _play(

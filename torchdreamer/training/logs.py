@@ -21,6 +21,7 @@ __all__ = [
     "RunLog",
     "plot_curve",
     "read_episodes",
+    "read_evaluation_policies",
     "read_evaluations",
     "read_rows",
     "running_mean",
@@ -140,7 +141,7 @@ class RunLog:
         if resume_step is not None:
             _truncate(self.logdir / METRICS, resume_step)
             _truncate(self.logdir / EPISODES, resume_step, columns=("env",))
-            _truncate(self.logdir / EVALUATIONS, resume_step)
+            _truncate(self.logdir / EVALUATIONS, resume_step, columns=("policy",))
             _truncate_jsonl(self.logdir / METRICS_JSONL, resume_step)
         hparams = dataclasses.asdict(config) if config is not None else {}
         self.loggers = open_loggers(loggers, self.logdir, resume_step, hparams)
@@ -163,14 +164,19 @@ class RunLog:
         values = {"episode/score": episode.score, "episode/length": episode.length}
         self._log(episode.env_step, values)
 
-    def evaluation(self, env_step: int, episodes: list[Episode], frames: list) -> Path | None:
-        """An evaluation at ``env_step``: a row per episode, the mean score and length to
+    def evaluation(
+        self, env_step: int, episodes: list[Episode], frames: list, policy: str
+    ) -> Path | None:
+        """An evaluation at ``env_step``: a row per episode (its ``policy`` column says how
+        the actions were chosen: ``greedy`` or ``sampled``), the mean score and length to
         the loggers, and the GIF of ``frames`` (if any) in ``videos/`` and the loggers."""
         rows = [
-            [env_step, index, f"{episode.score:.6g}", episode.length]
+            [env_step, index, f"{episode.score:.6g}", episode.length, policy]
             for index, episode in enumerate(episodes)
         ]
-        _append(self.logdir / EVALUATIONS, ["env_step", "episode", "score", "length"], rows)
+        _append(
+            self.logdir / EVALUATIONS, ["env_step", "episode", "score", "length", "policy"], rows
+        )
         scores = [episode.score for episode in episodes]
         lengths = [episode.length for episode in episodes]
         means = {
@@ -252,6 +258,16 @@ def read_evaluations(logdir: Path) -> dict[int, list[float]]:
     return evaluations
 
 
+def read_evaluation_policies(logdir: Path) -> dict[int, str]:
+    """How each evaluation in ``eval.csv`` chose its actions (``greedy`` or ``sampled``),
+    by env step; evaluations logged before the ``policy`` column existed are absent."""
+    return {
+        int(row["env_step"]): row["policy"]
+        for row in read_rows(Path(logdir) / EVALUATIONS)
+        if row.get("policy")
+    }
+
+
 def running_mean(scores: list[float], window: int = 10) -> list[float]:
     """Each score's mean with the ``window - 1`` before it (fewer at the start).
 
@@ -279,15 +295,18 @@ def plot_curve(logdir: Path, title: str) -> Path | None:
     scores = [e.score for e in episodes]
     mean10 = running_mean(scores)
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(steps, scores, ".", alpha=0.3, label="episode score")
+    axes.plot(steps, scores, ".", alpha=0.3, label="training episode score (sampled)")
     axes.plot(steps, mean10, label="mean of the last 10")
     evaluations = read_evaluations(logdir)
     if evaluations:
+        # Training episodes sample their actions; name how the evaluations chose theirs.
+        policies = set(read_evaluation_policies(logdir).values())
+        kind = f"{policies.pop()} " if len(policies) == 1 else ""
         axes.plot(
             list(evaluations),
             [sum(s) / len(s) for s in evaluations.values()],
             "o-",
-            label=f"evaluation (mean of {len(next(iter(evaluations.values())))})",
+            label=f"{kind}evaluation (mean of {len(next(iter(evaluations.values())))})",
         )
     axes.set_xlabel("environment steps")
     axes.set_ylabel("score")

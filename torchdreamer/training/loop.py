@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from torchdreamer.training import distributed
-from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.agent import LATENT, DreamerAgent
 from torchdreamer.training.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -32,8 +33,14 @@ from torchdreamer.training.compiled import compile_agent, compiles, has_images
 from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.console import say
 from torchdreamer.training.envs import env_workers_for, make_env
-from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws
-from torchdreamer.training.logs import RunLog, plot_curve, read_evaluations, write_gif
+from torchdreamer.training.evaluation import dream, evaluate_policy, own_draws, policy_name
+from torchdreamer.training.logs import (
+    RunLog,
+    plot_curve,
+    read_evaluation_policies,
+    read_evaluations,
+    write_gif,
+)
 from torchdreamer.training.own_env import (
     ENV_SPEC,
     EnvSource,
@@ -45,7 +52,7 @@ from torchdreamer.training.own_env import (
 from torchdreamer.training.policy import CONFIG, Policy, _listed, _stored_config, load_agent
 from torchdreamer.training.prefetch import Prefetcher
 from torchdreamer.training.progress import Progress
-from torchdreamer.training.replay import SequenceReplay
+from torchdreamer.training.replay import INDEX, SequenceReplay
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.static_update import StaticUpdate
 from torchdreamer.training.stop import CompileGuard, Stop, UpdateInterrupted
@@ -58,6 +65,7 @@ __all__ = [
     "StoppedBeforeStart",
     "RunState",
     "Summary",
+    "check_replay_latents",
     "check_replay_memory",
     "evaluate",
     "train",
@@ -87,6 +95,9 @@ class Summary:
     evaluation: tuple[int, list[float]] | None = None
     """The run's last evaluation (``eval.csv``): its env step and its episodes' scores;
     None if it made none."""
+    evaluation_policy: str | None = None
+    """How the last evaluation chose its actions, ``greedy`` or ``sampled``; None if
+    ``eval.csv`` does not say (logged before it did: the line takes the config's)."""
 
     def line(self, config: Config) -> str:
         speed = self.env_step / max(self.wall_time, 1e-9)
@@ -94,17 +105,18 @@ class Summary:
         evaluated = ""
         if self.evaluation is not None:
             # Training episodes sample their actions; evaluations take the likeliest
-            # unless config.eval_sample.
+            # unless config.eval_sample: each score names its policy.
             step, scores = self.evaluation
+            policy = self.evaluation_policy or policy_name(config.eval_sample)
             evaluated = (
-                f"; evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
+                f"; {policy} evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
                 f"(mean of {len(scores)} episodes)"
             )
         return (
             f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
             f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
-            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 episodes "
-            f"{self.mean_score:.1f}{evaluated}; update {self.update}"
+            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 training episodes "
+            f"(sampled) {self.mean_score:.1f}{evaluated}; update {self.update}"
         )
 
 
@@ -316,7 +328,8 @@ def check_replay_memory(
     """The bytes the replay can reach in this run; raises if they exceed ``available``.
 
     A run reaches ``min(replay_capacity, steps)`` rows (one observation, action,
-    reward and flags each), in each of ``processes`` processes on this machine.
+    reward and flags each, and with ``replay_context`` the policy's latent), in each
+    of ``processes`` processes on this machine.
     ``available`` defaults to the memory the machine has free now or, with
     ``config.replay_on_disk``, to the disk space free at ``where`` (the run
     directory, or the nearest folder above it that exists).
@@ -326,21 +339,23 @@ def check_replay_memory(
         >>> from torchdreamer.training.loop import check_replay_memory
         >>> config = Config(steps=1000, replay_capacity=10**12)
         >>> check_replay_memory(config, (64, 64, 3), 6, available=2**30)  # 1000 rows
-        12319000
+        13855000
         >>> check_replay_memory(Config(steps=10**6), (64, 64, 3), 6, available=2**30)
         Traceback (most recent call last):
         ...
-        ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 11.5 GiB, \
-more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 43580) \
+        ValueError: the replay would reach 1000000 rows of (64, 64, 3) observations: 12.9 GiB, \
+more than the 1.0 GiB of memory available; pass a smaller --replay-capacity (e.g. 38749) \
 or --replay-on-disk.
 
     """
     shapes = (
         observation_shape.values() if isinstance(observation_shape, dict) else [observation_shape]
     )
-    # uint8 images, float32 vectors; then the action, the reward and three flags.
+    # uint8 images, float32 vectors; then the action, the reward and three flags, and
+    # with the replay context the policy's latent (float32).
     pixels = sum(math.prod(shape) * (1 if len(shape) == 3 else 4) for shape in shapes)
-    row = pixels + 4 * action_dim + 4 + 3
+    latent = config.size.stoch_size + config.size.deter if config.replay_context else 0
+    row = pixels + 4 * action_dim + 4 + 3 + 4 * latent
     rows = min(config.replay_capacity, config.steps)
     needed = rows * row * processes
     on_disk = config.replay_on_disk
@@ -357,6 +372,34 @@ or --replay-on-disk.
             f"{advice}."
         )
     return needed
+
+
+def check_replay_latents(config: Config, replay: SequenceReplay, logdir: Path) -> None:
+    """Raise unless a resumed replay holds the policy's latents where
+    ``config.replay_context`` needs them (a replay written before they were stored).
+
+    Examples:
+        >>> import torch
+        >>> from pathlib import Path
+        >>> from tensordict import TensorDict
+        >>> from torchdreamer.training import Config, SequenceReplay
+        >>> from torchdreamer.training.loop import check_replay_latents
+        >>> replay = SequenceReplay(1, 10)
+        >>> replay.add(TensorDict(x=torch.zeros(1), batch_size=[1]), torch.ones(1).bool())
+        >>> check_replay_latents(Config(replay_context=0), replay, Path("run"))
+        >>> check_replay_latents(Config(), replay, Path("run"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the replay of the checkpoint in run holds no policy latents ...
+    """
+    if not config.replay_context or replay.storage is None or LATENT in replay.storage.keys():
+        return
+    raise ValueError(
+        f"the replay of the checkpoint in {logdir} holds no policy latents (it was written "
+        "by a torchdreamer before the replay context), and this run's replay_context "
+        "1 starts every window from one; start the run over, or train it to the end "
+        "with the torchdreamer that started it."
+    )
 
 
 def _described(shape: tuple[int, ...] | dict[str, tuple[int, ...]]) -> str:
@@ -523,7 +566,8 @@ class _Training:
         config, state = self.config, self.state
         batch_steps = config.batch_size * config.batch_length
         own_steps = state.env_step // self.ranks.world_size
-        return state.replay.can_sample(config.batch_length) and own_steps >= batch_steps
+        window = config.batch_length + config.replay_context
+        return state.replay.can_sample(window) and own_steps >= batch_steps
 
     def update(self, stop: Stop, guard: CompileGuard) -> None:
         """The updates due at the train ratio; a stop request cuts them short, and a
@@ -539,7 +583,7 @@ class _Training:
         # runs, unless updates may still compile: an abandoned one puts back the
         # replay's draws from before its own batch (training/prefetch.py).
         ahead = self.device.type == "cuda" and not guard.updates_compile
-        length = config.batch_length
+        length = config.batch_length + config.replay_context
         with Prefetcher(
             state.replay, config.batch_size, length, due, self.device, background=ahead
         ) as batches:
@@ -547,6 +591,8 @@ class _Training:
                 if stop.requested and not self.ranks.distributed:
                     state.train_ratio.defer(due - done)
                     break
+                # The online queue's windows, put back with the guard's state if abandoned.
+                sampling = state.replay.sampling_state() if guard.updates_compile else None
                 try:
                     with guard.updating():
                         batch = next(batches)
@@ -555,8 +601,13 @@ class _Training:
                         else:
                             self.last = self.agent.update(batch, self.parallel)
                 except UpdateInterrupted:  # the guard put back the state before it
+                    if sampling is not None:
+                        state.replay.set_sampling_state(sampling)
                     state.train_ratio.defer(due - done)
                     break
+                if config.replay_context:  # the refreshed latents, as the official update
+                    latents = TensorDict({LATENT: self.agent.latents}, self.agent.latents.shape)
+                    state.replay.update(batch.get(INDEX), latents)
                 state.updates += 1
 
     def scores(self) -> list[float]:
@@ -609,7 +660,7 @@ class _Training:
         )
         if result is None:
             return
-        self.log.evaluation(step, result.episodes, result.frames)
+        self.log.evaluation(step, result.episodes, result.frames, result.policy)
         replay = self.state.replay
         if config.eval_video and self.agent.world_model.is_image:
             if replay.can_sample(config.batch_length):
@@ -779,14 +830,20 @@ def _train(
             _seed(rank_seed)  # each rank explores and imagines with its own draws
         generator = torch.Generator().manual_seed(rank_seed)
         replay_files = logdir / REPLAY / f"rank{ranks.rank}" if config.replay_on_disk else None
+        online = config.batch_length + config.replay_context if config.replay_online else None
         replay = SequenceReplay(
-            config.num_envs, config.replay_capacity, generator, directory=replay_files
+            config.num_envs,
+            config.replay_capacity,
+            generator,
+            directory=replay_files,
+            online=online,
         )
         state = RunState(config, replay, generator)
         if checkpoint is not None and own is not None:
             agent.load_state_dict(checkpoint["agent"])
             agent.optimizer.load_state_dict(checkpoint["optimizer"])
             state.load_state_dict(checkpoint, own, ranks.world_size)
+            check_replay_latents(config, replay, logdir)
         compiled, why = compiles(config, device, has_images(agent), ranks.distributed)
         if compiled:
             compile_agent(agent)
@@ -799,8 +856,10 @@ def _train(
         if ranks.is_main:
             log = RunLog(logdir, resume_step=resume_step, loggers=config.logger, config=config)
         runner = EnvRunner(env, spec, agent)
-        if own is not None:  # the same episodes where the copies could be saved
-            runner.load_state_dict(own.get("acting"))
+        # The same episodes go on where the checkpoint holds the copies; elsewhere the
+        # environments restart, and each stream's episode under way ends here.
+        if own is not None and not runner.load_state_dict(own.get("acting")):
+            replay.close_streams()
         stopped_by = _loop(
             config,
             logdir,
@@ -817,12 +876,13 @@ def _train(
         )
     finally:
         env.close()
-    curve, evaluation = None, None
+    curve, evaluation, evaluation_policy = None, None, None
     if ranks.is_main:
         curve = plot_curve(logdir, f"{config.env}, seed {config.seed}, preset {config.preset}")
         evaluations = read_evaluations(logdir)
         if evaluations:
             evaluation = max(evaluations.items())
+            evaluation_policy = read_evaluation_policies(logdir).get(evaluation[0])
     return Summary(
         state.env_step,
         state.updates,
@@ -832,6 +892,7 @@ def _train(
         curve,
         update,
         evaluation,
+        evaluation_policy,
     )
 
 

@@ -39,7 +39,7 @@ def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> s
 def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
     """The config a checkpoint was written with."""
     try:
-        return Config(**json.loads(checkpoint["config"]))
+        return Config.from_saved(json.loads(checkpoint["config"]))
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} holds no readable config ({error}).") from None
 

@@ -16,7 +16,10 @@ from types import TracebackType
 import torch
 from tensordict import TensorDictBase
 
-from torchdreamer.training.replay import SequenceReplay
+from torchdreamer.training.replay import INDEX, SequenceReplay
+
+#: The replay column training writes back between batches (the agent's ``LATENT``).
+_REFRESHED = "latent"
 
 __all__ = ["Prefetcher"]
 
@@ -33,9 +36,12 @@ class Prefetcher:
     elsewhere), each batch is sampled when asked for, ``replay.sample(...).to(device)``.
 
     Closing early (:meth:`close`, or the end of a ``with`` block) puts back the draws of
-    a batch sampled ahead but never handed out: the replay's generator is then where as
-    many calls of ``replay.sample`` as batches handed out leave it. The replay must not
-    change while the prefetcher is open, and a background prefetcher needs the replay's
+    a batch sampled ahead but never handed out: the replay's generator and online queue
+    are then where as many calls of ``replay.sample`` as batches handed out leave them.
+    The replay must not change while the prefetcher is open, except for the latents
+    training writes back (:meth:`SequenceReplay.update`): a batch sampled ahead reads
+    its ``latent`` column again when handed out, so it holds what the updates before
+    it wrote, as one sampled then would. A background prefetcher needs the replay's
     own generator (the global one is the update's).
 
     Args:
@@ -86,7 +92,7 @@ class Prefetcher:
         self._left = count  # batches still to hand out
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future | None = None  # the batch sampled ahead
-        self._before: torch.Tensor | None = None  # the generator's state before it
+        self._before: tuple | None = None  # the replay's sampling state before it
         self._stream = torch.cuda.Stream(self.device) if cuda and self.background else None
         if self.background:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="torchdreamer-prefetch")
@@ -96,7 +102,7 @@ class Prefetcher:
         """Start sampling the next batch, if one is left to hand out."""
         if self._left > 0 and self._pool is not None:
             # The worker is idle here: the generator holds the state before the next draw.
-            self._before = self.replay.generator.get_state()
+            self._before = self.replay.sampling_state()
             self._pending = self._pool.submit(self._fetch)
 
     def _fetch(self) -> tuple[TensorDictBase, torch.cuda.Event | None]:
@@ -123,6 +129,8 @@ class Prefetcher:
         assert pending is not None  # a background prefetcher samples one ahead
         batch, copied = pending.result()
         self._left -= 1
+        if _REFRESHED in batch.keys():  # written back since it was sampled, maybe
+            batch = self._refreshed(batch)
         self._ahead()  # the next one while the caller uses this one
         if copied is not None:
             stream = torch.cuda.current_stream(self.device)
@@ -131,12 +139,19 @@ class Prefetcher:
                 tensor.record_stream(stream)  # its memory is used there now
         return batch
 
+    def _refreshed(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch`` with its latents read from the replay now."""
+        index = batch.get(INDEX)
+        env, step = index.get("env").cpu(), index.get("step").cpu()
+        latent = self.replay.storage.get(_REFRESHED)[env, step % self.replay.per_env]
+        return batch.set(_REFRESHED, latent.to(self.device, non_blocking=True))
+
     def close(self) -> None:
         """Stop; put back the draws of a batch sampled ahead and not handed out."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.exception()  # waits for the worker; a failed draw is not needed
-            self.replay.generator.set_state(self._before)
+            self.replay.set_sampling_state(self._before)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._left = 0

@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,14 @@ from tensordict import MemoryMappedTensor, TensorDict
 
 __all__ = ["SequenceReplay"]
 
-#: Version of the layout written by :meth:`SequenceReplay.state_dict`.
-STATE_VERSION = 2
+#: Version of the layout written by :meth:`SequenceReplay.state_dict` (2: without the
+#: online queue, read as an empty queue).
+STATE_VERSION = 3
+#: Versions :meth:`SequenceReplay.load_state_dict` reads.
+READABLE_VERSIONS = (2, 3)
+#: Where :meth:`SequenceReplay.sample` writes each window's place: ``(INDEX, "env")``
+#: and ``(INDEX, "step")``, ``[batch, length]``, what :meth:`SequenceReplay.update` reads.
+INDEX = "index"
 #: Description of a memory-mapped replay, in its directory.
 METADATA = "replay.json"
 #: Per stream, the highest step ever written to the files (plus one).
@@ -83,6 +90,17 @@ class SequenceReplay:
     checkpoint flushed is certain, so resume from a run that shut down
     cleanly or delete the run.
 
+    Sampling follows the official replay: a window is uniform over every start
+    in every stream, and with ``online`` each stream's fresh windows of
+    ``online`` steps (those ending at its steps ``online``, ``2 * online``,
+    ... counted from 0) are queued as they are written; every batch takes
+    queued windows first, in the order they were written, and uniform draws
+    for the rest, so each fresh window is trained on once soon after it
+    arrives. Within a window, a row followed by an ``is_first`` row is marked
+    ``is_last`` (an episode abandoned in the stream, e.g. cut by a resume, is
+    closed), and :attr:`INDEX` says where each row is kept, so training can
+    write values back into the windows it sampled (:meth:`update`).
+
     Args:
         num_envs: Parallel environment streams.
         capacity: Rows kept in all; each stream keeps ``capacity // num_envs``.
@@ -90,6 +108,7 @@ class SequenceReplay:
             with the run's).
         directory: Where to keep the rows as memory-mapped files; ``None``
             keeps them in memory.
+        online: Length of the windows of the online queue; ``None``: no queue.
 
     Examples:
         >>> import torch
@@ -129,11 +148,20 @@ class SequenceReplay:
         generator: torch.Generator | None = None,
         *,
         directory: str | os.PathLike | None = None,
+        online: int | None = None,
     ) -> None:
         self.num_envs = num_envs
         self.per_env = capacity // num_envs
         if self.per_env < 2:
             raise ValueError(f"capacity {capacity} is too small for {num_envs} environments.")
+        if online is not None and not 1 <= online <= self.per_env:
+            raise ValueError(
+                f"online windows of {online} steps do not fit streams of {self.per_env} rows; "
+                "pass a length from 1 to capacity // num_envs, or None for no queue."
+            )
+        self.online = online
+        #: The online queue: ``(env, first step)`` of fresh windows not yet sampled.
+        self.queue: deque[tuple[int, int]] = deque()
         self.generator = generator
         self.directory = None if directory is None else Path(directory).absolute()
         self.storage: TensorDict | None = None
@@ -180,6 +208,11 @@ class SequenceReplay:
         self.written[envs] = written + 1
         if self.allocated == self.per_env:  # a ring drops its oldest row once full
             self.oldest[envs] = torch.maximum(self.oldest[envs], written + 1 - self.per_env)
+        if self.online is not None:  # step n ends a fresh window when n % length == 0
+            length = self.online
+            for env, step in zip(envs.tolist(), written.tolist(), strict=True):
+                if step + 1 >= length and step % length == 0:
+                    self.queue.append((env, step + 1 - length))
 
     def _growth(self, needed: int) -> int:
         return min(self.per_env, max(needed, 2 * self.allocated, self.first_allocation))
@@ -245,25 +278,128 @@ class SequenceReplay:
     def sample(
         self, batch_size: int, length: int, *, generator: torch.Generator | None = None
     ) -> TensorDict:
-        """``[batch_size, length]`` windows, uniform over every start in every stream.
+        """``[batch_size, length]`` windows: queued fresh ones first (``online``), then
+        uniform over every start in every stream (see the class).
 
         The draws come from the replay's generator, or from ``generator`` when given
-        (a look at the data that must leave training's draws as they are).
+        (a look at the data that must leave training's draws, and the online queue,
+        as they are). Each window's rows come with their place, under :data:`INDEX`.
         """
-        generator = self.generator if generator is None else generator
+        own = generator is None
+        generator = self.generator if own else generator
         if self.storage is None or not self.can_sample(length):
             raise RuntimeError(f"no stream holds {length} steps yet; add more before sampling.")
-        kept = self.written - self.oldest
-        starts_per_env = (kept - length + 1).clamp(min=0)
-        # Uniform over all valid (env, start) pairs: env weighted by its start count.
-        env = torch.multinomial(
-            starts_per_env.double(), batch_size, replacement=True, generator=generator
-        )
-        offset = (
-            torch.rand(batch_size, generator=generator, dtype=torch.float64) * starts_per_env[env]
-        ).long()
-        steps = self.oldest[env].unsqueeze(1) + offset.unsqueeze(1) + torch.arange(length)
-        return self.storage[env.unsqueeze(1), steps % self.per_env]
+        queued = self._pop_online(batch_size) if own and length == self.online else []
+        env = torch.tensor([e for e, _ in queued], dtype=torch.long)
+        start = torch.tensor([s for _, s in queued], dtype=torch.long)
+        uniform = batch_size - len(queued)
+        if uniform:
+            kept = self.written - self.oldest
+            starts_per_env = (kept - length + 1).clamp(min=0)
+            # Uniform over all valid (env, start) pairs: env weighted by its start count.
+            drawn = torch.multinomial(
+                starts_per_env.double(), uniform, replacement=True, generator=generator
+            )
+            offset = (
+                torch.rand(uniform, generator=generator, dtype=torch.float64)
+                * starts_per_env[drawn]
+            ).long()
+            env = torch.cat([env, drawn])
+            start = torch.cat([start, self.oldest[drawn] + offset])
+        steps = start.unsqueeze(1) + torch.arange(length)
+        envs = env.unsqueeze(1).expand_as(steps)
+        window = self.storage[envs, steps % self.per_env]
+        keys = window.keys()
+        if "is_first" in keys and "is_last" in keys:
+            # The official sampler's mark: every row before an is_first ends an episode.
+            first, last = window.get("is_first"), window.get("is_last").clone()
+            last[:, :-1] |= first[:, 1:]
+            window.set("is_last", last)
+        window.set(INDEX, TensorDict(env=envs.clone(), step=steps, batch_size=steps.shape))
+        return window
+
+    def _pop_online(self, count: int) -> list[tuple[int, int]]:
+        """Up to ``count`` queued windows whose rows are all still kept, first in first out."""
+        taken = []
+        while self.queue and len(taken) < count:
+            env, start = self.queue.popleft()
+            if start >= int(self.oldest[env]):  # else the ring has overwritten it: skipped
+                taken.append((env, start))
+        return taken
+
+    def update(self, index: TensorDict, values: TensorDict) -> None:
+        """Write ``values`` into the rows ``index`` names (the official ``replay.update``).
+
+        ``index`` is a sampled window's :data:`INDEX` (or its last ``T`` steps) and
+        ``values`` a ``[batch, T]`` tensordict of columns the replay holds, for the
+        window's last ``T`` rows. Rows dropped since they were sampled are left out;
+        a row named twice takes the value of its last window, as the official
+        replay, which updates the windows one after another.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> replay = SequenceReplay(num_envs=1, capacity=10)
+            >>> for t in range(4):
+            ...     replay.add(TensorDict(x=torch.zeros(1), batch_size=[1]), torch.ones(1).bool())
+            >>> window = replay.sample(2, 3)
+            >>> replay.update(window["index"], TensorDict(x=torch.ones(2, 2), batch_size=[2, 2]))
+            >>> replay.sample(1, 4)["x"].sum().item() >= 2
+            True
+        """
+        steps = values.batch_size[1]
+        env = index.get("env")[:, -steps:].reshape(-1).cpu()
+        step = index.get("step")[:, -steps:].reshape(-1).cpu()
+        flat = values.reshape(-1)
+        held = (step >= self.oldest[env]) & (step < self.written[env])
+        slot = env * self.per_env + step % self.per_env
+        order = torch.arange(len(slot))[held]
+        slot = slot[held]
+        if not len(slot):
+            return
+        unique, inverse = torch.unique(slot, return_inverse=True)
+        last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, order, "amax")
+        chosen = flat[last.to(flat.device)]
+        if self.directory is not None or chosen.device != self.storage.device:
+            chosen = chosen.to(self.storage.device)
+        self.storage[unique // self.per_env, unique % self.per_env] = chosen
+
+    def close_streams(self) -> int:
+        """Flag each stream's last row ``is_last``, unless it is already: the streams'
+        episodes end there (a resumed run restarts its environments, so no row of those
+        episodes follows). Returns the number of episodes closed.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> replay = SequenceReplay(num_envs=2, capacity=10)
+            >>> flags = torch.zeros(2, dtype=torch.bool)
+            >>> replay.add(TensorDict(is_last=flags, batch_size=[2]), torch.ones(2).bool())
+            >>> replay.close_streams(), replay.storage["is_last"][:, 0].tolist()
+            (2, [True, True])
+        """
+        if self.storage is None or "is_last" not in self.storage.keys():
+            return 0
+        envs = (self.written > self.oldest).nonzero().squeeze(-1)
+        slots = (self.written[envs] - 1) % self.per_env
+        last = self.storage.get("is_last")
+        open_ = ~last[envs, slots].reshape(len(envs), -1).all(-1)
+        envs, slots = envs[open_], slots[open_]
+        if len(envs):
+            last[envs, slots] = True
+        return len(envs)
+
+    def sampling_state(self) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+        """What sampling changes: the generator's state and the online queue."""
+        generator = None if self.generator is None else self.generator.get_state()
+        return generator, list(self.queue)
+
+    def set_sampling_state(self, state: tuple[torch.Tensor | None, list[tuple[int, int]]]):
+        """Put back :meth:`sampling_state`'s state."""
+        generator, queue = state
+        if generator is not None:
+            self.generator.set_state(generator)
+        self.queue = deque(queue)
 
     # -------------------------------------------------------------- checkpoints
     def flush(self) -> None:
@@ -301,6 +437,7 @@ class SequenceReplay:
             "per_env": self.per_env,
             "written": self.written.clone(),
             "oldest": self.oldest.clone(),
+            "queue": [(e, t) for e, t in self.queue if t >= int(self.oldest[e])],
         }
         if self.directory is not None and self.storage is not None:
             self.flush()
@@ -321,10 +458,10 @@ class SequenceReplay:
         """
         if "storage" in state and "version" not in state:
             state = self._from_full_storage(state)
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"replay state version {state.get('version')!r} is not one this version reads "
-                f"({STATE_VERSION}); resume with the torchdreamer that wrote it, or start over."
+                f"{READABLE_VERSIONS}; resume with the torchdreamer that wrote it, or start over."
             )
         if (state["num_envs"], state["per_env"]) != (self.num_envs, self.per_env):
             raise ValueError(
@@ -340,6 +477,7 @@ class SequenceReplay:
         else:
             self._restore_rows(state["rows"], written)
         self.written, self.oldest = written, oldest
+        self.queue = deque((int(e), int(t)) for e, t in state.get("queue", ()))
 
     def _from_full_storage(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state of a replay saved with its whole ``[num_envs, capacity // num_envs]``."""

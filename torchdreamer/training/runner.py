@@ -11,7 +11,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from torchdreamer.training.agent import DreamerAgent
+from torchdreamer.training.agent import LATENT, DreamerAgent
 from torchdreamer.training.envs import EnvSpec
 
 __all__ = ["EnvRunner", "Episode"]
@@ -48,7 +48,11 @@ class EnvRunner:
     ``is_first``, ``is_last`` and ``is_terminal`` flags. When an episode ends,
     its last row and the next episode's first row are both written, so
     episodes are complete in the replay. ``step`` returns the rows to add:
-    ``(rows, mask)`` pairs for :meth:`SequenceReplay.add`.
+    ``(rows, mask)`` pairs for :meth:`SequenceReplay.add`. With
+    ``Config.replay_context``, each row the policy acted on also holds the
+    posterior latent after observing it (:data:`~torchdreamer.training.agent.LATENT`,
+    float32), as the official policy writes it; an episode's last row, never
+    acted on, holds zeros (a window that starts there starts the next episode).
 
     Examples:
         >>> import torch
@@ -62,8 +66,9 @@ class EnvRunner:
         ...     additions, episodes = runner.step(env_step=2 * step)
         ...     for rows, mask in additions:
         ...         replay.add(rows, mask)
-        >>> sorted(replay.sample(batch_size=3, length=4).keys())
-        ['is_first', 'is_last', 'is_terminal', 'observation', 'prev_action', 'reward']
+        >>> sorted(replay.sample(batch_size=3, length=4).keys())  # doctest: +NORMALIZE_WHITESPACE
+        ['index', 'is_first', 'is_last', 'is_terminal', 'latent', 'observation',
+         'prev_action', 'reward']
         >>> env.close()
     """
 
@@ -71,6 +76,8 @@ class EnvRunner:
         self.env, self.spec, self.agent = env, spec, agent
         self.num_envs = env.batch_size[0]
         self.device = next(agent.parameters()).device
+        self.latents = bool(agent.config.replay_context)
+        """Whether rows hold the policy's latents."""
         self.reset()
 
     def reset(self) -> None:
@@ -98,15 +105,16 @@ class EnvRunner:
             >>> from torchdreamer.training import Config, DreamerAgent
             >>> from torchdreamer.training.envs import make_env
             >>> from torchdreamer.training.runner import EnvRunner
+            >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config())
             >>> def runner(seed):
             ...     env, spec = make_env("CartPole-v1", num_envs=2, seed=seed)
-            ...     agent = DreamerAgent((4,), 2, discrete=True, config=Config())
             ...     return EnvRunner(env, spec, agent)
             >>> first, second = runner(0), runner(1)
             >>> _ = first.step(env_step=2)
             >>> second.load_state_dict(first.state_dict())
             True
-            >>> (first.step(4)[0][0][0] == second.step(4)[0][0][0]).all()
+            >>> rows = [runner.step(env_step=4)[0][0][0] for runner in (first, second)]
+            >>> bool((rows[0]["observation"] == rows[1]["observation"]).all())
             True
             >>> first.env.close(), second.env.close()
             (None, None)
@@ -177,6 +185,9 @@ class EnvRunner:
         action, self.state = self.agent.act(
             observation.to(self.device), self.is_first.to(self.device), self.state, explore
         )
+        if self.latents:
+            latent = self.state.select("state", "belief").apply(lambda x: x.float().cpu())
+            current.set(LATENT, latent.to("cpu"))
         self.td.set("action", self.spec.to_env_action(action.cpu()))
         out, self.td = self.env.step_and_maybe_reset(self.td)
         nxt = out.get("next")
@@ -193,6 +204,8 @@ class EnvRunner:
             final = self._rows(
                 self.spec.observation_of(nxt), action, reward, none, done, terminated
             )
+            if self.latents:
+                final.set(LATENT, torch.zeros_like(current.get(LATENT)))
             additions.append((final, done))
             for e in done.nonzero().squeeze(-1).tolist():
                 episodes.append(

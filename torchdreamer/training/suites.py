@@ -13,8 +13,9 @@ actions are ``Discrete`` or a ``Box`` in ``[-1, 1]``. ``terminated`` marks the e
 task (game over, death, a DMC discount of 0), ``truncated`` a time limit. Rewards are the
 suite's own, unclipped, summed over the repeated steps.
 
-The official per-suite run settings are :data:`torchdreamer.training.config.SUITE_PRESETS`
-(``torchdreamer train --suite atari100k``).
+Each suite's env takes the official settings of its suite (:data:`ENV_SETTINGS`); the
+official per-suite run settings are :data:`torchdreamer.training.config.OFFICIAL`
+(``torchdreamer train --suite atari100k``; ``--show-config`` prints them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 __all__ = [
+    "ENV_SETTINGS",
     "AtariEnv",
     "CrafterEnv",
     "DMCEnv",
@@ -419,7 +421,20 @@ class CrafterEnv(gym.Env):
         return image, float(reward), terminated, bool(done and not terminated), {}
 
 
-_SUITES = ("atari100k", "atari", "dmc", "crafter")
+#: The official settings of each suite's env (``dreamerv3/configs.yaml``, ``env.<suite>``),
+#: as our adapters' arguments; :func:`make_suite_env` builds each suite's env with them.
+#: Left out, as the official: Atari ``lives: unused``, ``autostart: False``, ``pooling: 2``,
+#: ``aggregate: max``, ``resize: pillow``, ``clip_reward: False``, ``length`` 108,000
+#: frames; DMC ``camera: -1`` (2 for quadruped, else 0); Crafter ``logs: False``. The DMC
+#: ``proprio`` and ``image`` flags are ``obs``; the image side is ``Config.image_size``.
+ENV_SETTINGS: dict[str, dict[str, object]] = {
+    "atari100k": dict(size=64, repeat=4, sticky=False, gray=False, actions="needed", noops=30),
+    "atari": dict(size=96, repeat=4, sticky=True, gray=True, actions="all", noops=30),
+    "dmc": dict(size=64, repeat=1),
+    "crafter": dict(size=64),
+}
+
+_SUITES = tuple(ENV_SETTINGS)
 
 
 def is_suite_id(env_id: str) -> bool:
@@ -439,11 +454,12 @@ def make_suite_env(
 ) -> gym.Env | None:
     """The benchmark-suite environment named ``env_id``, or ``None`` for any other id.
 
-    ``atari100k:<game>`` and ``atari:<game>`` (:class:`AtariEnv` with the official settings
-    of each), ``dmc:<domain>_<task>`` (:class:`DMCEnv`) and ``crafter`` (:class:`CrafterEnv`).
-    ``image_size`` overrides the official image side (64; 96 for ``atari``), ``obs`` picks
-    the DMC observation (``"auto"``: proprio; ``"proprio"``, ``"image"`` or ``"both"``); the
-    other suites only have images. A missing suite package raises an ImportError naming the extra.
+    ``atari100k:<game>`` and ``atari:<game>`` (:class:`AtariEnv`), ``dmc:<domain>_<task>``
+    (:class:`DMCEnv`) and ``crafter`` (:class:`CrafterEnv`), each with the official settings
+    of its suite (:data:`ENV_SETTINGS`). ``image_size`` overrides the official image side
+    (64; 96 for ``atari``), ``obs`` picks the DMC observation (``"auto"``: proprio;
+    ``"proprio"``, ``"image"`` or ``"both"``); the other suites only have images. A missing
+    suite package raises an ImportError naming the extra.
 
     Examples:
         >>> from torchdreamer.training.suites import make_suite_env
@@ -464,17 +480,16 @@ def make_suite_env(
         raise ValueError(f"obs must be 'auto', 'proprio', 'image' or 'both'; got {obs!r}")
     if suite != "dmc" and obs not in ("auto", "image"):
         raise ValueError(f"{env_id}: only image observations exist; got obs={obs!r}")
+    settings = dict(ENV_SETTINGS[suite], seed=seed)
+    if image_size:
+        settings["size"] = image_size
     if suite == "crafter":
         if name:
             raise ValueError(f"{env_id!r}: Crafter has one task; pass 'crafter'")
-        return CrafterEnv(size=image_size or 64, seed=seed)
+        return CrafterEnv(**settings)
     if not name:
         example = "pong" if suite.startswith("atari") else "walker_walk"
         raise ValueError(f"{env_id!r} names no task; pass e.g. '{suite}:{example}'")
-    if suite == "atari100k":
-        return AtariEnv(name, size=image_size or 64, seed=seed)
-    if suite == "atari":
-        return AtariEnv(
-            name, size=image_size or 96, gray=True, sticky=True, actions="all", seed=seed
-        )
-    return DMCEnv(name, obs="proprio" if obs == "auto" else obs, size=image_size or 64, seed=seed)
+    if suite == "dmc":
+        return DMCEnv(name, obs="proprio" if obs == "auto" else obs, **settings)
+    return AtariEnv(name, **settings)
