@@ -341,7 +341,8 @@ def _group_left(group):
 def test_ctrl_c_during_the_compiling_update_says_so_and_a_second_one_stops_now(processes, tmp_path):
     logdir, output = tmp_path / "run", tmp_path / "output"
     # Train ratio 16 = one update per env step: the first loop to hold a batch (2 x 8
-    # steps) owes 2 updates, and the first of them compiles.
+    # steps, after the context step: 9 per stream) owes 2 updates, and the first of
+    # them compiles.
     tiny = ["--num-envs", "2", "--batch-size", "2", "--batch-length", "8"]
     tiny += ["--train-ratio", "16", "--imagination-horizon", "3", "--threads", "1"]
     args = [sys.executable, "-m", "torchdreamer", "train", "--logdir", str(logdir)]
@@ -370,10 +371,10 @@ def test_ctrl_c_during_the_compiling_update_says_so_and_a_second_one_stops_now(p
     out = text()
     assert run.returncode == 130, out
     assert "Traceback" not in out
-    assert "stopped at step 16 by SIGINT; checkpoint saved" in out
+    assert "stopped at step 18 by SIGINT; checkpoint saved" in out
     wait_for(lambda: not _group_left(run.pid), lambda: None, "the compile workers' exit", 30)
     checkpoint = load_checkpoint(logdir)
-    assert checkpoint["counters"]["env_step"] == 16 and checkpoint["counters"]["updates"] == 0
+    assert checkpoint["counters"]["env_step"] == 18 and checkpoint["counters"]["updates"] == 0
     # No optimiser step was made: the optimiser is as new.
     assert checkpoint["optimizer"]["state"] == {}
     assert all(group["step"] == 0 for group in checkpoint["optimizer"]["param_groups"])
@@ -384,5 +385,5 @@ def test_ctrl_c_during_the_compiling_update_says_so_and_a_second_one_stops_now(p
     )
     assert resumed.returncode == 0, resumed.stderr
     counters = load_checkpoint(logdir)["counters"]
-    # The 2 updates owed at step 16, then one per env step to 24.
-    assert counters["env_step"] == 24 and counters["updates"] == 2 + 8
+    # The 2 updates owed at step 18, then one per env step to 24.
+    assert counters["env_step"] == 24 and counters["updates"] == 2 + 6, counters
