@@ -14,25 +14,9 @@ import pytest
 import torch
 import torchrl.objectives as torchrl_objectives
 from tensordict import TensorDict
-from tensordict.nn import (
-    NormalParamExtractor,
-    ProbabilisticTensorDictModule,
-    ProbabilisticTensorDictSequential,
-    TensorDictModule,
-    TensorDictSequential,
-)
 from torch import nn
-from torchrl.data import Bounded, Composite, Unbounded
-from torchrl.envs.model_based import DreamerEnv
-from torchrl.modules import (
-    MLP,
-    RSSMPosteriorV3,
-    RSSMPriorV3,
-    RSSMRolloutV3,
-    TanhNormal,
-    WorldModelWrapper,
-)
 from torchrl.objectives.utils import ValueEstimators
+from torchrl_learner import learner_parts
 
 import torchdreamer
 
@@ -212,75 +196,7 @@ def test_model_loss_state_dict_round_trip(direction):
 # --------------------------------------------------- the composed objective
 def learner(ns, *, replay_value_loss_weight=0.3):
     """TorchRL's DreamerV3Loss docstring learner: a small real RSSM, shared dynamics."""
-    torch.manual_seed(0)
-    prior_net = RSSMPriorV3(
-        action_shape=(1,),
-        hidden_dim=8,
-        rnn_hidden_dim=8,
-        num_categoricals=2,
-        num_classes=2,
-        action_dim=1,
-    )
-    posterior_net = RSSMPosteriorV3(
-        hidden_dim=8, rnn_hidden_dim=8, num_categoricals=2, num_classes=2, obs_embed_dim=8
-    )
-    prior = TensorDictModule(
-        prior_net,
-        in_keys=["state", "belief", "action"],
-        out_keys=[("next", "prior_logits"), ("next", "state"), ("next", "belief")],
-    )
-    posterior = TensorDictModule(
-        posterior_net,
-        in_keys=[("next", "belief"), ("next", "encoded")],
-        out_keys=[("next", "posterior_logits"), ("next", "state")],
-    )
-    reward_net = MLP(in_features=12, out_features=1, num_cells=8, depth=1)
-    world_model = TensorDictSequential(
-        TensorDictModule(
-            nn.Linear(3, 8), in_keys=[("next", "observation")], out_keys=[("next", "encoded")]
-        ),
-        RSSMRolloutV3(prior, posterior, reset_key="is_init"),
-        TensorDictModule(
-            MLP(in_features=12, out_features=3, num_cells=8, depth=1),
-            in_keys=[("next", "state"), ("next", "belief")],
-            out_keys=[("next", "reco_pixels")],
-        ),
-        TensorDictModule(
-            reward_net,
-            in_keys=[("next", "state"), ("next", "belief")],
-            out_keys=[("next", "reward")],
-        ),
-    )
-    imagination = WorldModelWrapper(
-        TensorDictModule(
-            prior_net, in_keys=["state", "belief", "action"], out_keys=["_", "state", "belief"]
-        ),
-        TensorDictModule(reward_net, in_keys=["state", "belief"], out_keys=["reward"]),
-    )
-    env = DreamerEnv(imagination, prior_shape=(4,), belief_shape=(8,))
-    env.observation_spec = Composite(state=Unbounded(4), belief=Unbounded(8))
-    env.state_spec = env.observation_spec.clone()
-    env.action_spec = Bounded(-1, 1, (1,))
-    env.reward_spec = Unbounded((1,))
-    actor = ProbabilisticTensorDictSequential(
-        TensorDictModule(
-            MLP(in_features=12, out_features=2, num_cells=8, depth=1),
-            in_keys=["state", "belief"],
-            out_keys=["params"],
-        ),
-        TensorDictModule(NormalParamExtractor(), in_keys=["params"], out_keys=["loc", "scale"]),
-        ProbabilisticTensorDictModule(
-            in_keys=["loc", "scale"],
-            out_keys=["action"],
-            distribution_class=TanhNormal,
-            return_log_prob=True,
-        ),
-    )
-    value = TensorDictModule(
-        MLP(in_features=12, out_features=1, num_cells=8, depth=1),
-        in_keys=["state", "belief"],
-        out_keys=["state_value"],
-    )
+    world_model, env, actor, value = learner_parts()
     model_loss = ns.DreamerV3ModelLoss(
         world_model,
         reward_two_hot=False,
