@@ -419,7 +419,7 @@ class Config:
             )
         if self.replay_context not in (0, 1):
             raise ValueError(f"replay_context must be 0 or 1, got {self.replay_context!r}.")
-        window = self.batch_length + self.replay_context
+        window = self.window
         if self.replay_capacity < self.num_envs * window:
             raise ValueError(
                 f"replay_capacity {self.replay_capacity} cannot hold one sequence of "
@@ -472,6 +472,18 @@ class Config:
     @property
     def size(self) -> ModelSize:
         return PRESETS[self.preset]
+
+    @property
+    def window(self) -> int:
+        """Steps of each replayed window: ``batch_length``, after the context step of
+        ``replay_context``.
+
+        Examples:
+            >>> from torchdreamer.training import Config
+            >>> Config().window, Config(replay_context=0).window
+            (65, 64)
+        """
+        return self.batch_length + self.replay_context
 
     #: Fields that may differ when a run is resumed: where and how the same learning runs
     #: (device, threads, compiling, the compute dtype), not what it learns.

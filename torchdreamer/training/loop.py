@@ -566,8 +566,7 @@ class _Training:
         config, state = self.config, self.state
         batch_steps = config.batch_size * config.batch_length
         own_steps = state.env_step // self.ranks.world_size
-        window = config.batch_length + config.replay_context
-        return state.replay.can_sample(window) and own_steps >= batch_steps
+        return state.replay.can_sample(config.window) and own_steps >= batch_steps
 
     def update(self, stop: Stop, guard: CompileGuard) -> None:
         """The updates due at the train ratio; a stop request cuts them short, and a
@@ -583,7 +582,7 @@ class _Training:
         # runs, unless updates may still compile: an abandoned one puts back the
         # replay's draws from before its own batch (training/prefetch.py).
         ahead = self.device.type == "cuda" and not guard.updates_compile
-        length = config.batch_length + config.replay_context
+        length = config.window
         with Prefetcher(
             state.replay, config.batch_size, length, due, self.device, background=ahead
         ) as batches:
@@ -830,7 +829,7 @@ def _train(
             _seed(rank_seed)  # each rank explores and imagines with its own draws
         generator = torch.Generator().manual_seed(rank_seed)
         replay_files = logdir / REPLAY / f"rank{ranks.rank}" if config.replay_on_disk else None
-        online = config.batch_length + config.replay_context if config.replay_online else None
+        online = config.window if config.replay_online else None
         replay = SequenceReplay(
             config.num_envs,
             config.replay_capacity,
