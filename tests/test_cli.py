@@ -26,7 +26,7 @@ from torchdreamer.training import Config
 from torchdreamer.training.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
 from torchdreamer.training.loop import LOCK, train
 
-# Eager: these runs are about the loop and the CLI (tests/test_compiled.py: compiled runs).
+# Eager: these runs are about the loop and the CLI (tests/training/test_compiled.py: compiled runs).
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--threads", "1"]
 TINY += ["--compile", "off"]
 

@@ -23,7 +23,7 @@ from torchrl.trainers.algorithms import DreamerV3Optimizer as TorchRLOptimizer
 
 import torchdreamer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from actor_value_update import build  # noqa: E402
 
 IMPLEMENTATIONS = {"torchrl": torchrl_objectives, "torchdreamer": torchdreamer}

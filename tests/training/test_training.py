@@ -27,7 +27,7 @@ from torchdreamer.training.envs import make_env
 from torchdreamer.training.optim import DreamerV3Optimizer
 from torchdreamer.training.runner import EnvRunner
 
-# Eager: these runs are about the loop (tests/test_compiled.py: compiled runs).
+# Eager: these runs are about the loop (tests/training/test_compiled.py: compiled runs).
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--compile", "off"]
 
 

@@ -163,7 +163,7 @@ def test_given_fields_win_over_a_suite_and_general_defaults_hold_without_one():
 
 
 def test_each_general_default_that_differs_from_the_official_has_its_reason_in_the_readme():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     differ = [row for row in official_comparison(Config()) if row[4] not in ("", "ours only")]
     assert {row[0] for row in differ} >= {"lr", "warmup", "replay_capacity", "preset"}
     for name, _, _, _, why in differ:

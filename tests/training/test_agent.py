@@ -103,7 +103,7 @@ def test_world_model_starts_predicting_zero_reward():
     assert outputs[5].shape == (3, 5, 16) and outputs[6].shape == (3, 5, 16)
 
 
-# The larger presets are built on the meta device and counted in test_architecture.py.
+# The larger presets are built on the meta device and counted in tests/modules/test_architecture.py.
 @pytest.mark.parametrize("preset", ["small", "size1m", "size12m"])
 def test_presets_build(preset):
     agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset))

@@ -92,7 +92,7 @@ def test_mode_is_each_components_likeliest_action_the_first_on_a_tie():
 
 
 def test_head_mixes_a_given_one_percent_uniform_into_each_component():
-    # The default mixes none, as the official policy (tests/test_official_actor.py).
+    # The default mixes none, as the official policy (tests/training/test_official_actor.py).
     torch.manual_seed(0)
     head = MultiCategoricalActorHead(6, NVEC, hidden=8, layers=1, unimix=0.01)
     features = torch.randn(4, 6)

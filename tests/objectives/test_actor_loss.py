@@ -362,7 +362,7 @@ def test_works_with_torchrl_dreamer_env(discrete):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from actor_value_update import build
 
     env, actor, critic_model, start = build(
