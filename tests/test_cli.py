@@ -28,7 +28,9 @@ from torchdreamer.training.loop import LOCK, train
 
 # Eager: these runs are about the loop and the CLI (tests/training/test_compiled.py: compiled runs).
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--threads", "1"]
-TINY += ["--compile", "off"]
+# Train ratio 8, a quarter of the default's updates: what these runs check does not depend
+# on how much they train.
+TINY += ["--compile", "off", "--train-ratio", "8"]
 
 
 def command(*args):
@@ -229,6 +231,7 @@ BAD_TRAIN_INPUT = [
     (["--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
     (["--env", "Blackjack-v1"], "Blackjack-v1: the observation space is Tuple"),
     (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
+    (["--image-size", "40"], "image_size must be a multiple of 16 pixels"),
     (["--steps", "1e13", "--replay-capacity", "1e13"], "the replay would reach 10000000000000"),
 ]
 
@@ -250,6 +253,17 @@ def test_bad_input_in_an_existing_directory_leaves_it_as_it_was(tmp_path, capsys
     code, _, err = main("train", "--env", "NoSuchEnv-v0", "--logdir", str(logdir), capsys=capsys)
     assert code == 2 and "unknown environment id" in err
     assert snapshot(logdir) == {"notes.txt": b"mine"}
+
+
+def test_logdir_of_another_run_is_refused(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "config.json").write_text(Config(env="Pendulum-v1").to_json())
+    code, _, err = main("train", "--logdir", str(logdir), "--no-progress", capsys=capsys)
+    assert code == 2
+    assert "holds another run with an incompatible config (env: 'Pendulum-v1'" in err
+    code, _, err = main("train", "--resume", str(tmp_path / "nothing"), capsys=capsys)
+    assert code == 2 and "no config.json" in err
 
 
 def test_replay_memory_counts_only_the_rows_a_run_reaches():
