@@ -122,6 +122,7 @@ def finished_run(tmp_path_factory):
         batch_size=2,
         batch_length=8,
         imagination_horizon=3,
+        train_ratio=8,
         checkpoint_every=16,
         log_every=16,
         threads=1,
