@@ -215,18 +215,18 @@ def test_env_streams_follow_the_official_per_step_layout():
 # ----------------------------------------------------------------------- CLI
 def test_train_smoke_run_then_eval(tmp_path):
     logdir = tmp_path / "run"
-    result = run_cli("train", "--steps", "200", *TINY, "--logdir", str(logdir), "--no-progress")
+    result = run_cli("train", "--steps", "128", *TINY, "--logdir", str(logdir), "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "CartPole-v1 seed 0, preset small: 200 env steps" in result.stdout
+    assert "CartPole-v1 seed 0, preset small: 128 env steps" in result.stdout
     for name in ("config.json", "metrics.csv", "checkpoint.pt", "learning_curve.png"):
         assert (logdir / name).exists(), name
     assert list((logdir / "tensorboard").iterdir())
     checkpoint = torch.load(logdir / "checkpoint.pt", weights_only=False)
     # Training starts after batch_size * batch_length = 64 steps; then 32 / 64
-    # updates per env step: (200 - 64) / 2 + 2 at the first full batch.
-    assert checkpoint["counters"]["updates"] == 70
+    # updates per env step: (128 - 64) / 2 + 2 at the first full batch.
+    assert checkpoint["counters"]["updates"] == 34
     rows = read_csv(logdir / "metrics.csv")
-    assert [int(r["env_step"]) for r in rows] == [200]
+    assert [int(r["env_step"]) for r in rows] == [128]
     assert math.isfinite(float(rows[-1]["loss"]))
     evaluation = run_cli("eval", str(logdir), "--episodes", "2")
     assert evaluation.returncode == 0, evaluation.stderr
