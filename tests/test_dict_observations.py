@@ -14,7 +14,8 @@ from tensordict import TensorDict
 from torchdreamer.modules import ModelSize, MultiDecoder, MultiEncoder
 from torchdreamer.training import Config, DreamerAgent
 from torchdreamer.training.envs import make_env
-from torchdreamer.training.loop import check_replay_memory, train
+from torchdreamer.training.loop import train
+from torchdreamer.training.resources import check_replay_memory
 
 SIZE = ModelSize(deter=32, hidden=16, classes=4, units=16, cnn_depth=2)
 SHAPES = {"b": (2,), "a": (3,), "cam": (16, 16, 3), "depth": (16, 16, 1)}

@@ -1,6 +1,6 @@
 """Environments given from Python: a factory of gymnasium envs, or a gymnasium vector env.
 
-:func:`~torchdreamer.training.loop.train` and :func:`~torchdreamer.training.loop.evaluate`
+:func:`~torchdreamer.training.loop.train` and :func:`~torchdreamer.training.evaluation.evaluate`
 take ``env=`` as well as ``config.env``'s id:
 
 * a **factory**, any zero-argument callable returning a :class:`gymnasium.Env` (a

@@ -9,7 +9,6 @@ one step to the next. ``torchdreamer eval`` acts through it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,69 +19,14 @@ from tensordict import TensorDict, TensorDictBase
 
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import DreamerAgent
-from torchdreamer.training.checkpoint import CHECKPOINT, load_checkpoint
+from torchdreamer.training.checkpoint import CHECKPOINT
 from torchdreamer.training.config import Config
 from torchdreamer.training.envs import EnvSpec, ResizeImage, make_env
+from torchdreamer.training.run_directory import read_run
 
-__all__ = ["CONFIG", "Policy", "load_agent", "read_run"]
-
-#: The run's configuration, written when the run starts.
-CONFIG = "config.json"
+__all__ = ["Policy", "load_agent"]
 
 Observation = np.ndarray | torch.Tensor | Mapping[str, Any] | TensorDictBase
-
-
-def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> str:
-    return "; ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in differences.items())
-
-
-def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
-    """The config a checkpoint was written with."""
-    try:
-        return Config.from_saved(json.loads(checkpoint["config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} holds no readable config ({error}).") from None
-
-
-def read_run(
-    logdir: Path, map_location: str | torch.device = "cpu"
-) -> tuple[Config, dict[str, Any]]:
-    """The config and the checkpoint of the run in ``logdir``, checked to agree.
-
-    The checkpoint's checksum is verified
-    (:func:`~torchdreamer.training.checkpoint.load_checkpoint`) and the config it was
-    written with must be the one ``config.json`` gives.
-
-    Examples:
-        >>> import tempfile
-        >>> from torchdreamer.training.policy import read_run
-        >>> read_run(tempfile.mkdtemp())  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: ... holds no config.json: it is not a torchdreamer run ...
-    """
-    logdir = Path(logdir)
-    if logdir.exists() and not logdir.is_dir():
-        raise ValueError(f"{logdir} is a file, not a run directory.")
-    if not logdir.exists():
-        raise FileNotFoundError(
-            f"{logdir} does not exist: there is no run there (train one with "
-            f"`torchdreamer train --logdir {logdir}`)."
-        )
-    if not (logdir / CONFIG).exists():
-        raise FileNotFoundError(
-            f"{logdir} holds no {CONFIG}: it is not a torchdreamer run (a run directory "
-            f"holds {CONFIG} and {CHECKPOINT})."
-        )
-    config = Config.load(logdir / CONFIG)
-    checkpoint = load_checkpoint(logdir, map_location=map_location)
-    differences = _stored_config(checkpoint, logdir / CHECKPOINT).differences(config)
-    if differences:
-        raise ValueError(
-            f"{logdir / CHECKPOINT} was written with another config than {logdir / CONFIG} "
-            f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore {CONFIG}."
-        )
-    return config, checkpoint
 
 
 def _restored(value: Any) -> Any:
@@ -115,9 +59,10 @@ def load_agent(logdir: str | Path, device: str | torch.device = "cpu") -> Policy
     """The trained policy of the run in ``logdir``, on ``device``, ready to act.
 
     The checkpoint's checksum is verified and its config must agree with
-    ``config.json`` (:func:`read_run`). The environment's spec is read from the
-    checkpoint, so no environment is made (a checkpoint of an older run, which lacks
-    it, makes one to learn it). The agent is in eval mode.
+    ``config.json`` (:func:`~torchdreamer.training.run_directory.read_run`). The
+    environment's spec is read from the checkpoint, so no environment is made (a
+    checkpoint of an older run, which lacks it, makes one to learn it). The agent is in
+    eval mode.
 
     Examples:
         >>> import tempfile
