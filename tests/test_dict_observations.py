@@ -11,9 +11,9 @@ import torch
 from reference import assert_close_to_reference
 from tensordict import TensorDict
 
+from torchdreamer.envs import make_env
 from torchdreamer.modules import ModelSize, MultiDecoder, MultiEncoder
 from torchdreamer.training import Config, DreamerAgent
-from torchdreamer.training.envs import make_env
 from torchdreamer.training.loop import train
 from torchdreamer.training.resources import check_replay_memory
 
@@ -153,7 +153,7 @@ def test_a_gymnasium_dict_env_trains_evaluates_and_resumes(tmp_path, capsys):
 
 
 def test_dict_keys_that_torchrl_uses_are_refused():
-    from torchdreamer.training.envs import _spec_of
+    from torchdreamer.envs.make import _spec_of
 
     space = gym.spaces.Dict(reward=gym.spaces.Box(-1, 1, (1,), np.float32))
     with pytest.raises(ValueError, match=r"keys \['reward'\] are names TorchRL uses"):

@@ -18,10 +18,10 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchdreamer.envs import EnvSpec, make_env, recorder
+from torchdreamer.envs.own import EnvSource, check_spaces, copies_of
 from torchdreamer.training.agent import DreamerAgent
-from torchdreamer.training.envs import EnvSpec, make_env, recorder
 from torchdreamer.training.logs import write_gif
-from torchdreamer.training.own_env import EnvSource, check_spaces, copies_of
 from torchdreamer.training.policy import Policy, load_agent
 from torchdreamer.training.resources import configure_threads
 from torchdreamer.training.runner import Episode
@@ -98,7 +98,7 @@ def evaluate_policy(
     """Play ``episodes`` episodes of ``env_id`` with ``policy`` on fresh environments.
 
     ``env_id`` is an id, or an environment given from Python
-    (:mod:`~torchdreamer.training.own_env`): a function that makes one, or a vector env,
+    (:mod:`~torchdreamer.envs.own`): a function that makes one, or a vector env,
     whose ``env_fns`` make the copies.
 
     The policy acts through the method its users call (:meth:`Policy.act_torchrl
@@ -110,13 +110,13 @@ def evaluate_policy(
     count does not depend on how long they last. The draws come from a generator seeded
     by ``seed`` inside a forked RNG: an evaluation in the middle of training leaves the
     training's random streams as they were. ``video=True`` keeps the frames of the first
-    episode (:class:`~torchdreamer.training.envs.RecordFrames`). ``stop`` is asked before
+    episode (:class:`~torchdreamer.envs.RecordFrames`). ``stop`` is asked before
     every step: once it returns True the evaluation is abandoned and ``None`` returned
     (a Ctrl-C during a long evaluation stops the run as promptly as during training).
 
     Examples:
         >>> from torchdreamer.training import Config, DreamerAgent, Policy
-        >>> from torchdreamer.training.envs import EnvSpec
+        >>> from torchdreamer.envs import EnvSpec
         >>> from torchdreamer.training.evaluation import evaluate_policy
         >>> config = Config(imagination_horizon=3)
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=config)

@@ -19,22 +19,28 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
+from torchdreamer.envs import env_workers_for, make_env
+from torchdreamer.envs.own import EnvSource
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import LATENT, DreamerAgent
 from torchdreamer.training.checkpoint import CHECKPOINT, RunState, save_run, seed_all
 from torchdreamer.training.compiled import compile_agent, compiles, has_images
 from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.console import say
-from torchdreamer.training.envs import env_workers_for, make_env
 from torchdreamer.training.evaluation import TrainingEvaluations
 from torchdreamer.training.logs import RunLog
-from torchdreamer.training.own_env import ENV_SPEC, EnvSource, check_fits, with_env
 from torchdreamer.training.policy import Policy
 from torchdreamer.training.prefetch import Prefetcher
 from torchdreamer.training.progress import Progress, Summary
 from torchdreamer.training.replay import INDEX
 from torchdreamer.training.resources import check_run_memory, configure_threads
-from torchdreamer.training.run_directory import RunDirectory, check_replay_latents
+from torchdreamer.training.run_directory import (
+    ENV_SPEC,
+    RunDirectory,
+    check_fits,
+    check_replay_latents,
+    with_env,
+)
 from torchdreamer.training.runner import EnvRunner, Episode
 from torchdreamer.training.static_update import StaticUpdate
 from torchdreamer.training.stop import CompileGuard, Stop, StoppedBeforeStart, UpdateInterrupted
@@ -192,7 +198,7 @@ def train(
     ``env`` gives the environment from Python instead of ``config.env``'s id: a function
     that makes one ``gymnasium.Env`` (called once per copy), or a
     ``gymnasium.vector.VectorEnv`` of ``config.num_envs`` copies
-    (:mod:`~torchdreamer.training.own_env`); ``config.env`` then records
+    (:mod:`~torchdreamer.envs.own`); ``config.env`` then records
     ``python:`` and its name, and a resume takes the same ``env`` again.
 
     Writes to ``logdir``: ``config.json``, ``metrics.csv``, ``metrics.jsonl``,

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from torchdreamer.envs import EnvSpec, ResizeImage, make_env
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.checkpoint import CHECKPOINT
 from torchdreamer.training.config import Config
-from torchdreamer.training.envs import EnvSpec, ResizeImage, make_env
 from torchdreamer.training.run_directory import read_run
 
 __all__ = ["Policy", "load_agent"]
@@ -101,7 +101,7 @@ class Policy:
     actions as it takes them; ``state`` carries what the policy remembers between
     two steps: the world model's latent state, the previous action and whether the
     next step starts an episode. Make one with :func:`load_agent`, or from an agent
-    of your own with the :class:`~torchdreamer.training.envs.EnvSpec` of its
+    of your own with the :class:`~torchdreamer.envs.EnvSpec` of its
     environment and its config.
 
     **One observation or a batch.** An observation with as many dimensions as the
@@ -112,7 +112,7 @@ class Policy:
     as arrays with that leading dimension. A dict observation (``Dict`` space) is one
     or a batch by its entries, which must agree. Images (``uint8``, channel last) of
     another height and width are resized as training resized them
-    (:class:`~torchdreamer.training.envs.ResizeImage`; not the entries of a dict
+    (:class:`~torchdreamer.envs.ResizeImage`; not the entries of a dict
     observation, which training took as they were). Any other shape, dtype of image
     or set of keys raises a :class:`ValueError` naming what was expected.
 
@@ -122,7 +122,7 @@ class Policy:
     Examples:
         >>> import numpy as np
         >>> from torchdreamer.training import Config, DreamerAgent
-        >>> from torchdreamer.training.envs import EnvSpec
+        >>> from torchdreamer.envs import EnvSpec
         >>> from torchdreamer.training.policy import Policy
         >>> config = Config(imagination_horizon=3)
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=config).eval()
@@ -151,7 +151,7 @@ or (N, 4) (N of them).
         self.agent = agent
         """The :class:`~torchdreamer.training.DreamerAgent` that acts."""
         self.spec = spec
-        """The environment's :class:`~torchdreamer.training.envs.EnvSpec`."""
+        """The environment's :class:`~torchdreamer.envs.EnvSpec`."""
         self.config = config
         """The run's :class:`~torchdreamer.training.Config`."""
 
@@ -308,7 +308,7 @@ or (N, 4) (N of them).
         explore: bool = False,
     ) -> tuple[torch.Tensor, TensorDictBase]:
         """:meth:`act`, with the action as a TorchRL wrapper of the environment takes it
-        (:meth:`EnvSpec.to_env_action <torchdreamer.training.envs.EnvSpec.to_env_action>`:
+        (:meth:`EnvSpec.to_env_action <torchdreamer.envs.EnvSpec.to_env_action>`:
         one-hot for ``Discrete``, in the bounds for ``Box``), a CPU tensor."""
         prepared, batched = self._prepared(observation)
         n = prepared.shape[0]
