@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
-from torchdreamer.envs import env_workers_for, make_env
-from torchdreamer.envs.own import EnvSource
+from torchdreamer.envs import EnvSource, env_workers_for, make_env
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import LATENT, DreamerAgent
 from torchdreamer.training.checkpoint import CHECKPOINT, RunState, save_run, seed_all
@@ -287,12 +286,7 @@ def _train(
     # EnvRunner.state_dict); a seed per start and rank keeps episodes distinct.
     env_seed = config.seed + start + ranks.rank * config.num_envs
     env, spec = make_env(
-        source,
-        config.num_envs,
-        env_seed,
-        config.image_size,
-        config.obs,
-        workers=config.env_workers,
+        source, config.num_envs, env_seed, config.image_size, config.obs, workers=config.env_workers
     )
     try:
         check_run_memory(config, spec.observation_shape, spec.action_dim, logdir)

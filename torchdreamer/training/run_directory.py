@@ -4,6 +4,8 @@ agreement of what it holds (``config.json``, ``checkpoint.pt``) with the run ask
 :class:`RunDirectory` checks a directory before a run writes anything, then claims it;
 :func:`read_run` reads a finished or stopped run's config and checkpoint, checked to
 agree, for evaluation and :func:`~torchdreamer.training.policy.load_agent`.
+:func:`with_env` checks an environment given from Python against the run's, and
+:func:`check_fits` a checkpoint against the agent built for this run's environment.
 """
 
 from __future__ import annotations
