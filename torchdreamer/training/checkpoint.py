@@ -61,7 +61,17 @@ def rng_states() -> dict[str, Any]:
 
 
 def seed_all(seed: int) -> None:
-    """Seed the global generators: Python's, NumPy's and torch's."""
+    """Seed the global generators: Python's, NumPy's and torch's.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.training.checkpoint import seed_all
+        >>> seed_all(7)
+        >>> first = torch.rand(3)
+        >>> seed_all(7)
+        >>> torch.equal(first, torch.rand(3))
+        True
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

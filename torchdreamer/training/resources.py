@@ -228,7 +228,14 @@ def _described(shape: tuple[int, ...] | dict[str, tuple[int, ...]]) -> str:
 
 
 def nearest_existing(path: Path) -> Path:
-    """``path`` if it exists, else the nearest folder above it that does."""
+    """``path`` if it exists, else the nearest folder above it that does.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from torchdreamer.training.resources import nearest_existing
+        >>> nearest_existing(Path("/") / "no" / "such" / "folder")
+        PosixPath('/')
+    """
     path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -250,7 +257,16 @@ def check_run_memory(
     logdir: Path,
 ) -> int:
     """:func:`check_replay_memory` for a run in ``logdir``, counting the processes
-    ``torchrun`` starts on this machine (``LOCAL_WORLD_SIZE``)."""
+    ``torchrun`` starts on this machine (``LOCAL_WORLD_SIZE``).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from torchdreamer.training import Config
+        >>> from torchdreamer.training.resources import check_run_memory
+        >>> config = Config(steps=1000, replay_context=0)  # rows of 4 + 2 floats, 4 + 3 bytes
+        >>> check_run_memory(config, (4,), 2, Path("run")) == 1000 * (16 + 8 + 4 + 3)
+        True
+    """
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return check_replay_memory(
         config, observation_shape, action_dim, processes=local_processes, where=logdir
