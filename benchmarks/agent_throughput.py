@@ -29,8 +29,8 @@ import torch
 from tensordict import TensorDict
 from torch.utils.benchmark import Timer
 
+from torchdreamer.envs import make_env
 from torchdreamer.training import Config, DreamerAgent
-from torchdreamer.training.envs import make_env
 from torchdreamer.training.runner import EnvRunner
 
 

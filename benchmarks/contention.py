@@ -28,7 +28,7 @@ import torch
 from agent_throughput import replay_batch
 
 from torchdreamer.training import Config, DreamerAgent
-from torchdreamer.training.threads import available_cpus, configure_threads
+from torchdreamer.training.resources import available_cpus, configure_threads
 
 SETTINGS = ("1", "2", "auto")
 

@@ -45,7 +45,7 @@ ENVS = {
 def random_rate(env_id: str, obs: str, num_envs: int, workers: int, seconds: float) -> dict:
     import torch
 
-    from torchdreamer.training.envs import make_env
+    from torchdreamer.envs import make_env
 
     env, spec = make_env(env_id, num_envs, seed=0, obs=obs, workers=workers)
     try:

@@ -298,7 +298,7 @@ def rates(rows: list[dict[str, str]]) -> dict:
 def throughput(entry: str, device_name: str, batch: list[int], seconds: float) -> dict:
     """The row of a throughput entry: a training run stopped after ``seconds``."""
     from torchdreamer.training.loop import train
-    from torchdreamer.training.policy import CONFIG
+    from torchdreamer.training.run_directory import CONFIG
 
     _, (preset, env) = parse(entry)
     device = torch.device(device_name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from torchdreamer.training.envs import make_env
+from torchdreamer.envs import make_env
 
 
 @dataclass

@@ -24,7 +24,8 @@ import torch
 from torchdreamer import cli
 from torchdreamer.training import Config
 from torchdreamer.training.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint
-from torchdreamer.training.loop import LOCK, train
+from torchdreamer.training.loop import train
+from torchdreamer.training.run_directory import LOCK
 
 # Eager: these runs are about the loop and the CLI (tests/training/test_compiled.py: compiled runs).
 TINY = ["--num-envs", "4", "--batch-size", "4", "--batch-length", "16", "--threads", "1"]
@@ -268,7 +269,7 @@ def test_logdir_of_another_run_is_refused(tmp_path, capsys):
 
 
 def test_replay_memory_counts_only_the_rows_a_run_reaches():
-    from torchdreamer.training.loop import check_replay_memory
+    from torchdreamer.training.resources import check_replay_memory
 
     huge_capacity = Config(steps=1000, replay_capacity=10**13)
     # 1000 rows of 4 floats, a 2-way one-hot action, reward and flags, and the policy's
@@ -283,7 +284,7 @@ def test_replay_memory_counts_only_the_rows_a_run_reaches():
 
 
 def test_replay_on_disk_is_checked_against_free_disk_space(tmp_path):
-    from torchdreamer.training.loop import check_replay_memory
+    from torchdreamer.training.resources import check_replay_memory
 
     on_disk = Config(steps=10**5, replay_on_disk=True)
     with pytest.raises(ValueError, match="GiB of disk space free there; pass a smaller"):

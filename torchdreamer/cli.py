@@ -280,7 +280,8 @@ def _message(error: BaseException) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from torchdreamer.training import distributed
-    from torchdreamer.training.loop import StoppedBeforeStart, train
+    from torchdreamer.training.loop import train
+    from torchdreamer.training.stop import StoppedBeforeStart
 
     # Under torchrun: join the job; rank 0 reads the run directory.
     ranks = distributed.init_from_env()
@@ -314,8 +315,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from torchdreamer.training.evaluation import policy_name
-    from torchdreamer.training.loop import evaluate
+    from torchdreamer.training.evaluation import evaluate, policy_name
 
     try:
         scores = evaluate(

@@ -22,9 +22,9 @@ from processes import is_gone, wait_for
 from test_own_env import TINY as OWN_TINY
 
 from torchdreamer.cli import _config, _parser
+from torchdreamer.envs import env_workers_for, make_env
+from torchdreamer.envs.workers import WorkerVectorEnv, groups
 from torchdreamer.training import Config, train
-from torchdreamer.training.envs import env_workers_for, make_env
-from torchdreamer.training.workers import WorkerVectorEnv, groups
 
 #: test_own_env's tiny run, longer and with 4 copies: several episodes end in it.
 TINY = dataclasses.replace(OWN_TINY, steps=200, num_envs=4, train_ratio=2, eval_every=0)
@@ -202,7 +202,7 @@ def test_workers_ignore_ctrl_c_and_exit_when_their_process_is_killed(tmp_path, p
         """
         import functools, sys, time
         import gymnasium as gym
-        from torchdreamer.training.workers import WorkerVectorEnv
+        from torchdreamer.envs.workers import WorkerVectorEnv
         if __name__ == "__main__":
             env = WorkerVectorEnv([functools.partial(gym.make, "CartPole-v1")] * 2, 2)
             env.reset(seed=0)

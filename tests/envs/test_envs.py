@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from torchdreamer.training.envs import make_env
+from torchdreamer.envs import make_env
 
 MODULE = "torchdreamer_test_corridor"
 ENV = "TmpCorridor-v0"

@@ -20,10 +20,10 @@ from tiny import TINY_RUN
 from torch import nn
 
 from torchdreamer import DreamerV3ActorLoss
+from torchdreamer.envs import make_env
 from torchdreamer.modules import MultiOneHotCategorical
 from torchdreamer.training import Config, DreamerAgent, evaluate, train
 from torchdreamer.training.checkpoint import load_checkpoint
-from torchdreamer.training.envs import make_env
 from torchdreamer.training.logs import read_evaluations
 
 TINY = Config(

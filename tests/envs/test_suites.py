@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from torchdreamer.training import suites
+from torchdreamer.envs import suites
+from torchdreamer.envs.suites import is_suite_id, make_suite_env
 from torchdreamer.training.config import OFFICIAL, PRESETS, WHY, Config, official_comparison
-from torchdreamer.training.suites import is_suite_id, make_suite_env
 
 
 def test_plain_ids_are_not_suites():
@@ -505,7 +505,7 @@ _SUITES = [
 @pytest.mark.parametrize("env_id, obs, module", _SUITES)
 def test_make_env_batches_suites_for_torchrl(env_id, obs, module):
     pytest.importorskip(module)
-    from torchdreamer.training.envs import make_env
+    from torchdreamer.envs import make_env
 
     env, spec = make_env(env_id, num_envs=2, seed=0, obs=obs)
     try:
@@ -624,7 +624,7 @@ def test_the_suite_envs_take_the_official_env_settings(ale_py):
 
 
 def test_dmc_proprio_videos_are_rendered_from_the_official_camera(dm_suite):
-    from torchdreamer.training.envs import RecordFrames
+    from torchdreamer.envs import RecordFrames
 
     env = RecordFrames(suites.DMCEnv("cartpole_balance", seed=0))
     env.reset(seed=0)

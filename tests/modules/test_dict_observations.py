@@ -11,10 +11,11 @@ import torch
 from reference import assert_close_to_reference
 from tensordict import TensorDict
 
+from torchdreamer.envs import make_env
 from torchdreamer.modules import ModelSize, MultiDecoder, MultiEncoder
 from torchdreamer.training import Config, DreamerAgent
-from torchdreamer.training.envs import make_env
-from torchdreamer.training.loop import check_replay_memory, train
+from torchdreamer.training.loop import train
+from torchdreamer.training.resources import check_replay_memory
 
 SIZE = ModelSize(deter=32, hidden=16, classes=4, units=16, cnn_depth=2)
 SHAPES = {"b": (2,), "a": (3,), "cam": (16, 16, 3), "depth": (16, 16, 1)}
@@ -152,7 +153,7 @@ def test_a_gymnasium_dict_env_trains_evaluates_and_resumes(tmp_path, capsys):
 
 
 def test_dict_keys_that_torchrl_uses_are_refused():
-    from torchdreamer.training.envs import _spec_of
+    from torchdreamer.envs.make import _spec_of
 
     space = gym.spaces.Dict(reward=gym.spaces.Box(-1, 1, (1,), np.float32))
     with pytest.raises(ValueError, match=r"keys \['reward'\] are names TorchRL uses"):

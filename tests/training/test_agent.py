@@ -13,6 +13,7 @@ from tensordict import TensorDict
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchdreamer.training.config as config_module
+from torchdreamer.envs import make_env
 from torchdreamer.modules import (
     BoundedNormalActorHead,
     ConvDecoder,
@@ -23,7 +24,6 @@ from torchdreamer.modules import (
 )
 from torchdreamer.training import PRESETS, Config, DreamerAgent
 from torchdreamer.training.config import resolve_precision
-from torchdreamer.training.envs import make_env
 from torchdreamer.training.loop import train
 
 SMALL = ModelSize(deter=16, hidden=16, categoricals=4, classes=4, units=16, cnn_depth=4)

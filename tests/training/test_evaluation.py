@@ -12,12 +12,13 @@ from tensordict import TensorDict
 from tiny import TINY_RUN
 
 from torchdreamer import cli
+from torchdreamer.envs import EnvSpec
 from torchdreamer.training import Config, DreamerAgent, Policy
 from torchdreamer.training.checkpoint import load_checkpoint
-from torchdreamer.training.envs import EnvSpec
 from torchdreamer.training.evaluation import dream, evaluate_policy
 from torchdreamer.training.logs import RunLog, read_evaluation_policies, read_evaluations
-from torchdreamer.training.loop import Summary, train
+from torchdreamer.training.loop import train
+from torchdreamer.training.progress import Summary
 from torchdreamer.training.runner import Episode
 
 TINY = dict(TINY_RUN, steps=96)

@@ -15,7 +15,7 @@ from tensordict import TensorDict
 
 from torchdreamer.modules import ModelSize
 from torchdreamer.training import PRESETS, Config, DreamerAgent
-from torchdreamer.training.policy import _stored_config
+from torchdreamer.training.run_directory import _stored_config
 
 SMALL = ModelSize(deter=16, hidden=16, categoricals=4, classes=4, units=16, cnn_depth=4)
 ETA = 3e-4  # Config's entropy_bonus, the official actent

@@ -17,10 +17,11 @@ from tiny import TINY_RUN
 
 import torchdreamer
 import torchdreamer.training
+from torchdreamer.envs import EnvSpec, ResizeImage, make_env
 from torchdreamer.training import Config, DreamerAgent
 from torchdreamer.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from torchdreamer.training.envs import EnvSpec, ResizeImage, make_env
-from torchdreamer.training.loop import evaluate, train
+from torchdreamer.training.evaluation import evaluate
+from torchdreamer.training.loop import train
 from torchdreamer.training.policy import Policy, load_agent
 
 TINY = dict(

@@ -10,8 +10,8 @@ import pytest
 import torch
 from processes import wait_for
 
-from torchdreamer.training import threads
-from torchdreamer.training.threads import available_cpus, busy_cpus, configure_threads
+from torchdreamer.training import resources as threads
+from torchdreamer.training.resources import available_cpus, busy_cpus, configure_threads
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from tensordict import TensorDict, TensorDictBase
 from tiny import TINY_RUN
 
 import torchdreamer.training.config as config_module
+from torchdreamer.envs import make_env
 from torchdreamer.training import Config, DreamerAgent, SequenceReplay, train
-from torchdreamer.training.envs import make_env
 from torchdreamer.training.optim import DreamerV3Optimizer
 from torchdreamer.training.runner import EnvRunner
 

@@ -13,7 +13,8 @@ from torchdreamer.training.config import PRESETS, Config, ModelSize
 
 if TYPE_CHECKING:
     from torchdreamer.training.agent import DreamerAgent
-    from torchdreamer.training.loop import evaluate, train
+    from torchdreamer.training.evaluation import evaluate
+    from torchdreamer.training.loop import train
     from torchdreamer.training.policy import Policy, load_agent
     from torchdreamer.training.replay import SequenceReplay
 
@@ -34,7 +35,7 @@ _LAZY = {
     "Policy": "torchdreamer.training.policy",
     "load_agent": "torchdreamer.training.policy",
     "SequenceReplay": "torchdreamer.training.replay",
-    "evaluate": "torchdreamer.training.loop",
+    "evaluate": "torchdreamer.training.evaluation",
     "train": "torchdreamer.training.loop",
 }
 

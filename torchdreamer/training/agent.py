@@ -37,7 +37,7 @@ from torchdreamer.training.distributed import concat_over_ranks, mean_over_ranks
 from torchdreamer.training.optim import DreamerV3Optimizer
 
 if TYPE_CHECKING:
-    from torchdreamer.training.envs import EnvSpec
+    from torchdreamer.envs import EnvSpec
 
 __all__ = ["DreamerAgent"]
 
@@ -229,12 +229,12 @@ class DreamerAgent(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: EnvSpec, config: Config) -> DreamerAgent:
-        """The agent for an environment of :class:`~torchdreamer.training.envs.EnvSpec`
+        """The agent for an environment of :class:`~torchdreamer.envs.EnvSpec`
         ``spec``: its observations and actions (discrete, multi-discrete or continuous).
 
         Examples:
             >>> from torchdreamer.training import Config, DreamerAgent
-            >>> from torchdreamer.training.envs import EnvSpec
+            >>> from torchdreamer.envs import EnvSpec
             >>> spec = EnvSpec((4,), discrete=True, action_dim=5, action_nvec=(3, 2))
             >>> agent = DreamerAgent.from_spec(spec, Config(imagination_horizon=3))
             >>> agent.action_dim, agent.action_nvec

@@ -1,23 +1,44 @@
-"""Evaluating the policy: episodes on environments of their own, their scores and a video."""
+"""Evaluating the policy: episodes on environments of their own, their scores and a video.
+
+:func:`evaluate` is ``torchdreamer eval``: the trained policy of a run directory;
+:class:`TrainingEvaluations` the evaluations a training run makes every
+``config.eval_every`` env steps; both play their episodes with :func:`evaluate_policy`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchdreamer.envs import EnvSpec, make_env, recorder
+from torchdreamer.envs.own import EnvSource, check_spaces, copies_of
 from torchdreamer.training.agent import DreamerAgent
-from torchdreamer.training.envs import EnvSpec, make_env, recorder
-from torchdreamer.training.own_env import EnvSource, copies_of
-from torchdreamer.training.policy import Policy
+from torchdreamer.training.logs import write_gif
+from torchdreamer.training.policy import Policy, load_agent
+from torchdreamer.training.resources import configure_threads
 from torchdreamer.training.runner import Episode
 
-__all__ = ["Evaluation", "dream", "evaluate_policy", "own_draws", "policy_name"]
+if TYPE_CHECKING:
+    from torchdreamer.training.logs import RunLog
+    from torchdreamer.training.replay import SequenceReplay
+
+__all__ = [
+    "Evaluation",
+    "TrainingEvaluations",
+    "dream",
+    "evaluate",
+    "evaluate_policy",
+    "own_draws",
+    "policy_name",
+]
 
 
 def policy_name(sample: bool) -> str:
@@ -77,7 +98,7 @@ def evaluate_policy(
     """Play ``episodes`` episodes of ``env_id`` with ``policy`` on fresh environments.
 
     ``env_id`` is an id, or an environment given from Python
-    (:mod:`~torchdreamer.training.own_env`): a function that makes one, or a vector env,
+    (:mod:`~torchdreamer.envs.own`): a function that makes one, or a vector env,
     whose ``env_fns`` make the copies.
 
     The policy acts through the method its users call (:meth:`Policy.act_torchrl
@@ -89,13 +110,13 @@ def evaluate_policy(
     count does not depend on how long they last. The draws come from a generator seeded
     by ``seed`` inside a forked RNG: an evaluation in the middle of training leaves the
     training's random streams as they were. ``video=True`` keeps the frames of the first
-    episode (:class:`~torchdreamer.training.envs.RecordFrames`). ``stop`` is asked before
+    episode (:class:`~torchdreamer.envs.RecordFrames`). ``stop`` is asked before
     every step: once it returns True the evaluation is abandoned and ``None`` returned
     (a Ctrl-C during a long evaluation stops the run as promptly as during training).
 
     Examples:
         >>> from torchdreamer.training import Config, DreamerAgent, Policy
-        >>> from torchdreamer.training.envs import EnvSpec
+        >>> from torchdreamer.envs import EnvSpec
         >>> from torchdreamer.training.evaluation import evaluate_policy
         >>> config = Config(imagination_horizon=3)
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=config)
@@ -165,6 +186,54 @@ def _play(
     return played
 
 
+class TrainingEvaluations:
+    """The evaluations of a training run, on rank 0: ``policy`` scored on environments of
+    its own made from ``source`` (:func:`evaluate_policy`), logged to ``log`` (``eval.csv``
+    and the loggers), with, when ``config.eval_video``, a video of the first episode and of
+    the world model's open-loop prediction of replayed sequences (:func:`dream`).
+    ``note`` tells once when no video can be made."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        source: EnvSource,
+        log: RunLog,
+        replay: SequenceReplay,
+        note: Callable[[str], None],
+    ) -> None:
+        self.policy, self.source, self.log, self.replay = policy, source, log, replay
+        self._note = note
+        self._told_no_video = False
+
+    def __call__(self, step: int, stop: Callable[[], bool]) -> None:
+        """Evaluate at env step ``step``; ``stop`` returning True abandons it."""
+        config, agent = self.policy.config, self.policy.agent
+        result = evaluate_policy(
+            self.policy,
+            self.source,
+            config.eval_episodes,
+            seed=config.seed + 2 * 10**9 + step,
+            image_size=config.image_size,
+            obs=config.obs,
+            sample=config.eval_sample,
+            video=config.eval_video,
+            stop=stop,
+        )
+        if result is None:
+            return
+        self.log.evaluation(step, result.episodes, result.frames, result.policy)
+        if config.eval_video and agent.world_model.is_image:
+            if self.replay.can_sample(config.batch_length):
+                # Four replayed sequences and the model's draws, apart from training's.
+                with own_draws(self.policy.device, config.seed + step):
+                    generator = torch.Generator().manual_seed(config.seed + step)
+                    batch = self.replay.sample(4, config.batch_length, generator=generator)
+                    self.log.video("dream", dream(agent, batch), step, tag="eval/dream")
+        if config.eval_video and not result.frames and not self._told_no_video:
+            self._note(f"torchdreamer: no evaluation videos: {result.unavailable}.")
+            self._told_no_video = True
+
+
 @torch.no_grad()
 def dream(agent: DreamerAgent, batch: TensorDictBase, context: int = 5) -> list[np.ndarray]:
     """The world model's open-loop prediction of replayed image sequences, as video frames.
@@ -220,3 +289,51 @@ def dream(agent: DreamerAgent, batch: TensorDictBase, context: int = 5) -> list[
     grid = rows.permute(1, 2, 3, 0, 4, 5).flatten(1, 2).flatten(2, 3)
     frames = (grid * 255).round().to(torch.uint8).cpu().numpy()
     return list(frames)
+
+
+def evaluate(
+    logdir: Path,
+    episodes: int = 10,
+    device: str = "cpu",
+    sample: bool = False,
+    threads: int | None = None,
+    video: Path | None = None,
+    *,
+    env: EnvSource | None = None,
+) -> list[float]:
+    """Run the trained policy of ``logdir`` for ``episodes`` episodes; their scores.
+
+    The policy is the one :func:`~torchdreamer.training.policy.load_agent` returns
+    (the checkpoint's checksum and its config checked against ``config.json``
+    first). ``env``: the environment from Python (as
+    :func:`~torchdreamer.training.loop.train` takes it) to play on instead of
+    ``config.env``'s id; a run trained on one needs it, and its spaces must be the run's.
+    ``threads`` defaults to the run's ``config.threads``. The episodes are played as
+    :func:`evaluate_policy` plays them; ``video`` names a GIF to write of the first one.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    policy = load_agent(logdir, device)
+    config = policy.config
+    configure_threads(config.threads if threads is None else threads)
+    source = config.env
+    if env is not None:
+        source = copies_of(env)
+        probe, spec = make_env(source, 1, config.seed, config.image_size, config.obs)
+        probe.close()
+        check_spaces(policy.spec, spec, Path(logdir))
+    result = evaluate_policy(
+        policy,
+        source,
+        episodes,
+        seed=config.seed + 10**9,
+        image_size=config.image_size,
+        obs=config.obs,
+        sample=sample,
+        video=video is not None,
+    )
+    if video is not None:
+        if not result.frames:
+            raise ValueError(f"no video: {result.unavailable}.")
+        write_gif(video, result.frames)
+    return result.scores

@@ -9,7 +9,6 @@ one step to the next. ``torchdreamer eval`` acts through it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,71 +17,16 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from torchdreamer.envs import EnvSpec, ResizeImage, make_env
 from torchdreamer.training import distributed
 from torchdreamer.training.agent import DreamerAgent
-from torchdreamer.training.checkpoint import CHECKPOINT, load_checkpoint
+from torchdreamer.training.checkpoint import CHECKPOINT
 from torchdreamer.training.config import Config
-from torchdreamer.training.envs import EnvSpec, ResizeImage, make_env
+from torchdreamer.training.run_directory import read_run
 
-__all__ = ["CONFIG", "Policy", "load_agent", "read_run"]
-
-#: The run's configuration, written when the run starts.
-CONFIG = "config.json"
+__all__ = ["Policy", "load_agent"]
 
 Observation = np.ndarray | torch.Tensor | Mapping[str, Any] | TensorDictBase
-
-
-def _listed(differences: dict[str, tuple[Any, Any]], there: str, here: str) -> str:
-    return "; ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in differences.items())
-
-
-def _stored_config(checkpoint: dict[str, Any], path: Path) -> Config:
-    """The config a checkpoint was written with."""
-    try:
-        return Config.from_saved(json.loads(checkpoint["config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} holds no readable config ({error}).") from None
-
-
-def read_run(
-    logdir: Path, map_location: str | torch.device = "cpu"
-) -> tuple[Config, dict[str, Any]]:
-    """The config and the checkpoint of the run in ``logdir``, checked to agree.
-
-    The checkpoint's checksum is verified
-    (:func:`~torchdreamer.training.checkpoint.load_checkpoint`) and the config it was
-    written with must be the one ``config.json`` gives.
-
-    Examples:
-        >>> import tempfile
-        >>> from torchdreamer.training.policy import read_run
-        >>> read_run(tempfile.mkdtemp())  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: ... holds no config.json: it is not a torchdreamer run ...
-    """
-    logdir = Path(logdir)
-    if logdir.exists() and not logdir.is_dir():
-        raise ValueError(f"{logdir} is a file, not a run directory.")
-    if not logdir.exists():
-        raise FileNotFoundError(
-            f"{logdir} does not exist: there is no run there (train one with "
-            f"`torchdreamer train --logdir {logdir}`)."
-        )
-    if not (logdir / CONFIG).exists():
-        raise FileNotFoundError(
-            f"{logdir} holds no {CONFIG}: it is not a torchdreamer run (a run directory "
-            f"holds {CONFIG} and {CHECKPOINT})."
-        )
-    config = Config.load(logdir / CONFIG)
-    checkpoint = load_checkpoint(logdir, map_location=map_location)
-    differences = _stored_config(checkpoint, logdir / CHECKPOINT).differences(config)
-    if differences:
-        raise ValueError(
-            f"{logdir / CHECKPOINT} was written with another config than {logdir / CONFIG} "
-            f"gives ({_listed(differences, 'in the checkpoint', 'now')}); restore {CONFIG}."
-        )
-    return config, checkpoint
 
 
 def _restored(value: Any) -> Any:
@@ -115,9 +59,10 @@ def load_agent(logdir: str | Path, device: str | torch.device = "cpu") -> Policy
     """The trained policy of the run in ``logdir``, on ``device``, ready to act.
 
     The checkpoint's checksum is verified and its config must agree with
-    ``config.json`` (:func:`read_run`). The environment's spec is read from the
-    checkpoint, so no environment is made (a checkpoint of an older run, which lacks
-    it, makes one to learn it). The agent is in eval mode.
+    ``config.json`` (:func:`~torchdreamer.training.run_directory.read_run`). The
+    environment's spec is read from the checkpoint, so no environment is made (a
+    checkpoint of an older run, which lacks it, makes one to learn it). The agent is in
+    eval mode.
 
     Examples:
         >>> import tempfile
@@ -156,7 +101,7 @@ class Policy:
     actions as it takes them; ``state`` carries what the policy remembers between
     two steps: the world model's latent state, the previous action and whether the
     next step starts an episode. Make one with :func:`load_agent`, or from an agent
-    of your own with the :class:`~torchdreamer.training.envs.EnvSpec` of its
+    of your own with the :class:`~torchdreamer.envs.EnvSpec` of its
     environment and its config.
 
     **One observation or a batch.** An observation with as many dimensions as the
@@ -167,7 +112,7 @@ class Policy:
     as arrays with that leading dimension. A dict observation (``Dict`` space) is one
     or a batch by its entries, which must agree. Images (``uint8``, channel last) of
     another height and width are resized as training resized them
-    (:class:`~torchdreamer.training.envs.ResizeImage`; not the entries of a dict
+    (:class:`~torchdreamer.envs.ResizeImage`; not the entries of a dict
     observation, which training took as they were). Any other shape, dtype of image
     or set of keys raises a :class:`ValueError` naming what was expected.
 
@@ -177,7 +122,7 @@ class Policy:
     Examples:
         >>> import numpy as np
         >>> from torchdreamer.training import Config, DreamerAgent
-        >>> from torchdreamer.training.envs import EnvSpec
+        >>> from torchdreamer.envs import EnvSpec
         >>> from torchdreamer.training.policy import Policy
         >>> config = Config(imagination_horizon=3)
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=config).eval()
@@ -206,7 +151,7 @@ or (N, 4) (N of them).
         self.agent = agent
         """The :class:`~torchdreamer.training.DreamerAgent` that acts."""
         self.spec = spec
-        """The environment's :class:`~torchdreamer.training.envs.EnvSpec`."""
+        """The environment's :class:`~torchdreamer.envs.EnvSpec`."""
         self.config = config
         """The run's :class:`~torchdreamer.training.Config`."""
 
@@ -363,7 +308,7 @@ or (N, 4) (N of them).
         explore: bool = False,
     ) -> tuple[torch.Tensor, TensorDictBase]:
         """:meth:`act`, with the action as a TorchRL wrapper of the environment takes it
-        (:meth:`EnvSpec.to_env_action <torchdreamer.training.envs.EnvSpec.to_env_action>`:
+        (:meth:`EnvSpec.to_env_action <torchdreamer.envs.EnvSpec.to_env_action>`:
         one-hot for ``Discrete``, in the bounds for ``Box``), a CPU tensor."""
         prepared, batched = self._prepared(observation)
         n = prepared.shape[0]

@@ -5,6 +5,9 @@ batch scheduler, ``| tee``) redraws would pile up in the log, about 1 MB an hour
 :class:`Progress` writes plain lines there instead: one when the updates start, one
 every :data:`LINE_EVERY` seconds and a last one when the run ends, with no carriage
 returns and no escape codes (about 100 bytes a line: a few KB an hour).
+
+When the run ends, :class:`Summary` is how it went, and :meth:`Summary.line` the line
+``torchdreamer train`` prints of it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,20 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-__all__ = ["LINE_EVERY", "Progress", "is_terminal"]
+from torchdreamer.training.evaluation import policy_name
+from torchdreamer.training.logs import plot_curve, read_evaluation_policies, read_evaluations
+
+if TYPE_CHECKING:
+    from torchdreamer.training.checkpoint import RunState
+    from torchdreamer.training.config import Config
+
+__all__ = ["LINE_EVERY", "Progress", "Summary", "is_terminal"]
 
 #: Seconds between two plain progress lines (output that is not a terminal).
 LINE_EVERY = 60.0
@@ -243,3 +255,79 @@ class Progress:
             step, updates, scores = self._last
             self._guard(self._write_line, time.perf_counter(), step, updates, scores)
         self._enabled = False
+
+
+@dataclass
+class Summary:
+    """How a run went."""
+
+    env_step: int
+    updates: int
+    wall_time: float
+    mean_score: float
+    """Mean score of the last 10 training episodes (NaN before any ended)."""
+    stopped_by: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, or None."""
+    curve: Path | None = None
+    """The learning curve written at the end (None before any episode ended)."""
+    update: str = ""
+    """How the update ran, and why: e.g. ``compiled (auto: 3125 updates planned, >= 1000),
+    float32 (--precision float32)``."""
+    evaluation: tuple[int, list[float]] | None = None
+    """The run's last evaluation (``eval.csv``): its env step and its episodes' scores;
+    None if it made none."""
+    evaluation_policy: str | None = None
+    """How the last evaluation chose its actions, ``greedy`` or ``sampled``; None if
+    ``eval.csv`` does not say (logged before it did: the line takes the config's)."""
+
+    @classmethod
+    def of_run(
+        cls,
+        logdir: Path,
+        config: Config,
+        state: RunState,
+        stopped_by: int | None,
+        update: str,
+        main: bool = True,
+    ) -> Summary:
+        """The summary of the run in ``logdir`` at ``state``; rank 0 (``main``) plots its
+        learning curve and reads its last evaluation, the other ranks leave them None."""
+        curve, evaluation, evaluation_policy = None, None, None
+        if main:
+            title = f"{config.env}, seed {config.seed}, preset {config.preset}"
+            curve = plot_curve(logdir, title)
+            evaluations = read_evaluations(logdir)
+            if evaluations:
+                evaluation = max(evaluations.items())
+                evaluation_policy = read_evaluation_policies(logdir).get(evaluation[0])
+        return cls(
+            state.env_step,
+            state.updates,
+            state.wall_time,
+            state.mean_score,
+            stopped_by,
+            curve,
+            update,
+            evaluation,
+            evaluation_policy,
+        )
+
+    def line(self, config: Config) -> str:
+        speed = self.env_step / max(self.wall_time, 1e-9)
+        rate = self.updates / max(self.wall_time, 1e-9)
+        evaluated = ""
+        if self.evaluation is not None:
+            # Training episodes sample their actions; evaluations take the likeliest
+            # unless config.eval_sample: each score names its policy.
+            step, scores = self.evaluation
+            policy = self.evaluation_policy or policy_name(config.eval_sample)
+            evaluated = (
+                f"; {policy} evaluation at {step} env steps {sum(scores) / len(scores):.1f} "
+                f"(mean of {len(scores)} episodes)"
+            )
+        return (
+            f"{config.env} seed {config.seed}, preset {config.preset}: {self.env_step} env "
+            f"steps and {self.updates} updates in {self.wall_time:.0f} s ({speed:.1f} env "
+            f"steps/s, {rate:.2f} updates/s); mean score of the last 10 training episodes "
+            f"(sampled) {self.mean_score:.1f}{evaluated}; update {self.update}"
+        )

@@ -11,8 +11,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchdreamer.envs import EnvSpec
 from torchdreamer.training.agent import LATENT, DreamerAgent
-from torchdreamer.training.envs import EnvSpec
 
 __all__ = ["EnvRunner", "Episode"]
 
@@ -57,7 +57,7 @@ class EnvRunner:
     Examples:
         >>> import torch
         >>> from torchdreamer.training import Config, DreamerAgent, SequenceReplay
-        >>> from torchdreamer.training.envs import make_env
+        >>> from torchdreamer.envs import make_env
         >>> from torchdreamer.training.runner import EnvRunner
         >>> env, spec = make_env("CartPole-v1", num_envs=2, seed=0)
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
@@ -103,7 +103,7 @@ class EnvRunner:
 
         Examples:
             >>> from torchdreamer.training import Config, DreamerAgent
-            >>> from torchdreamer.training.envs import make_env
+            >>> from torchdreamer.envs import make_env
             >>> from torchdreamer.training.runner import EnvRunner
             >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config())
             >>> def runner(seed):

@@ -19,6 +19,8 @@ fails.
 - Under ``torchrun`` updates are collective (every rank takes part in every gradient
   average), so no rank abandons one: a stop waits for the update in progress on every
   rank, as :func:`~torchdreamer.training.loop.train` always did.
+- A signal while a run is checked, before its first write, ends it there with
+  :class:`StoppedBeforeStart`: nothing is written.
 - Env steps and updates that cannot compile any more (after the first one that
   compiled nothing new) and eager ones are not guarded: they take a fraction of a
   second, and a stop request is honoured after them.
@@ -44,7 +46,14 @@ from torchdreamer.training import distributed
 from torchdreamer.training.checkpoint import rng_states, set_rng_states
 from torchdreamer.training.console import say
 
-__all__ = ["COMPILING", "COMPILING_POLICY", "CompileGuard", "Stop", "UpdateInterrupted"]
+__all__ = [
+    "COMPILING",
+    "COMPILING_POLICY",
+    "CompileGuard",
+    "Stop",
+    "StoppedBeforeStart",
+    "UpdateInterrupted",
+]
 
 #: The line :class:`CompileGuard` notes when the first env step of a compiled run starts.
 COMPILING_POLICY = (
@@ -80,6 +89,25 @@ class UpdateInterrupted(KeyboardInterrupt):
     A :class:`KeyboardInterrupt`, so that code catching :class:`Exception` (the
     compiler's among others) lets it through.
     """
+
+
+class StoppedBeforeStart(Exception):
+    """SIGINT or SIGTERM came before the run's first write: nothing was written.
+
+    The CLI prints it as one line and exits with ``128 + signum`` (130, 143).
+
+    Examples:
+        >>> import signal
+        >>> from torchdreamer.training.stop import StoppedBeforeStart
+        >>> stopped = StoppedBeforeStart(signal.SIGTERM)
+        >>> str(stopped), 128 + stopped.signum
+        ('stopped by SIGTERM before the run started; nothing was written', 143)
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} before the run started; nothing was written")
 
 
 @dataclass

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from gymnasium.envs.registration import EnvSpec as EnvSpecOfGym
 
-from torchdreamer.training.suites import is_suite_id, make_suite_env
-from torchdreamer.training.workers import WorkerVectorEnv
+from torchdreamer.envs.suites import is_suite_id, make_suite_env
+from torchdreamer.envs.workers import WorkerVectorEnv
 
 if TYPE_CHECKING:
     from tensordict import TensorDictBase
     from torchrl.envs import GymWrapper
 
-    from torchdreamer.training.own_env import EnvSource
+    from torchdreamer.envs.own import EnvSource
 
 # TorchRL is imported where an environment is wrapped, not here: env worker processes
 # import this module to make their copies, and need gymnasium and torch only.
@@ -65,7 +65,7 @@ class EnvSpec:
 
         Examples:
             >>> import torch
-            >>> from torchdreamer.training.envs import EnvSpec
+            >>> from torchdreamer.envs.make import EnvSpec
             >>> spec = EnvSpec((4,), discrete=True, action_dim=5, action_nvec=(3, 2))
             >>> spec.to_env_action(torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0]]))
             tensor([[2, 0]])
@@ -89,7 +89,7 @@ class ResizeImage(gym.ObservationWrapper):
     Examples:
         >>> import gymnasium as gym
         >>> import numpy as np
-        >>> from torchdreamer.training.envs import ResizeImage
+        >>> from torchdreamer.envs.make import ResizeImage
         >>> class Grey(gym.Env):
         ...     observation_space = gym.spaces.Box(0, 255, (96, 80, 3), np.uint8)
         ...     action_space = gym.spaces.Discrete(2)
@@ -138,7 +138,7 @@ class RecordFrames(gym.Wrapper):
 
     Examples:
         >>> import gymnasium as gym
-        >>> from torchdreamer.training.envs import RecordFrames
+        >>> from torchdreamer.envs.make import RecordFrames
         >>> env = RecordFrames(gym.make("CartPole-v1"))  # made without render_mode
         >>> _ = env.reset(seed=0)
         >>> len(env.frames), env.unavailable  # doctest: +ELLIPSIS
@@ -467,7 +467,7 @@ def env_workers_for(env_id: EnvSource, setting: int | str, num_envs: int, obs: s
     environment and 0 (in this process) for any other.
 
     Examples:
-        >>> from torchdreamer.training.envs import env_workers_for
+        >>> from torchdreamer.envs.make import env_workers_for
         >>> env_workers_for("CartPole-v1", "auto", num_envs=16)
         0
         >>> env_workers_for("dmc:walker_walk", "auto", num_envs=16, obs="image")
@@ -510,14 +510,14 @@ def make_env(
     ``env_id`` is a registered gymnasium id (``CartPole-v1``, ``ALE/Pong-v5``
     once ale-py is installed), a benchmark-suite id with the official
     preprocessing (``atari100k:pong``, ``atari:pong``, ``dmc:walker_walk``,
-    ``crafter``: :mod:`torchdreamer.training.suites`; ``obs`` picks DMC's
+    ``crafter``: :mod:`torchdreamer.envs.suites`; ``obs`` picks DMC's
     ``"proprio"`` or ``"image"`` observations), or ``module:EnvId``: ``module`` is imported
     first, so that it registers ``EnvId`` (an environment of your own). An id
     that is unknown, or whose simulator package is not installed, raises a
     one-line :class:`ValueError` that says which and what to install.
 
     ``env_id`` may also be an environment given from Python
-    (:mod:`torchdreamer.training.own_env`): a function that makes one
+    (:mod:`torchdreamer.envs.own`): a function that makes one
     ``gymnasium.Env``, called once per copy, or a ``gymnasium.vector.VectorEnv``
     of ``num_envs`` copies that reset on the step an episode ends (it stays the
     caller's: closing the TorchRL env leaves it open).
@@ -525,7 +525,7 @@ def make_env(
     The copies run in this process (gymnasium's synchronous vector env, which
     is fastest for cheap simulators on a 2-core machine), or, with ``workers``
     N >= 1, split over N worker processes
-    (:class:`~torchdreamer.training.workers.WorkerVectorEnv`: the same episodes
+    (:class:`~torchdreamer.envs.workers.WorkerVectorEnv`: the same episodes
     for the same seed; a factory given from Python must pickle; closing the
     TorchRL env ends the workers). They reset themselves
     when an episode ends, and are wrapped as one TorchRL environment with
@@ -538,7 +538,7 @@ def make_env(
     reader) are not printed; its warnings are.
 
     Examples:
-        >>> from torchdreamer.training.envs import make_env
+        >>> from torchdreamer.envs.make import make_env
         >>> env, spec = make_env("CartPole-v1", num_envs=3, seed=0)
         >>> env.batch_size, spec.observation_shape, spec.discrete, spec.action_dim
         (torch.Size([3]), (4,), True, 2)
@@ -557,7 +557,7 @@ def make_env(
             "environments with workers=0."
         )
     if not isinstance(env_id, str):
-        from torchdreamer.training.own_env import describe, python_vector
+        from torchdreamer.envs.own import describe, python_vector
 
         name = describe(env_id)
         if obs != "auto":

@@ -78,7 +78,7 @@ class AtariEnv(gym.Env):
     count of each reset.
 
     Examples:
-        >>> from torchdreamer.training.suites import AtariEnv
+        >>> from torchdreamer.envs.suites import AtariEnv
         >>> env = AtariEnv("pong", seed=0)
         >>> env.observation_space.shape, env.observation_space.dtype, env.action_space
         ((64, 64, 3), dtype('uint8'), Discrete(6))
@@ -254,7 +254,7 @@ class DMCEnv(gym.Env):
     code; a backend that fails raises an error that says what to set or install.
 
     Examples:
-        >>> from torchdreamer.training.suites import DMCEnv
+        >>> from torchdreamer.envs.suites import DMCEnv
         >>> env = DMCEnv("cartpole_swingup", seed=0)
         >>> env.observation_space.shape, env.action_space.shape, env.keys
         ((5,), (1,), ('position', 'velocity'))
@@ -371,7 +371,7 @@ class CrafterEnv(gym.Env):
     worlds follow from the seed and the episode count.
 
     Examples:
-        >>> from torchdreamer.training.suites import CrafterEnv
+        >>> from torchdreamer.envs.suites import CrafterEnv
         >>> env = CrafterEnv(seed=0)
         >>> env.observation_space.shape, env.action_space
         ((64, 64, 3), Discrete(17))
@@ -441,7 +441,7 @@ def is_suite_id(env_id: str) -> bool:
     """Whether :func:`make_suite_env` builds ``env_id`` (its prefix names a suite).
 
     Examples:
-        >>> from torchdreamer.training.suites import is_suite_id
+        >>> from torchdreamer.envs.suites import is_suite_id
         >>> is_suite_id("atari100k:pong"), is_suite_id("crafter"), is_suite_id("CartPole-v1")
         (True, True, False)
 
@@ -462,7 +462,7 @@ def make_suite_env(
     suite package raises an ImportError naming the extra.
 
     Examples:
-        >>> from torchdreamer.training.suites import make_suite_env
+        >>> from torchdreamer.envs.suites import make_suite_env
         >>> make_suite_env("CartPole-v1", seed=0) is None
         True
         >>> make_suite_env("atari100k:pong", seed=0).observation_space.shape

@@ -1,6 +1,6 @@
 """Environments given from Python: a factory of gymnasium envs, or a gymnasium vector env.
 
-:func:`~torchdreamer.training.loop.train` and :func:`~torchdreamer.training.loop.evaluate`
+:func:`~torchdreamer.training.loop.train` and :func:`~torchdreamer.training.evaluation.evaluate`
 take ``env=`` as well as ``config.env``'s id:
 
 * a **factory**, any zero-argument callable returning a :class:`gymnasium.Env` (a
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Union
@@ -34,27 +33,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchdreamer.training.config import Config
-from torchdreamer.training.envs import EnvSpec, RecordFrames, _fit, _is_image, _vector
+from torchdreamer.envs.make import EnvSpec, RecordFrames, _fit, _is_image, _vector
 
 __all__ = [
-    "ENV_SPEC",
     "PYTHON",
     "EnvFactory",
     "EnvSource",
-    "check_fits",
     "check_spaces",
     "copies_of",
     "describe",
+    "describe_spaces",
     "is_python_env",
-    "with_env",
 ]
 
 #: How ``config.env`` starts for an environment given from Python.
 PYTHON = "python:"
-#: The checkpoint entry that holds the environment's :class:`EnvSpec`
-#: (``dataclasses.asdict``), where there is one.
-ENV_SPEC = "env_spec"
 
 EnvFactory = Callable[[], gym.Env]
 #: What ``env=`` takes, and ``make_env`` too: an id, a factory or a vector env.
@@ -99,7 +92,7 @@ def describe(env: EnvSource) -> str:
 
     Examples:
         >>> import gymnasium as gym
-        >>> from torchdreamer.training.own_env import describe
+        >>> from torchdreamer.envs.own import describe
         >>> describe("CartPole-v1")
         'CartPole-v1'
         >>> def make_cartpole():
@@ -169,60 +162,6 @@ def copies_of(env: EnvSource) -> str | EnvFactory:
             "env_fns; or turn evaluations off (Config(eval_every=0))."
         )
     return _Cycle(fns)
-
-
-def with_env(config: Config, env: EnvSource | None, logdir: Path, resume: bool) -> Config:
-    """``config`` with ``env`` recorded as its ``env``, once ``env`` is checked.
-
-    Refused, before anything is written: an ``env`` of another kind, a vector env of
-    another size than ``config.num_envs`` or (when the run evaluates) without
-    ``env_fns``, a ``config`` that names another environment (``config.env`` other than
-    the default, or a ``suite``), and a resume with another environment than the run's
-    (its ``config.json``), or without ``env=`` for a run on one from Python.
-    """
-    saved = _saved_env(logdir) if resume else None
-    if env is None:
-        if saved is not None and is_python_env(saved):
-            raise ValueError(
-                f"{logdir} was trained on an environment from Python ({saved}), which no id "
-                "makes again: pass it again, train(config, logdir, resume=True, env=...)."
-            )
-        return config
-    name = describe(env)  # checks env's type
-    if config.suite:
-        raise ValueError(
-            f"config.suite {config.suite!r} picks an environment of its own; with env= "
-            "leave suite unset (set steps, num_envs, train_ratio and preset as you need)."
-        )
-    default = Config().env
-    if config.env != default and not is_python_env(config.env) and config.env != name:
-        raise ValueError(
-            f"config.env is {config.env!r}, but env= gives the environment ({name}); leave "
-            "config.env unset: the run records the one env= gives."
-        )
-    if isinstance(env, gym.vector.VectorEnv):
-        if env.num_envs != config.num_envs:
-            raise ValueError(
-                f"the vector env has {env.num_envs} copies but config.num_envs is "
-                f"{config.num_envs}; make them equal (Config(num_envs={env.num_envs}, ...))."
-            )
-        if config.eval_every:
-            copies_of(env)  # evaluations need copies of their own
-    if saved is not None and saved != name:
-        raise ValueError(
-            f"{logdir} was trained on {saved!r}, and env= gives {name!r}; resume it with "
-            "the environment it was trained on."
-        )
-    return dataclasses.replace(config, env=name)
-
-
-def _saved_env(logdir: Path) -> str | None:
-    """``config.json``'s ``env`` in ``logdir``, if it has one to read."""
-    try:
-        saved = json.loads((Path(logdir) / "config.json").read_text()).get("env")
-    except (OSError, ValueError, AttributeError):
-        return None  # the run directory's own checks name the problem
-    return saved if isinstance(saved, str) else None
 
 
 # ------------------------------------------------------------------- making
@@ -335,7 +274,7 @@ class _Borrowed(gym.vector.VectorWrapper):
 
 
 # ----------------------------------------------------------------- checking
-def _spaces(spec: EnvSpec) -> str:
+def describe_spaces(spec: EnvSpec) -> str:
     """The observations and actions of ``spec`` in words."""
     shape = spec.observation_shape
     if isinstance(shape, dict):
@@ -368,8 +307,8 @@ def check_spaces(trained: EnvSpec, spec: EnvSpec, path: Path | str) -> None:
     spaces, when the two differ.
 
     Examples:
-        >>> from torchdreamer.training.envs import EnvSpec
-        >>> from torchdreamer.training.own_env import check_spaces
+        >>> from torchdreamer.envs.make import EnvSpec
+        >>> from torchdreamer.envs.own import check_spaces
         >>> check_spaces(EnvSpec((4,), True, 2), EnvSpec((4,), True, 2), "run")
         >>> check_spaces(EnvSpec((4,), True, 2), EnvSpec((3,), True, 2), "run")
         Traceback (most recent call last):
@@ -380,46 +319,6 @@ trained on.
     """
     if _plain(dataclasses.asdict(trained)) != _plain(dataclasses.asdict(spec)):
         raise ValueError(
-            f"{path} was trained on an environment of {_spaces(trained)}; this one has "
-            f"{_spaces(spec)}. Pass the environment it was trained on."
+            f"{path} was trained on an environment of {describe_spaces(trained)}; this one has "
+            f"{describe_spaces(spec)}. Pass the environment it was trained on."
         )
-
-
-def check_fits(
-    agent: nn.Module, checkpoint: dict[str, Any], spec: EnvSpec, path: Path | str
-) -> None:
-    """Refuse to load ``checkpoint`` (at ``path``) into ``agent``, built for an environment
-    of ``spec``, when the checkpoint was trained on other spaces: its stored
-    :class:`EnvSpec` (``checkpoint["env_spec"]``, where there is one) differs, or a network
-    has another shape.
-
-    Examples:
-        >>> from torchdreamer.training import Config, DreamerAgent
-        >>> from torchdreamer.training.envs import EnvSpec
-        >>> from torchdreamer.training.own_env import check_fits
-        >>> config = Config(imagination_horizon=3)
-        >>> trained = DreamerAgent((4,), 2, discrete=True, config=config)
-        >>> checkpoint = {"agent": trained.state_dict()}
-        >>> spec = EnvSpec((4,), discrete=True, action_dim=3)
-        >>> agent = DreamerAgent.from_spec(spec, config)
-        >>> check_fits(agent, checkpoint, spec, "run")
-        Traceback (most recent call last):
-        ...
-        ValueError: run was trained on an environment of other spaces than this one \
-(observations (4,), 3 discrete actions): its world_model.rssm.core.action_in.0.weight has \
-shape (64, 2) where this environment's agent has (64, 3); pass the environment it was trained on.
-    """
-    stored = checkpoint.get(ENV_SPEC)
-    if isinstance(stored, dict):
-        fields = {f.name for f in dataclasses.fields(EnvSpec)}
-        check_spaces(EnvSpec(**{k: v for k, v in stored.items() if k in fields}), spec, path)
-    saved = checkpoint["agent"]
-    for key, value in agent.state_dict().items():
-        other = saved.get(key)
-        if isinstance(other, torch.Tensor) and other.shape != value.shape:
-            raise ValueError(
-                f"{path} was trained on an environment of other spaces than this one "
-                f"({_spaces(spec)}): its {key} has shape {tuple(other.shape)} where this "
-                f"environment's agent has {tuple(value.shape)}; pass the environment it "
-                "was trained on."
-            )

@@ -46,7 +46,7 @@ def groups(copies: int, workers: int) -> list[range]:
     one where ``copies`` does not divide evenly.
 
     Examples:
-        >>> from torchdreamer.training.workers import groups
+        >>> from torchdreamer.envs.workers import groups
         >>> [list(group) for group in groups(5, 2)]
         [[0, 1, 2], [3, 4]]
         >>> groups(2, 3)  # doctest: +ELLIPSIS
@@ -163,7 +163,7 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
     Examples:
         >>> import functools
         >>> import gymnasium as gym
-        >>> from torchdreamer.training.workers import WorkerVectorEnv
+        >>> from torchdreamer.envs.workers import WorkerVectorEnv
         >>> makers = [functools.partial(gym.make, "CartPole-v1")] * 3
         >>> env = WorkerVectorEnv(makers, workers=2)
         >>> observation, info = env.reset(seed=0)
