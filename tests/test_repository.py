@@ -105,11 +105,6 @@ def test_collectives_stay_in_training():
 
 #: Modules on their way to another package folder (issue 36: the environments get their
 #: own, torchdreamer/envs/); the check fails once one has moved, so that its entry goes too.
-MOVING = {
-    f"torchdreamer.training.{name}": "envs" for name in ("envs", "suites", "own_env", "workers")
-}
-
-
 def _references(path: Path) -> set[str]:
     """Every dotted ``torchdreamer`` name a file imports or reaches through an imported
     module (``torchdreamer.DreamerV3ValueLoss`` after ``import torchdreamer``)."""
@@ -155,8 +150,6 @@ def _home(name: str) -> str | None:
                 module = importlib.import_module(defined)
             break
         module = value
-    if module.__name__ in MOVING:
-        return MOVING[module.__name__]
     return module.__name__.split(".")[1] if "." in module.__name__ else None
 
 
@@ -175,12 +168,9 @@ def _homes(path: Path) -> set[str]:
 
 def test_the_tests_mirror_the_package_folders():
     tests = ROOT / "tests"
-    for module in MOVING:
-        moved = not (ROOT / Path(*module.split("."))).with_suffix(".py").exists()
-        assert not moved, f"{module} has moved: delete its entry in MOVING"
     packages = {path.parent.name for path in (ROOT / "torchdreamer").glob("*/__init__.py")}
     folders = {path.parent.name for path in tests.glob("*/test_*.py")}
-    assert folders == packages | set(MOVING.values()), (
+    assert folders == packages, (
         f"test folders {sorted(folders)} against torchdreamer's {sorted(packages)}: "
         "each package folder's tests go in tests/<folder>/ (tests/README.md)"
     )
@@ -191,7 +181,7 @@ def test_the_tests_mirror_the_package_folders():
             misplaced.append(f"{path.relative_to(ROOT)} imports from {sorted(homes)} only")
     for path in sorted(tests.glob("test_*.py")):
         homes = _homes(path)
-        if len(homes) == 1 and homes <= packages | set(MOVING.values()):
+        if len(homes) == 1 and homes <= packages:
             misplaced.append(f"{path.relative_to(ROOT)} tests torchdreamer/{homes.pop()}/ only")
     assert not misplaced, "a test file sits away from what it tests:\n" + "\n".join(misplaced)
     # The check sees what a file tests through the facade and through lazy imports.
