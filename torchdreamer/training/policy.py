@@ -253,7 +253,7 @@ or (N, 4) (N of them).
         return fresh
 
     def _check_state(self, state: Any, n: int | None = None) -> None:
-        keys = ("state", "belief", "action", "is_first")
+        keys = ("stoch", "deter", "action", "is_first")
         if not isinstance(state, TensorDictBase) or any(k not in state.keys() for k in keys):
             raise ValueError(
                 f"state must be what act() or initial_state() returned (a TensorDict of "
@@ -372,7 +372,7 @@ or (N, 4) (N of them).
         else:
             self._check_state(state, n)
         action, after = self.agent.act(prepared, state["is_first"], state, explore)
-        state = after.select("state", "belief", "action")  # not the actor's outputs
+        state = after.select("stoch", "deter", "action")
         state.set("is_first", torch.zeros(n, dtype=torch.bool, device=self.device))
         env_action = self.spec.to_env_action(action.cpu())
         return (env_action if batched else env_action[0]), state
