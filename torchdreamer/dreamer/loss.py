@@ -106,15 +106,18 @@ def loss(
 
     Examples:
         >>> import torch
+        >>> from tensordict import TensorDict
         >>> from torchdreamer.dreamer import loss
         >>> from torchdreamer.training import Config, DreamerAgent
         >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
         >>> flags = torch.zeros(2, 5, dtype=torch.bool)
-        >>> batch = agent.example_batch(2, 5)
-        >>> terms, metrics, (stoch, deter) = loss(
-        ...     agent.networks(), batch, agent.start(batch), agent.settings)
-        >>> sorted(terms)[:3], stoch.shape
-        (['loss_actor', 'loss_model_continue', 'loss_model_dynamic'], torch.Size([2, 5, 1024]))
+        >>> batch = TensorDict(observation=torch.randn(2, 5, 4), prev_action=torch.zeros(2, 5, 2),
+        ...                    is_first=flags, reward=torch.zeros(2, 5), is_last=flags,
+        ...                    is_terminal=flags, batch_size=[2, 5])
+        >>> start = agent.world_model.rssm.initial(torch.Size([2]))
+        >>> terms, metrics, (stoch, deter) = loss(agent.networks(), batch, start, agent.settings)
+        >>> sorted(terms)[:3], tuple(stoch.shape[:2])
+        (['loss_actor', 'loss_model_continue', 'loss_model_dynamic'], (2, 5))
     """
     # 1. World model: filter the replayed sequence; reconstruct, predict, regularise.
     model = nets.world_model

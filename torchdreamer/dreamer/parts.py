@@ -150,8 +150,8 @@ def imagine(
     Examples:
         >>> import torch
         >>> from torchdreamer.dreamer.parts import imagine
-        >>> def step(stoch, deter):
-        ...     return stoch, stoch + 1, deter, stoch.sum(-1, keepdim=True)
+        >>> def step(stoch, deter):  # action, next stoch, next deter, reward there
+        ...     return stoch, stoch + 1, deter, (stoch + 1).sum(-1, keepdim=True)
         >>> stoch, deter, action, reward = imagine(step, torch.zeros(2, 3), torch.zeros(2, 4), 5)
         >>> stoch.shape, action.shape, reward[0].tolist()
         (torch.Size([2, 6, 3]), torch.Size([2, 5, 3]), [3.0, 6.0, 9.0, 12.0, 15.0])
@@ -213,13 +213,14 @@ def actor_loss(
 ) -> torch.Tensor:
     """The actor's loss over ``[N, H]`` imagined states: REINFORCE,
     ``-w (log π(a|s) sg((R - v) / S) + η H)``, when ``log_prob`` is given, else the
-    returns' own gradient through the dynamics, ``-w (R / S + η H)``.
+    returns' own gradient through the dynamics, ``-w (R / S + η H)``. ``value`` holds
+    the values of ``s_0 .. s_H`` (``[N, H + 1]``), ``scale`` is ``S``.
 
     Examples:
         >>> import torch
         >>> from torchdreamer.dreamer.parts import actor_loss
-        >>> ones = torch.ones(2, 3)
-        >>> float(actor_loss(2 * ones, ones, ones, torch.tensor(1.0), 0 * ones, 0.0, ones))
+        >>> ones, values = torch.ones(2, 3), torch.ones(2, 4)
+        >>> float(actor_loss(2 * ones, values, ones, torch.tensor(1.0), 0 * ones, 0.0, ones))
         -1.0
     """
     if log_prob is not None:
