@@ -423,7 +423,7 @@ _OLD_PREFIXES = {
 _OLD_COPIES = ("model_loss.", "actor_loss.", "value_loss.")
 
 
-def _from_old_names(state_dict: dict, prefix: str, *args: Any) -> None:
+def _from_old_names(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     """Load a checkpoint saved before the recipe: rename its entries (see
     :data:`_OLD_PREFIXES`) and drop the old losses' copies, in place."""
     if not any(key.startswith(prefix + old) for key in state_dict for old in _OLD_COPIES):
