@@ -186,7 +186,8 @@ def test_the_recipe_rollout_is_torchrls_generic_rollout():
         Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
     )
     critic = TensorDictModule(agent.critic, latent, ["state_value_logits", "state_value"])
-    torchrl = DreamerV3ActorLoss(actor, critic, ImaginationEnv(model.rssm, model.reward))
+    env = ImaginationEnv(model.rssm, model.reward)
+    torchrl = DreamerV3ActorLoss(actor, critic, env, imagination_horizon=4)
     stoch, deter = torch.randn(6, model.rssm.stoch_size), torch.randn(6, model.rssm.deter_size)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         torch.manual_seed(3)
