@@ -223,8 +223,8 @@ or (N, 4) (N of them).
 
     # --------------------------------------------------------------------- state
     def initial_state(self, batch: int = 1) -> TensorDict:
-        """The state of ``batch`` environments at an episode's start: ``state`` and
-        ``belief`` (the latent), ``action`` (the previous one) and ``is_first``."""
+        """The state of ``batch`` environments at an episode's start: ``stoch`` and
+        ``deter`` (the latent), ``action`` (the previous one) and ``is_first``."""
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}.")
         state = self.agent.initial_state(batch)
