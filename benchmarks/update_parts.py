@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_throughput import replay_batch  # noqa: E402
 
+import torchdreamer.dreamer.loss as recipe  # noqa: E402
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
 from torchdreamer.training.compiled import compile_agent  # noqa: E402
 
@@ -68,20 +69,21 @@ def main() -> None:
     parts = [
         (agent, "update", "update"),
         (agent, "losses", "losses (forward)"),
-        (agent.model_loss, "forward", "world-model loss"),
+        (agent.world_model, "forward", "world model"),
         (agent.world_model.rssm, "observe", "observe loop"),
-        (agent.actor_loss, "_forward", "actor loss"),
-        (agent.actor_loss, "_imagine", "imagination"),
-        (agent.critic.module, "forward", "critic network (all calls)"),
-        (agent.value_loss, "_forward", "value loss"),
-        (agent.value_loss, "replay_value_loss", "replay value loss"),
+        (recipe, "imagination", "imagination (rollout, critic, returns)"),
+        (recipe, "imagine", "imagination rollout"),
+        (recipe, "actor_part", "actor loss"),
+        (agent.critic, "forward", "critic network (all calls)"),
+        (recipe, "critic_part", "value loss"),
+        (recipe, "replay_part", "replay value loss"),
         (agent.optimizer, "step", "optimiser step"),
-        (agent.slow_critic, "step", "slow-critic EMA"),
+        (agent, "update_slow_critic", "slow-critic EMA"),
     ]
     if args.compile:
         # Compiled, the critic's forward runs inside its compiled graph, where a timer
         # would break the graph (dynamo cannot trace time.perf_counter).
-        parts = [part for part in parts if part[0] is not agent.critic.module]
+        parts = [part for part in parts if part[0] is not agent.critic]
     for owner, name, label in parts:
         timed(owner, name, label, times)
     batch = replay_batch()

@@ -5,13 +5,15 @@ that led to each observation), :data:`IS_FIRST`, :data:`REWARD`, :data:`IS_LAST`
 :data:`IS_TERMINAL`. The world model adds :data:`POSTERIOR_LOGITS`, :data:`PRIOR_LOGITS`
 (``[..., categoricals, classes]``), :data:`REWARD_LOGITS` (two-hot bins),
 :data:`CONTINUATION_LOGITS`, :data:`RECONSTRUCTION` (one entry per observation key) and
-the latent state: :data:`STATE` (the flat stochastic sample) and :data:`BELIEF` (the
-deterministic GRU state); actor and critic read :data:`STATE` and :data:`BELIEF`.
+the latent: :data:`STOCH` (the flat stochastic sample) and :data:`DETER` (the
+deterministic GRU state), as the official names them; actor and critic read both.
+:data:`STATE` and :data:`BELIEF` are TorchRL's names of the same two, the default keys
+of the TorchRL-compatible losses (:mod:`torchdreamer.objectives`) only.
 
 Examples:
     >>> from torchdreamer import keys
-    >>> keys.STATE, keys.BELIEF, keys.RECONSTRUCTION
-    ('state', 'belief', 'reconstruction')
+    >>> keys.STOCH, keys.DETER, keys.RECONSTRUCTION
+    ('stoch', 'deter', 'reconstruction')
 
 """
 
@@ -29,10 +31,14 @@ IS_TERMINAL = "is_terminal"
 """The episode ended in a terminal state (no bootstrap after it)."""
 REWARD = "reward"
 """The reward received on arriving at the step."""
-STATE = "state"
+STOCH = "stoch"
 """The flat stochastic latent, ``[..., categoricals * classes]`` one-hot samples."""
+DETER = "deter"
+"""The deterministic GRU state."""
+STATE = "state"
+"""TorchRL's name of :data:`STOCH`: the default key of the TorchRL-compatible losses."""
 BELIEF = "belief"
-"""The deterministic GRU state ``deter``."""
+"""TorchRL's name of :data:`DETER`: the default key of the TorchRL-compatible losses."""
 POSTERIOR_LOGITS = "posterior_logits"
 """Log-probabilities of the posterior latents, ``[..., categoricals, classes]``."""
 PRIOR_LOGITS = "prior_logits"
@@ -40,11 +46,8 @@ PRIOR_LOGITS = "prior_logits"
 REWARD_LOGITS = "reward_logits"
 """Logits of the reward head over the two-hot bins."""
 CONTINUATION_LOGITS = "continuation_logits"
-"""Logit of the continuation head, ``[..., 1]``."""
-CONTINUATION = "continuation"
-"""Probability that the episode goes on, ``[..., 1]`` (the imagination's discount)."""
-CONTINUATION_LOGIT = "continuation_logit"
-"""Logit of the continuation head in imagination, ``[..., 1]``."""
+"""Logit of the continuation head, ``[..., 1]`` (the probability that the episode goes
+on is its sigmoid)."""
 RECONSTRUCTION = "reconstruction"
 """Root of the decoder's outputs: ``(RECONSTRUCTION, key)`` for each observation key."""
 STATE_VALUE = "state_value"

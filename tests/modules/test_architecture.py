@@ -247,11 +247,11 @@ def test_output_layers_start_at_the_official_scales():
     agent = cartpole_agent("size1m")
     wm = agent.world_model
     # outscale 0: reward and critic start predicting exactly 0.
-    for head in (wm.reward.mlp, agent.critic.module.mlp):
+    for head in (wm.reward.mlp, agent.critic.mlp):
         assert torch.equal(head[-1].weight, torch.zeros_like(head[-1].weight))
     # outscale 0.01 for the policy, 1 elsewhere: std 1.1368 * scale / sqrt(fan_in) before
     # truncation at 2 std, i.e. std of about scale / sqrt(fan_in).
-    policy_out = agent.actor.module[0].module.mlp[-1].weight
+    policy_out = agent.actor.mlp[-1].weight
     assert policy_out.std().item() * 64**0.5 == pytest.approx(0.01, rel=0.25)
     assert policy_out.abs().max() <= 2 * 1.1368 * 0.01 / 64**0.5 + 1e-9
     continuation_out = wm.continuation.mlp[-1].weight

@@ -133,11 +133,8 @@ def test_update_trains_every_network(shape, discrete, image, monkeypatch):
         moved = [not torch.equal(p, before_p) for p, before_p in _pairs(module, agent, before)]
         assert any(moved), name
     # The slow critic moved toward the critic (EMA), but not all the way.
-    slow = agent.value_loss.target_value_model_params.flatten_keys(".")
-    assert any(
-        not torch.equal(v, before[f"value_loss.target_value_model_params.{k}"])
-        for k, v in slow.items()
-    )
+    slow = agent.slow_critic.flatten_keys(".")
+    assert any(not torch.equal(v, before[f"slow_critic.{k}"]) for k, v in slow.items())
 
 
 class _ProductDtypes(TorchDispatchMode):
@@ -186,7 +183,7 @@ def test_bfloat16_computes_the_products_in_bfloat16_and_keeps_float32_state(
                 observation, torch.ones(8, dtype=torch.bool), agent.initial_state(8)
             )
         assert products.dtypes == {dtype}, precision
-        assert action.dtype == state["state"].dtype == state["belief"].dtype == torch.float32
+        assert action.dtype == state["stoch"].dtype == state["deter"].dtype == torch.float32
     # The same parameters and draws: the terms agree to a few bfloat16 roundings (2**-8
     # each; up to 1.2% seen over 18 batches, flipped draws included).
     for key, expected in metrics["float32"].items():
@@ -322,8 +319,60 @@ def test_short_training_run(env_id, updates, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "learning_curve.png").exists() or env_id == "Pendulum-v1"
 
 
+def _torchrl_losses(agent):
+    """TorchRL's actor and value losses (this package's adapters) over ``agent``'s
+    networks, configured as the agent's update: the composition the agent used before
+    the recipe (``torchdreamer.dreamer``)."""
+    from tensordict.nn import ProbabilisticTensorDictModule as Prob
+    from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+    from tensordict.nn import TensorDictModule
+    from torchrl.objectives.utils import ValueEstimators
+
+    from torchdreamer import DreamerV3ActorLoss, DreamerV3ValueLoss
+    from torchdreamer.modules import ImaginationEnv, MultiOneHotCategorical, OneHotCategorical
+
+    cfg, wm, latent = agent.config, agent.world_model, ["state", "belief"]
+    if agent.discrete:
+        dist = {"distribution_class": OneHotCategorical}
+        if agent.action_nvec:
+            dist = {
+                "distribution_class": MultiOneHotCategorical,
+                "distribution_kwargs": {"nvec": agent.action_nvec},
+            }
+        actor = Seq(
+            TensorDictModule(agent.actor, latent, ["logits"]), Prob(["logits"], ["action"], **dist)
+        )
+    else:
+        actor = Seq(
+            TensorDictModule(agent.actor, latent, ["loc", "scale"]),
+            Prob(["loc", "scale"], ["action"], distribution_class=torch.distributions.Normal),
+        )
+    critic = TensorDictModule(agent.critic, latent, ["state_value_logits", "state_value"])
+    actor_loss = DreamerV3ActorLoss(
+        actor,
+        critic,
+        ImaginationEnv(wm.rssm, wm.reward),
+        continuation_model=TensorDictModule(wm.continuation, latent, ["logit", "continuation"]),
+        imagination_horizon=cfg.imagination_horizon,
+        entropy_bonus=cfg.entropy_bonus,
+        use_reinforce=agent.settings.reinforce,
+    )
+    actor_loss.make_value_estimator(
+        ValueEstimators.TDLambda, gamma=1 - 1 / cfg.horizon, lmbda=cfg.lmbda
+    )
+    value_loss = DreamerV3ValueLoss(
+        critic,
+        value_loss="two_hot",
+        actor_loss=actor_loss,
+        slow_critic_regularization=cfg.slow_critic_weight,
+    )
+    value_loss.target_value_model_params.get("module").update_(agent.slow_critic)
+    return actor_loss, value_loss
+
+
 def _old_composition(agent, batch):
-    """The agent's update before DreamerV3Loss, restated plainly with the functional math.
+    """The agent's update before the recipe, restated plainly with the functional math
+    and TorchRL's actor and value losses (see :func:`_torchrl_losses`).
 
     The world model's own forward, then the five model terms (official scales, free
     nats 1), imagination from the detached posterior states, the critic on the
@@ -352,13 +401,14 @@ def _old_composition(agent, batch):
         "loss_model_dynamic": dyn.clamp(min=1.0).mean(),
         "loss_model_representation": 0.1 * rep.clamp(min=1.0).mean(),
     }
+    actor_loss, value_loss = _torchrl_losses(agent)
     states = TensorDict(state=stoch, belief=deter, batch_size=batch.batch_size)
-    actor_td, imagined = agent.actor_loss(states.detach().reshape(-1))
+    actor_td, imagined = actor_loss(states.detach().reshape(-1))
     terms["loss_actor"] = actor_td["loss_actor"]
-    terms["loss_value"] = agent.value_loss(imagined)[0]["loss_value"]
+    terms["loss_value"] = value_loss(imagined)[0]["loss_value"]
     replay = states.update(batch.select("reward", "is_last", "is_terminal"))
     replay.set("bootstrap", imagined["lambda_target"][:, 0, 0].reshape(batch.batch_size))
-    replay_td = agent.value_loss.replay_value_loss(replay, cfg.horizon, cfg.lmbda)
+    replay_td = value_loss.replay_value_loss(replay, cfg.horizon, cfg.lmbda)
     terms["loss_replay_value"] = 0.3 * replay_td["loss_replay_value"]
     return terms
 
@@ -404,7 +454,7 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, actor_gr
     # discrete ones always) the actor loss's critic pass, with its gradient, is the value
     # loss's too; then the slow critic, the replay critic and its slow critic.
     calls = []
-    agent.critic.module.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    agent.critic.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(1)
     total, metrics = agent.losses(batch)
     reinforce = discrete or actor_grad == "reinforce"

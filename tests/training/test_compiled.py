@@ -9,13 +9,16 @@ import csv
 import json
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 import torch._dynamo
+import torch._inductor.config
 from tensordict import TensorDict
 from torch._dynamo.utils import counters
 
+from torchdreamer.dreamer import imagine, imagine_step
 from torchdreamer.functional import symlog
 from torchdreamer.training import Config, DreamerAgent
 from torchdreamer.training.compiled import (
@@ -61,9 +64,9 @@ def agents():
     # rounding differently, would disagree by that noise. Here the outer bins are made
     # unlikely, as training makes them, so that the decoded values are well-conditioned.
     with torch.no_grad():
-        for head in (eager.critic.module, eager.world_model.reward):
+        for head in (eager.critic, eager.world_model.reward):
             head.mlp[-1].bias.copy_(-2 * symlog(head.bins).abs())
-    eager.slow_critic.init_()
+    eager.slow_critic.data.copy_(TensorDict.from_module(eager.critic).data)
     compiled = compile_agent(copy.deepcopy(eager))
     yield eager, compiled
     torch._dynamo.reset()
@@ -164,38 +167,55 @@ def test_every_region_stays_compiled_at_every_batch_size(agents):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
-def test_the_fused_imagination_is_the_generic_rollout():
-    """Uncompiled, the fused rollout draws and computes what the actor loss's generic
-    rollout (tensordict modules, imagination environment, ``step_mdp``) does, bit for
-    bit, under the same keys and dtypes."""
+def test_the_recipe_rollout_is_torchrls_generic_rollout():
+    """The recipe's one rollout (:func:`imagine` of :func:`imagine_step`) draws and
+    computes what TorchRL's generic rollout (the actor loss's tensordict modules,
+    imagination environment and ``step_mdp``) does over the same networks, bit for bit."""
+    from tensordict.nn import ProbabilisticTensorDictModule as Prob
+    from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+    from tensordict.nn import TensorDictModule
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-    from torchdreamer.training.compiled import _Imagination
+    from torchdreamer import DreamerV3ActorLoss
+    from torchdreamer.modules import ImaginationEnv, OneHotCategorical
 
     agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=4))
-    rssm = agent.world_model.rssm
-    start = TensorDict(
-        state=torch.randn(6, rssm.stoch_size),
-        belief=torch.randn(6, rssm.deter_size),
-        batch_size=[6],
+    model, latent = agent.world_model, ["state", "belief"]
+    actor = Seq(
+        TensorDictModule(agent.actor, latent, ["logits"]),
+        Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
     )
-    fused = _Imagination(agent)
-    fused.step = fused._step
+    critic = TensorDictModule(agent.critic, latent, ["state_value_logits", "state_value"])
+    env = ImaginationEnv(model.rssm, model.reward)
+    torchrl = DreamerV3ActorLoss(actor, critic, env, imagination_horizon=4)
+    stoch, deter = torch.randn(6, model.rssm.stoch_size), torch.randn(6, model.rssm.deter_size)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         torch.manual_seed(3)
-        expected = agent.actor_loss._imagine(start)
+        expected, states = torchrl._imagine(TensorDict(state=stoch, belief=deter, batch_size=[6]))
         torch.manual_seed(3)
-        got = fused(start)
-    (got, got_states), (expected, expected_states) = got, expected
-    assert got.batch_size == expected.batch_size == (6, 4)
-    assert set(got.keys(True, True)) == set(expected.keys(True, True))
-    for key in expected.keys(True, True):
-        assert got[key].dtype == expected[key].dtype, key
-        assert torch.equal(got[key], expected[key]), key
-    assert got_states.batch_size == expected_states.batch_size == (6, 5)
-    assert set(got_states.keys(True, True)) == {"state", "belief"}
-    for key in got_states.keys(True, True):
-        assert torch.equal(got_states[key], expected_states[key]), key
+        step = partial(imagine_step, agent.actor, model.rssm, model.reward)
+        got = imagine(step, stoch, deter, 4)
+    assert torch.equal(got[0], states["state"]) and torch.equal(got[1], states["belief"])
+    assert torch.equal(got[2], expected["action"])
+    assert torch.equal(got[3], expected["next", "reward"][..., 0])
+
+
+def test_the_compiled_rollout_is_the_eager_one():
+    """The same rollout with its step compiled draws the same actions and reaches the
+    same states, to float32 rounding."""
+    torch._inductor.config.fallback_random = True
+    agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=4))
+    model = agent.world_model
+    step = partial(imagine_step, agent.actor, model.rssm, model.reward)
+    stoch, deter = torch.zeros(6, model.rssm.stoch_size), torch.randn(6, model.rssm.deter_size)
+    runs = []
+    for function in (step, torch.compile(step)):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            runs.append(imagine(function, stoch, deter, 4))
+    for got, expected in zip(runs[1], runs[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(runs[1][2], runs[0][2])  # the same actions
 
 
 def test_a_detached_two_hot_value_runs_no_backward(agents):
@@ -207,7 +227,7 @@ def test_a_detached_two_hot_value_runs_no_backward(agents):
     _synchronise(compiled, eager)
     rssm = eager.world_model.rssm
     features = torch.randn(3, 5, rssm.stoch_size), torch.randn(3, 5, rssm.deter_size)
-    for part in ("critic.module", "world_model.reward"):
+    for part in ("critic", "world_model.reward"):
         heads = [agent.get_submodule(part) for agent in (eager, compiled)]
         grads = []
         for head in heads:

@@ -13,6 +13,7 @@ import torch
 from reference import assert_close_to_reference
 from tensordict import TensorDict
 
+from torchdreamer.dreamer.loss import actor_part, imagination
 from torchdreamer.modules import ModelSize
 from torchdreamer.training import PRESETS, Config, DreamerAgent
 from torchdreamer.training.run_directory import _stored_config
@@ -34,7 +35,7 @@ def continuous_agent(**fields) -> DreamerAgent:
     config = Config(preset="test", imagination_horizon=4, **fields)
     agent = DreamerAgent((3,), 2, discrete=False, config=config)
     with torch.no_grad():
-        for module in (agent.world_model.reward, agent.critic.module, agent.actor):
+        for module in (agent.world_model.reward, agent.critic, agent.actor):
             for parameter in module.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.3)
     return agent
@@ -46,7 +47,14 @@ def start_states(agent: DreamerAgent, batch: int = 6) -> TensorDict:
     index = torch.randint(0, SMALL.classes, (batch, SMALL.categoricals), generator=generator)
     state = torch.nn.functional.one_hot(index, SMALL.classes).float().flatten(1)
     belief = torch.randn(batch, agent.world_model.rssm.deter_size, generator=generator)
-    return TensorDict(state=state, belief=belief, batch_size=[batch])
+    return TensorDict(stoch=state, deter=belief, batch_size=[batch])
+
+
+def actor_loss(agent: DreamerAgent, start: TensorDict) -> tuple[dict, dict]:
+    """The recipe's actor terms and imagination from ``start``, on ``agent``'s networks."""
+    nets = agent.networks()
+    imagined = imagination(nets, (start["stoch"], start["deter"]), agent.settings, None)
+    return actor_part(nets, imagined, agent.settings), imagined
 
 
 def reference_reinforce_loss(loc, scale, action, returns, value, weight, return_scale):
@@ -68,8 +76,8 @@ def reference_reinforce_loss(loc, scale, action, returns, value, weight, return_
 def test_a_default_agent_trains_continuous_actions_by_reinforce():
     assert Config().actor_grad == "reinforce"
     agent = continuous_agent()
-    assert agent.actor_loss.use_reinforce
-    loss_td, imagined = agent.actor_loss(start_states(agent))
+    assert agent.settings.reinforce
+    loss_td, imagined = actor_loss(agent, start_states(agent))
     loss = loss_td["loss_actor"]
     loss.backward()
     # The world model is only read: no gradient reaches it.
@@ -80,17 +88,17 @@ def test_a_default_agent_trains_continuous_actions_by_reinforce():
 
     # The same loss and actor gradient from the official formula on the stopped
     # trajectory: the policy re-scores its own (stopped) imagined actions.
-    head = agent.actor.module[0].module
-    loc, scale = head(imagined["state"], imagined["belief"])
+    head = agent.actor
+    loc, scale = head(imagined["stoch"], imagined["deter"])
     with torch.no_grad():
-        _, value = agent.critic.module(imagined["state"], imagined["belief"])
+        _, value = agent.critic(imagined["stoch"], imagined["deter"])
     reference = reference_reinforce_loss(
         loc,
         scale,
         imagined["action"],
-        imagined["lambda_target"][..., 0],
+        imagined["returns"],
         value[..., 0],
-        imagined["discount_weight"][..., 0],
+        imagined["weight"],
         float(loss_td["return_scale"]),
     )
     assert float(loss_td["return_scale"]) > 1  # the returns' spread is normalised
@@ -106,7 +114,7 @@ def _imagined_reward_carries_a_gradient(agent: DreamerAgent) -> bool:
         lambda module, inputs, output: seen.append(output[1].requires_grad)
     )
     try:
-        agent.actor_loss(start_states(agent))
+        actor_loss(agent, start_states(agent))
     finally:
         hook.remove()
     assert seen
@@ -115,17 +123,17 @@ def _imagined_reward_carries_a_gradient(agent: DreamerAgent) -> bool:
 
 def test_actor_grad_dynamics_backpropagates_through_the_imagined_dynamics():
     dynamics = continuous_agent(actor_grad="dynamics")
-    assert not dynamics.actor_loss.use_reinforce
+    assert not dynamics.settings.reinforce
     assert _imagined_reward_carries_a_gradient(dynamics)
     # REINFORCE imagines without a graph: the rewards never reach the actor's gradient.
     assert not _imagined_reward_carries_a_gradient(continuous_agent())
 
     # With gradients through the dynamics, the loss is the returns themselves.
-    loss_td, imagined = dynamics.actor_loss(start_states(dynamics))
-    _, scale = dynamics.actor.module[0].module(imagined["state"], imagined["belief"])
+    loss_td, imagined = actor_loss(dynamics, start_states(dynamics))
+    _, scale = dynamics.actor(imagined["stoch"], imagined["deter"])
     entropy = (0.5 + 0.5 * torch.log(2 * math.pi * scale.double() ** 2)).sum(-1)
-    returns = imagined["lambda_target"][..., 0].double() / float(loss_td["return_scale"])
-    weight = imagined["discount_weight"][..., 0].double()
+    returns = imagined["returns"].double() / float(loss_td["return_scale"])
+    weight = imagined["weight"].double()
     expected = -(weight * (returns + ETA * entropy)).mean()
     assert_close_to_reference(loss_td["loss_actor"], expected.detach())
     loss_td["loss_actor"].backward()
@@ -137,7 +145,7 @@ def test_actor_grad_dynamics_backpropagates_through_the_imagined_dynamics():
 def test_discrete_actions_learn_by_reinforce_under_either_actor_grad(actor_grad, nvec):
     config = Config(preset="test", imagination_horizon=3, actor_grad=actor_grad)
     agent = DreamerAgent((4,), sum(nvec) or 2, discrete=True, config=config, action_nvec=nvec)
-    assert agent.actor_loss.use_reinforce
+    assert agent.settings.reinforce
 
 
 def test_actor_grad_takes_reinforce_or_dynamics():
@@ -182,7 +190,7 @@ def test_the_discrete_policy_mixes_in_no_uniform_distribution(nvec):
     torch.manual_seed(0)
     config = Config(preset="test", imagination_horizon=3)
     agent = DreamerAgent((4,), sum(nvec) or 3, discrete=True, config=config, action_nvec=nvec)
-    head = agent.actor.module[0].module
+    head = agent.actor
     assert head.unimix == 0
     with torch.no_grad():
         for parameter in head.mlp.parameters():

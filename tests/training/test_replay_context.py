@@ -42,7 +42,7 @@ def window(agent: DreamerAgent, b: int = 3, t: int = 6, latent: bool = True) -> 
             torch.randint(0, rssm.classes, (b, t, rssm.categoricals)), rssm.classes
         )
         columns[LATENT] = TensorDict(
-            state=stoch.flatten(-2).float(), belief=torch.randn(b, t, rssm.deter_size)
+            stoch=stoch.flatten(-2).float(), deter=torch.randn(b, t, rssm.deter_size)
         )
     return TensorDict(columns, batch_size=[b, t])
 
@@ -62,15 +62,15 @@ def test_a_window_mid_episode_starts_from_the_latent_stored_with_its_step_0():
     assert latents.batch_size == torch.Size([3, 5])  # steps 1..5 trained, step 0 context
     stored = batch[LATENT][:, 0]
     # Step 1 follows step 0's stored state, fed the action taken at step 0.
-    expected = first_deter(agent, stored["belief"], stored["state"], batch["prev_action"][:, 1])
-    torch.testing.assert_close(latents["belief"][:, 0], expected, rtol=1e-5, atol=1e-6)
+    expected = first_deter(agent, stored["deter"], stored["stoch"], batch["prev_action"][:, 1])
+    torch.testing.assert_close(latents["deter"][:, 0], expected, rtol=1e-5, atol=1e-6)
     zero = first_deter(
         agent,
-        torch.zeros_like(stored["belief"]),
-        torch.zeros_like(stored["state"]),
+        torch.zeros_like(stored["deter"]),
+        torch.zeros_like(stored["stoch"]),
         torch.zeros_like(batch["prev_action"][:, 1]),
     )
-    assert not torch.allclose(latents["belief"][:, 0], zero)
+    assert not torch.allclose(latents["deter"][:, 0], zero)
 
 
 def test_a_first_step_after_the_context_resets_the_state():
@@ -84,7 +84,7 @@ def test_a_first_step_after_the_context_resets_the_state():
     zeros = torch.zeros(3, agent.world_model.rssm.deter_size)
     stoch = torch.zeros(3, agent.world_model.rssm.stoch_size)
     expected = first_deter(agent, zeros, stoch, torch.zeros(3, 2))
-    torch.testing.assert_close(agent.latents["belief"][:, 0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(agent.latents["deter"][:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_window_without_context_starts_as_an_episode_does():
@@ -98,7 +98,7 @@ def test_a_window_without_context_starts_as_an_episode_does():
     zeros = torch.zeros(3, agent.world_model.rssm.deter_size)
     stoch = torch.zeros(3, agent.world_model.rssm.stoch_size)
     expected = first_deter(agent, zeros, stoch, torch.zeros(3, 2))
-    torch.testing.assert_close(agent.latents["belief"][:, 0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(agent.latents["deter"][:, 0], expected, rtol=1e-5, atol=1e-6)
     assert not batch["is_first"][:, 0].any(), "the caller's batch is left as it was"
 
 
@@ -110,7 +110,7 @@ def latent_rows(t: int, envs: int = 2, size: int = 3) -> TensorDict:
         step=torch.full((envs,), t),
         is_first=torch.full((envs,), t == 0),
         is_last=torch.zeros(envs, dtype=torch.bool),
-        latent=TensorDict(state=value.clone(), belief=-value, batch_size=[envs]),
+        latent=TensorDict(stoch=value.clone(), deter=-value, batch_size=[envs]),
         batch_size=[envs],
     )
 
@@ -123,7 +123,7 @@ def test_training_writes_the_refreshed_latents_back_into_the_windows_it_trained_
     batch = replay.sample(3, 5)
     refreshed = TensorDict(
         latent=TensorDict(
-            state=torch.randn(3, 4, 3), belief=torch.randn(3, 4, 3), batch_size=[3, 4]
+            stoch=torch.randn(3, 4, 3), deter=torch.randn(3, 4, 3), batch_size=[3, 4]
         ),
         batch_size=[3, 4],
     )
@@ -147,9 +147,9 @@ def test_an_update_leaves_the_latents_to_write_back():
     agent.update(batch)
     replay.update(batch[INDEX], TensorDict({LATENT: agent.latents}, [1, 6]))
     held = replay.storage[batch[INDEX, "env"], batch[INDEX, "step"] % replay.per_env]
-    assert torch.equal(held[LATENT, "belief"][:, 1:], agent.latents["belief"])
-    assert torch.equal(held[LATENT, "state"][:, 1:], agent.latents["state"])
-    assert torch.equal(held[LATENT][:, 0]["belief"], batch[LATENT][:, 0]["belief"])
+    assert torch.equal(held[LATENT, "deter"][:, 1:], agent.latents["deter"])
+    assert torch.equal(held[LATENT, "stoch"][:, 1:], agent.latents["stoch"])
+    assert torch.equal(held[LATENT][:, 0]["deter"], batch[LATENT][:, 0]["deter"])
 
 
 def fresh_windows(written: list[int], length: int) -> list[tuple[int, int]]:
@@ -232,13 +232,13 @@ def test_a_prefetcher_closed_early_puts_back_the_queue_and_refreshes_latents():
         first = next(batches)
         batches._pending.result()  # the second batch is sampled: then training writes
         ones = TensorDict(
-            latent=TensorDict(state=torch.ones(2, 2, 3), belief=torch.ones(2, 2, 3)),
+            latent=TensorDict(stoch=torch.ones(2, 2, 3), deter=torch.ones(2, 2, 3)),
             batch_size=[2, 2],
         )
         replay.update(first[INDEX], ones)
         second = next(batches)
     now = replay.storage[second[INDEX, "env"], second[INDEX, "step"] % replay.per_env]
-    assert torch.equal(second["latent", "state"], now["latent", "state"])
+    assert torch.equal(second["latent", "stoch"], now["latent", "stoch"])
     assert list(replay.queue) == queue[4:]  # two batches handed out, the third put back
 
 
@@ -288,14 +288,14 @@ def test_latents_ride_along_in_checkpoints_and_memory_mapped_files(tmp_path, on_
         replay.add(latent_rows(t), torch.ones(2, dtype=torch.bool))
     batch = replay.sample(2, 4)
     refreshed = TensorDict(
-        latent=TensorDict(state=torch.randn(2, 3, 3), belief=torch.randn(2, 3, 3)),
+        latent=TensorDict(stoch=torch.randn(2, 3, 3), deter=torch.randn(2, 3, 3)),
         batch_size=[2, 3],
     )
     replay.update(batch[INDEX], refreshed)
     state = replay.state_dict()
     resumed = SequenceReplay(2, 40, torch.Generator().manual_seed(0))
     resumed.load_state_dict(state)
-    for key in [("latent", "state"), ("latent", "belief"), "step"]:
+    for key in [("latent", "stoch"), ("latent", "deter"), "step"]:
         mine = replay.storage[key][:, :9]
         assert torch.equal(resumed.storage[key][:, :9], mine), key
 
@@ -318,12 +318,12 @@ def test_a_resumed_run_closes_its_cut_episodes_and_keeps_latents(tmp_path):
         assert cut_open[env] or bool(before["rows"][env]["is_last"][-1])
         assert bool(rows["is_first"][cut + 1])
         latent = rows[LATENT]
-        assert latent["belief"].dtype == torch.float32
+        assert latent["deter"].dtype == torch.float32
         # The rows the policy acted on hold its one-hot sample (or training's since);
         # an episode's final observation, never acted on, zeros until trained on.
         acted = ~rows["is_last"]
         acted[cut] = True
-        ones = latent["state"].sum(-1)
+        ones = latent["stoch"].sum(-1)
         assert (ones[acted] == config.size.categoricals).all()
         assert ((ones[~acted] == 0) | (ones[~acted] == config.size.categoricals)).all()
 

@@ -115,13 +115,13 @@ def _after_optimiser_step(agent, monkeypatch):
 
 
 def _after_slow_critic(agent, monkeypatch):
-    step = agent.slow_critic.step
+    step = agent.update_slow_critic
 
     def interrupted():
         step()
         _ctrl_c_twice()
 
-    monkeypatch.setattr(agent.slow_critic, "step", interrupted)
+    monkeypatch.setattr(agent, "update_slow_critic", interrupted)
 
 
 @pytest.mark.parametrize(

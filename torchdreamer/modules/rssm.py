@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -230,6 +232,7 @@ class RSSM(nn.Module):
         prev_action: torch.Tensor,
         is_first: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        obs_steps: Callable[..., tuple[torch.Tensor, ...]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Filter a ``[B, T]`` sequence.
 
@@ -244,6 +247,8 @@ class RSSM(nn.Module):
             prev_action: ``[B, T, action_dim]``, the action that led to each observation.
             is_first: ``[B, T]`` episode starts.
             state: ``(stoch, deter)`` before the first step; zeros if ``None``.
+            obs_steps: What filters a chunk, :meth:`obs_steps` if ``None`` (a compiled
+                update passes it compiled: ``torch.compile(rssm.obs_steps)``).
 
         Returns:
             ``stoch``, ``deter`` ``[B, T, ...]`` and ``posterior_logits``,
@@ -251,11 +256,12 @@ class RSSM(nn.Module):
         """
         batch = embed.shape[:1]
         stoch, deter = self.initial(batch, embed.device) if state is None else state
+        obs_steps = self.obs_steps if obs_steps is None else obs_steps
         chunks = []
         for start in range(0, embed.shape[1], self.chunk):
             part = slice(start, start + self.chunk)
             inputs = prev_action[:, part], embed[:, part], is_first[:, part]
-            chunk = self.obs_steps(stoch, deter, *inputs)
+            chunk = obs_steps(stoch, deter, *inputs)
             stoch, deter = chunk[0][:, -1], chunk[1][:, -1]
             chunks.append(chunk)
         stochs, deters, posts = (torch.cat(column, 1) for column in zip(*chunks, strict=True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -244,6 +244,8 @@ class WorldModel(nn.Module):
         is_first: torch.Tensor,
         prev_stoch: torch.Tensor | None = None,
         prev_deter: torch.Tensor | None = None,
+        *,
+        obs_steps: Callable[..., tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[torch.Tensor | TensorDict, ...]:
         """Filter a ``[B, T]`` replay sequence; returns :data:`WORLD_MODEL_OUTPUTS`.
 
@@ -251,6 +253,7 @@ class WorldModel(nn.Module):
         latent state before each step; the filter starts from the first step's
         (``[:, 0]``), the zero state if they are not given. A replay window whose
         first step's latent was stored while acting passes it here, shifted one step.
+        ``obs_steps``: what filters each chunk of steps (see :meth:`RSSM.observe`).
 
         Examples:
             >>> import torch
@@ -270,7 +273,7 @@ class WorldModel(nn.Module):
         start = None
         if prev_stoch is not None:  # contiguous: the compiled filter sees one layout
             start = (prev_stoch[:, 0].contiguous(), prev_deter[:, 0].contiguous())
-        out = self.rssm.observe(self.embed(observation), prev_action, is_first, start)
+        out = self.rssm.observe(self.embed(observation), prev_action, is_first, start, obs_steps)
         reward_logits, _ = self.reward(out["stoch"], out["deter"])
         continuation_logit, _ = self.continuation(out["stoch"], out["deter"])
         return (

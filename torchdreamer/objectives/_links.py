@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torchdreamer.dreamer.parts import frozen
+
+__all__ = ["Borrowed", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -21,27 +21,3 @@ class Borrowed:
     """
 
     module: Any
-
-
-@contextmanager
-def frozen(*modules: Any) -> Iterator[None]:
-    """Stop parameter gradients of ``modules`` inside the block; inputs still get them.
-
-    Each parameter's own ``requires_grad`` is restored on exit, so parameters
-    the user froze stay frozen (TorchRL's ``hold_out_net`` sets them all back to
-    ``True``). Objects that are not ``nn.Module`` are ignored.
-    """
-    params = [
-        p
-        for module in modules
-        if isinstance(module, nn.Module)
-        for p in module.parameters()
-        if p.requires_grad
-    ]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)

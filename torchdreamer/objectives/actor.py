@@ -15,13 +15,14 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, default_value_kwargs
 from torchrl.objectives.value import TD0Estimator, TD1Estimator, TDLambdaEstimator
 
-from torchdreamer.functional import discount_weights, lambda_return
+from torchdreamer.dreamer.parts import actor_loss, imagined_returns
+from torchdreamer.dreamer.return_scale import ReturnScale
+from torchdreamer.functional import lambda_return
 from torchdreamer.functional.outputs import TwoHot
 from torchdreamer.objectives import official
 from torchdreamer.objectives._call import call_module, require_tensordict_module
 from torchdreamer.objectives._links import Borrowed, frozen
 from torchdreamer.objectives._shapes import per_step
-from torchdreamer.objectives.return_scale import ReturnScale
 
 __all__ = ["DreamerV3ActorLoss"]
 
@@ -623,27 +624,18 @@ class DreamerV3ActorLoss(LossModule):
             if keep_value_output:
                 value = value.detach()
             continuation = self._continuations(states, states_batch)
-            reward = imagined.get(("next", keys.reward))
-            reward = per_step(reward, batch, "The imagined reward")
-            reward = torch.cat([torch.zeros_like(reward[..., :1]), reward], dim=-1)
+            reward = per_step(imagined.get(("next", keys.reward)), batch, "The imagined reward")
             live = torch.ones_like(value) if continuation is None else continuation
             gamma = estimator.gamma.to(value)
-            returns = lambda_return(reward, live, value, gamma, self._lmbda(value))
-        if self.discount_loss:
-            weight = discount_weights(live[..., :-1], gamma).detach()
-        else:
+            returns, weight = imagined_returns(reward, live, value, gamma, self._lmbda(value))
+        if not self.discount_loss:
             weight = torch.ones_like(returns)
 
         scale = self._return_scale(returns)
         entropy, log_prob = self._entropy_and_log_prob(imagined, batch)
         if entropy is None:
             entropy = torch.zeros_like(returns)
-        if self.use_reinforce:
-            advantage = ((returns - value[..., :-1]) / scale).detach()
-            objective = log_prob * advantage
-        else:
-            objective = returns / scale
-        loss = -(weight * (objective + self.entropy_bonus * entropy)).mean()
+        loss = actor_loss(returns, value, weight, scale, entropy, self.entropy_bonus, log_prob)
 
         imagined = imagined.detach()
         imagined.set(keys.lambda_target, returns.detach().unsqueeze(-1))

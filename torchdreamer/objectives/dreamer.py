@@ -63,12 +63,26 @@ class DreamerV3Loss(LossModule):
 
     Examples:
         >>> import torch
-        >>> from torchdreamer import DreamerV3Loss
-        >>> from torchdreamer.training import Config, DreamerAgent
-        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config(imagination_horizon=3))
-        >>> loss = agent.dreamer_loss
-        >>> isinstance(loss, DreamerV3Loss), loss.replay_value_loss_weight
-        (True, 0.3)
+        >>> from tensordict.nn import TensorDictModule
+        >>> from tensordict.nn import ProbabilisticTensorDictModule as Prob
+        >>> from tensordict.nn import ProbabilisticTensorDictSequential as Seq
+        >>> from torchrl.modules import OneHotCategorical
+        >>> from torchdreamer import (
+        ...     DreamerV3ActorLoss, DreamerV3Loss, DreamerV3ModelLoss, DreamerV3ValueLoss)
+        >>> class Env(torch.nn.Module):  # the imagination environment's contract
+        ...     def reset(self, td): ...
+        ...     def step(self, td): ...
+        >>> head = Prob(["logits"], ["action"], distribution_class=OneHotCategorical)
+        >>> actor = Seq(TensorDictModule(torch.nn.Linear(3, 2), ["state"], ["logits"]), head)
+        >>> critic = TensorDictModule(torch.nn.Linear(3, 255), ["state"], ["state_value_logits"])
+        >>> world_model = TensorDictModule(torch.nn.Identity(), ["x"], ["y"])
+        >>> loss = DreamerV3Loss(
+        ...     DreamerV3ModelLoss.official(world_model),
+        ...     DreamerV3ActorLoss.official(actor, critic, Env()),
+        ...     DreamerV3ValueLoss.official(critic),
+        ... )
+        >>> loss.replay_value_loss_weight, loss.continuation_horizon
+        (0.3, 333.0)
 
     """
 

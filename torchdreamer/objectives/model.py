@@ -12,14 +12,9 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
-from torchdreamer.functional import (
-    categorical_kl,
-    clip_free_nats,
-    kl_balance,
-    symlog,
-    unimix_logits,
-)
-from torchdreamer.functional.outputs import Bernoulli, SymlogMSE, TwoHot
+from torchdreamer.dreamer.parts import continuation_loss, kl_losses, reconstruction_error
+from torchdreamer.functional import categorical_kl, clip_free_nats, unimix_logits
+from torchdreamer.functional.outputs import SymlogMSE, TwoHot
 from torchdreamer.objectives import official
 from torchdreamer.objectives._call import require_tensordict_module
 from torchdreamer.objectives._shapes import per_step
@@ -328,10 +323,7 @@ class DreamerV3ModelLoss(LossModule):
         if self.unimix:  # separate mode only, as in TorchRL
             posterior = unimix_logits(posterior, self.unimix)
             prior = unimix_logits(prior, self.unimix)
-        dynamic, representation = kl_balance(posterior, prior, free_nats=0.0)
-        kl = dynamic.detach().mean()
-        dynamic = clip_free_nats(dynamic, self.free_bits)
-        representation = clip_free_nats(representation, self.free_bits)
+        dynamic, representation, kl = kl_losses(posterior, prior, self.free_bits)
         return {
             "loss_model_dynamic": self.lambda_kl * self.lambda_dynamic * dynamic.mean(),
             "loss_model_representation": (
@@ -362,13 +354,7 @@ class DreamerV3ModelLoss(LossModule):
                     f"{tuple(prediction.shape)}, its target {_next(target_key)!r} "
                     f"{tuple(target.shape)}."
                 )
-            if use_symlog:
-                target = symlog(target.float() if not target.is_floating_point() else target)
-                if not self.symlog_predictions:
-                    prediction = symlog(prediction)
-            elif not target.is_floating_point():
-                target = target.float() / 255.0
-            error = prediction - target.detach()
+            error = reconstruction_error(prediction, target, use_symlog, self.symlog_predictions)
             error = error.square() if self.reco_loss == "l2" else error.abs()
             if not self.global_average:
                 error = error.reshape(*batch, -1).sum(-1)
@@ -421,8 +407,9 @@ class DreamerV3ModelLoss(LossModule):
             return None
         logit = per_step(logit, batch, f"The continuation logit {_next(keys.continue_pred)!r}")
         terminated = per_step(terminated, batch, "The terminal flag")
-        target = (1 - terminated.to(logit.dtype)) * self.continue_target_scale
-        return self.lambda_continue * Bernoulli().loss(logit, target).mean()
+        return self.lambda_continue * continuation_loss(
+            logit, terminated, self.continue_target_scale
+        )
 
     def forward(self, tensordict: TensorDictBase) -> tuple[TensorDict, TensorDictBase]:
         """Run the world model on the replay batch and compute its loss.

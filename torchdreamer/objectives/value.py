@@ -13,7 +13,7 @@ from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torchrl.objectives import LossModule
 
-from torchdreamer.functional import lambda_return
+from torchdreamer.dreamer.parts import critic_loss, replay_returns
 from torchdreamer.functional.outputs import Output, SymlogMSE, TwoHot
 from torchdreamer.functional.two_hot import Reduction
 from torchdreamer.objectives import official
@@ -440,11 +440,7 @@ class DreamerV3ValueLoss(LossModule):
         Without a slow critic (``slow_target`` is ``None``) the second item is
         ``None``. Both targets share the head's work (one softmax pass for two-hot).
         """
-        if slow_target is None:
-            (loss,) = head.losses(prediction, target)
-            return loss, None
-        loss, slow = head.losses(prediction, target, slow_target)
-        return loss + self.slow_critic_regularization * slow, slow
+        return critic_loss(head, prediction, target, slow_target, self.slow_critic_regularization)
 
     def _decoded_value(
         self,
@@ -722,13 +718,13 @@ class DreamerV3ValueLoss(LossModule):
                 f"batch size {tuple(batch)}."
             )
         entries = self._replay_entries(tensordict, batch)
-        target = lambda_return(
+        target = replay_returns(
             entries["reward"],
-            1 - entries["is_terminal"],
+            entries["is_last"],
+            entries["is_terminal"],
             entries["bootstrap"],
             1 - 1 / horizon,
             lmbda,
-            is_last=entries["is_last"],
         )
         head = self._output()
         time = len(batch) - 1

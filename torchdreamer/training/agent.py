@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictModule as Prob
-from tensordict.nn import ProbabilisticTensorDictSequential as ProbSeq
-from tensordict.nn import TensorDictModule
-from tensordict.utils import unravel_key
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from torch import nn
-from torchrl.objectives import SoftUpdate
-from torchrl.objectives.utils import ValueEstimators
 
+from torchdreamer import keys
+from torchdreamer.dreamer import Networks, ReturnScale, Settings, loss, policy
+from torchdreamer.dreamer.parts import imagine_step
 from torchdreamer.modules import (
-    WORLD_MODEL_OUTPUTS,
     BoundedNormalActorHead,
     CategoricalActorHead,
-    ImaginationEnv,
     MultiCategoricalActorHead,
-    MultiOneHotCategorical,
-    OneHotCategorical,
+    MultiDecoder,
+    MultiEncoder,
     TwoHotHead,
     WorldModel,
-)
-from torchdreamer.objectives import (
-    DreamerV3ActorLoss,
-    DreamerV3Loss,
-    DreamerV3ModelLoss,
-    DreamerV3ValueLoss,
 )
 from torchdreamer.training.config import Config, resolve_precision
 from torchdreamer.training.distributed import concat_over_ranks, mean_over_ranks
@@ -41,12 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DreamerAgent"]
 
-_STATE = ["state", "belief"]
-#: The replay column of the posterior latent (``state``, ``belief``) stored with each
+#: The replay column of the posterior latent (``stoch``, ``deter``) stored with each
 #: step the policy acted on (the official ``replay_context`` entries).
 LATENT = "latent"
-#: The world model's input of the latent before each trained step (see :meth:`losses`).
-_PREV_LATENT = "prev_latent"
+#: The acting state's and the replay column's names of the latent before the rename to
+#: ``stoch``/``deter`` (read from checkpoints written before it).
+_OLD_LATENT = {"state": keys.STOCH, "belief": keys.DETER}
 #: Where a replay batch says where its rows are kept (``replay.INDEX``).
 _INDEX = "index"
 
@@ -95,7 +85,6 @@ class DreamerAgent(nn.Module):
         action_nvec: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        size = config.size
         self.action_nvec = tuple(int(n) for n in action_nvec)
         if self.action_nvec and (not discrete or sum(self.action_nvec) != action_dim):
             raise ValueError(
@@ -104,120 +93,42 @@ class DreamerAgent(nn.Module):
                 f"action_dim={action_dim}."
             )
         self.discrete, self.action_dim = discrete, action_dim
+        size = config.size
         self.world_model = WorldModel(observation_shape, action_dim, size)
         features = self.world_model.rssm.feature_size
-        if self.action_nvec:
-            head = MultiCategoricalActorHead(
-                features, self.action_nvec, size.units, size.actor_layers
-            )
-            self.actor = ProbSeq(
-                TensorDictModule(head, _STATE, ["logits"]),
-                Prob(
-                    ["logits"],
-                    ["action"],
-                    distribution_class=MultiOneHotCategorical,
-                    distribution_kwargs={"nvec": self.action_nvec},
-                ),
-            )
-        elif discrete:
-            head = CategoricalActorHead(features, action_dim, size.units, size.actor_layers)
-            self.actor = ProbSeq(
-                TensorDictModule(head, _STATE, ["logits"]),
-                Prob(["logits"], ["action"], distribution_class=OneHotCategorical),
-            )
-        else:
-            head = BoundedNormalActorHead(features, action_dim, size.units, size.actor_layers)
-            self.actor = ProbSeq(
-                TensorDictModule(head, _STATE, ["loc", "scale"]),
-                Prob(
-                    ["loc", "scale"],
-                    ["action"],
-                    distribution_class=torch.distributions.Normal,
-                    default_interaction_type="random",
-                ),
-            )
-        self.critic = TensorDictModule(
-            TwoHotHead(features, size.units, size.critic_layers),
-            _STATE,
-            ["state_value_logits", "state_value"],
-        )
-        shapes = self.world_model.observation_shape
-        if self.world_model.is_dict:  # one reconstruction head per key
-            names = sorted(shapes)
-            targets: object = [("observation", k) for k in names]
-            predictions: object = [("reconstruction", "observation", k) for k in names]
-            squash: object = [len(shapes[k]) == 1 for k in names]
-        else:
-            targets, predictions = "observation", ("reconstruction", "observation")
-            squash = not self.world_model.is_image
-        # The replay batch (official per-step layout) goes under "next", where
-        # the TorchRL-style model loss reads targets and world-model outputs.
-        self.model_loss = DreamerV3ModelLoss.official(
-            TensorDictModule(
-                self.world_model,
-                [
-                    *(("next", key) for key in ("observation", "prev_action", "is_first")),
-                    *(("next", _PREV_LATENT, key) for key in _STATE),
-                ],
-                [unravel_key(("next", key)) for key in WORLD_MODEL_OUTPUTS],
-            ),
-            unimix=0.0,  # the RSSM's logits include its unimix already
-            reco_symlog=squash,  # vectors: symlog MSE; images: MSE of pixels / 255
-            symlog_predictions=True,  # the vector decoders predict in symlog space
-        )
-        self.model_loss.set_keys(
-            pixels=targets,
-            reco_pixels=predictions,
-            continue_pred="continuation_logits",
-            done="is_last",
-            terminated="is_terminal",
-        )
-        self.actor_loss = DreamerV3ActorLoss(
-            self.actor,
-            self.critic,
-            ImaginationEnv(self.world_model.rssm, self.world_model.reward),
-            continuation_model=TensorDictModule(
-                self.world_model.continuation, _STATE, ["continuation_logit", "continuation"]
-            ),
+        self.actor = _actor_head(features, action_dim, discrete, self.action_nvec, size)
+        self.critic = TwoHotHead(features, size.units, size.critic_layers)
+        # The critic's EMA: plain tensors held as buffers, which only update() moves.
+        slow = TensorDict.from_module(self.critic).detach().clone()
+        self.slow_critic = TensorDictParams(slow, no_convert=True)
+        self.retnorm = ReturnScale(reduce=concat_over_ranks)
+        self.config = config
+        self.settings = Settings(
             imagination_horizon=config.imagination_horizon,
+            horizon=config.horizon,
+            lmbda=config.lmbda,
             entropy_bonus=config.entropy_bonus,
             # Discrete samples carry no gradient: REINFORCE under either actor_grad.
-            use_reinforce=discrete or config.actor_grad == "reinforce",
-            return_normalization_reduce=concat_over_ranks,
+            reinforce=discrete or config.actor_grad == "reinforce",
+            slow_critic_weight=config.slow_critic_weight,
+            replay_value_scale=config.replay_value_scale,
         )
-        self.actor_loss.make_value_estimator(
-            ValueEstimators.TDLambda, gamma=1 - 1 / config.horizon, lmbda=config.lmbda
-        )
-        self.value_loss = DreamerV3ValueLoss(
-            self.critic,
-            value_loss="two_hot",
-            actor_loss=self.actor_loss,
-            slow_critic_regularization=config.slow_critic_weight,
-        )
-        self.value_loss.set_keys(done="is_last", terminated="is_terminal")
-        self.slow_critic = SoftUpdate(self.value_loss, tau=config.slow_critic_tau)
-        # Composes the three losses above, which stay registered here (their
-        # state_dict keys); it owns no state of its own, so it is not registered.
-        object.__setattr__(
-            self,
-            "dreamer_loss",
-            DreamerV3Loss(
-                self.model_loss,
-                self.actor_loss,
-                self.value_loss,
-                replay_value_loss_weight=config.replay_value_scale,
-                continuation_horizon=config.horizon,
-                lmbda=config.lmbda,
-            ),
-        )
-        self.config = config
+        """The update's hyperparameters, from ``config``."""
         self.latents: TensorDict | None = None
-        """The posterior latents of the steps the last :meth:`losses` trained on (``state``,
-        ``belief``, ``[B, T]``, float32, detached, on the agent's device): what training
+        """The posterior latents of the steps the last :meth:`losses` trained on (``stoch``,
+        ``deter``, ``[B, T]``, float32, detached, on the agent's device): what training
         writes back into the replay (:meth:`SequenceReplay.update`). Under a CUDA graph
         (:class:`~torchdreamer.training.static_update.StaticUpdate`), the graph's output,
         refreshed by every replay of it."""
-        self.optimizer = DreamerV3Optimizer(
+        self._steps: dict[str, Any] = {}
+        self.optimizer = self._optimizer()
+        self.register_load_state_dict_pre_hook(_from_old_names)
+
+    def _optimizer(self, laprop: Any = None) -> DreamerV3Optimizer:
+        """The optimiser of :meth:`trainable_parameters` under ``config``; ``laprop``:
+        its arithmetic, compiled or not."""
+        config = self.config
+        return DreamerV3Optimizer(
             self.trainable_parameters(),
             lr=config.lr,
             agc=config.agc,
@@ -225,6 +136,7 @@ class DreamerAgent(nn.Module):
             beta2=config.beta2,
             eps=config.eps,
             warmup_steps=config.warmup,
+            laprop=laprop,
         )
 
     @classmethod
@@ -272,12 +184,17 @@ class DreamerAgent(nn.Module):
         return [p for module in modules for p in module.parameters()]
 
     # ------------------------------------------------------------------ learning
+    def networks(self) -> Networks:
+        """The networks :func:`torchdreamer.dreamer.loss` trains."""
+        slow = dict(self.slow_critic.flatten_keys(".").items())
+        return Networks(self.world_model, self.actor, self.critic, slow, self.retnorm)
+
     def losses(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss of one update and its detached terms, by name.
 
         ``batch`` is a replay batch in the official per-step layout (``observation``,
         ``prev_action``, ``is_first``, ``reward``, ``is_last``, ``is_terminal``);
-        :class:`~torchdreamer.DreamerV3Loss` computes the terms. With a :data:`LATENT`
+        :func:`torchdreamer.dreamer.loss` computes the terms. With a :data:`LATENT`
         column (``Config.replay_context`` 1), the batch is ``[B, T + 1]``: the latent
         stored with step 0 of each window starts the world model, and steps 1 to
         ``T`` are trained (step 1's ``prev_action`` is the action taken at step 0);
@@ -285,34 +202,35 @@ class DreamerAgent(nn.Module):
         flagged ``is_first`` (the official replay's first step of every window). The
         trained steps' posterior latents are left in :attr:`latents`.
         """
-        batch = self._trained(batch)
+        trained, start = self._trained(batch)
         with self.autocast():
-            result = self.dreamer_loss(TensorDict({"next": batch}, batch_size=batch.batch_size))
-        terms = {k: v for k, v in result.items() if k.startswith("loss_")}
+            terms, metrics, (stoch, deter) = loss(
+                self.networks(),
+                trained,
+                start,
+                self.settings,
+                step=self._steps.get("imagine"),
+                obs_steps=self._steps.get("obs_steps"),
+            )
         total = sum(terms.values())
-        context = self.dreamer_loss.tensor_keys.replay_context
-        self.latents = result.get(context).apply(lambda x: x.float())
-        metrics = {k: v.detach() for k, v in result.exclude(context).items()}
+        latents = {keys.STOCH: stoch.float(), keys.DETER: deter.float()}
+        self.latents = TensorDict(latents, batch_size=stoch.shape[:2])
+        metrics = {**{k: v.detach() for k, v in terms.items()}, **metrics}
         return total, metrics
 
-    def _trained(self, batch: TensorDictBase) -> TensorDictBase:
-        """The steps :meth:`losses` trains on, with the latent before each (the first's
-        starts the world model)."""
-        keys = batch.keys()
-        if LATENT in keys:
-            trained = batch[:, 1:].exclude(LATENT, _INDEX)
-            return trained.set(_PREV_LATENT, batch.get(LATENT)[:, :-1])
+    def _trained(
+        self, batch: TensorDictBase
+    ) -> tuple[TensorDictBase, tuple[torch.Tensor, torch.Tensor]]:
+        """The steps :meth:`losses` trains on and the latent before the first."""
+        if LATENT in batch.keys():
+            latent = _renamed_latent(batch.get(LATENT))
+            start = latent.get(keys.STOCH)[:, 0], latent.get(keys.DETER)[:, 0]
+            return batch[:, 1:].exclude(LATENT, _INDEX), start
         trained = batch.exclude(_INDEX)
-        first = trained.get("is_first").clone()
+        first = trained.get(keys.IS_FIRST).clone()
         first[:, 0] = True
-        trained.set("is_first", first)
-        rssm, (b, t) = self.world_model.rssm, batch.batch_size
-        device = first.device
-        zeros = {
-            "state": torch.zeros(b, 1, rssm.stoch_size, device=device).expand(b, t, -1),
-            "belief": torch.zeros(b, 1, rssm.deter_size, device=device).expand(b, t, -1),
-        }
-        return trained.set(_PREV_LATENT, TensorDict(zeros, batch_size=[b, t]))
+        trained.set(keys.IS_FIRST, first)
+        return trained, self.world_model.rssm.initial(batch.batch_size[:1], first.device)
 
     def forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`losses`: the forward a DistributedDataParallel wrapper calls."""
@@ -361,9 +279,15 @@ class DreamerAgent(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        self.slow_critic.step()
+        self.update_slow_critic()
         metrics["loss"] = total.detach()
         return list(metrics), torch.stack([v.reshape(()).float() for v in metrics.values()])
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """Move the slow critic toward the critic by ``Config.slow_critic_tau`` (an EMA)."""
+        weight = 1 - (1 - self.config.slow_critic_tau)  # as TorchRL's SoftUpdate computes it
+        self.slow_critic.data.lerp_(TensorDict.from_module(self.critic).data, weight)
 
     @staticmethod
     def read_metrics(names: list[str], values: torch.Tensor) -> dict[str, float]:
@@ -373,11 +297,13 @@ class DreamerAgent(nn.Module):
 
     # -------------------------------------------------------------------- acting
     def initial_state(self, batch: int) -> TensorDict:
-        """Zero latent state and previous action of ``batch`` environments."""
+        """Zero latent (``stoch``, ``deter``) and previous action of ``batch`` environments."""
         device = next(self.parameters()).device
         stoch, deter = self.world_model.rssm.initial(torch.Size([batch]), device)
         action = torch.zeros(batch, self.action_dim, device=device)
-        return TensorDict(state=stoch, belief=deter, action=action, batch_size=[batch])
+        return TensorDict(
+            {keys.STOCH: stoch, keys.DETER: deter, keys.ACTION: action}, batch_size=[batch]
+        )
 
     @torch.no_grad()
     def act(
@@ -390,21 +316,21 @@ class DreamerAgent(nn.Module):
         """Filter one observation per environment and choose actions.
 
         Returns the action (one-hot; multi-discrete: the components' one-hots
-        concatenated; or continuous in ``[-1, 1]``) and the new state, which remembers
-        the action as the next step's previous action. ``explore=False`` takes the most
-        likely action (of each component).
+        concatenated; or continuous in ``[-1, 1]``) and the new state (``stoch``,
+        ``deter``, ``action``), which remembers the action as the next step's previous
+        action. ``explore=False`` takes the most likely action (of each component).
         """
-        rssm = self.world_model.rssm
+        state = _renamed_latent(state)
+        obs_step = self._steps.get("obs_step", self.world_model.rssm.obs_step)
         with self.autocast():
-            stoch, deter, _ = rssm.obs_step(
-                state["state"],
-                state["belief"],
-                state["action"],
+            stoch, deter, _ = obs_step(
+                state[keys.STOCH],
+                state[keys.DETER],
+                state[keys.ACTION],
                 self.world_model.embed(observation),
                 is_first,
             )
-            td = TensorDict(state=stoch, belief=deter, batch_size=state.batch_size)
-            dist = self.actor.get_dist(td)
+            dist = policy(self.actor, stoch, deter)
         if explore:
             action = dist.sample()
         elif self.action_nvec:
@@ -415,5 +341,103 @@ class DreamerAgent(nn.Module):
             action = dist.mean
         if not self.discrete:
             action = action.clamp(-1.0, 1.0)
-        td.set("action", action.to(stoch.dtype))
-        return td["action"], td
+        action = action.to(stoch.dtype)
+        latent = {keys.STOCH: stoch, keys.DETER: deter, keys.ACTION: action}
+        return action, TensorDict(latent, batch_size=state.batch_size)
+
+    # ------------------------------------------------------------------ compiling
+    def compile_update(self, **options: Any) -> None:
+        """Compile the update's and acting's hot regions with ``torch.compile(**options)``
+        (see :func:`~torchdreamer.training.compiled.compile_agent`).
+
+        The RSSM's filtering (a chunk of steps, and one step for acting), every network
+        outside the RSSM, the optimiser's arithmetic and, for discrete actions, the
+        imagination's step (actor, sample, prior step, reward: one graph) are passed to
+        :func:`~torchdreamer.dreamer.loss` and to the optimiser compiled. Parameters,
+        buffers and ``state_dict`` are untouched.
+        """
+        model = self.world_model
+        # The compiled obs_steps traces through obs_step: a chunk of steps is one graph.
+        self._steps["obs_steps"] = torch.compile(model.rssm.obs_steps, **options)
+        self._steps["obs_step"] = torch.compile(model.rssm.obs_step, **options)
+        for network in self._networks():
+            # A two-hot head's logits only: the losses read its decoded values detached
+            # (or not at all), and in one graph every update would differentiate the
+            # decoding (a softmax over every bin of every state) to get zeros.
+            (network.mlp if isinstance(network, TwoHotHead) else network).compile(**options)
+        if self.discrete:
+            step = partial(imagine_step, self.actor, model.rssm, model.reward)
+            self._steps["imagine"] = torch.compile(step, **options)
+        state = self.optimizer.state_dict()
+        laprop = torch.compile(DreamerV3Optimizer.laprop, **options)
+        self.optimizer = self._optimizer(laprop=laprop)
+        self.optimizer.load_state_dict(state)
+
+    def _networks(self) -> list[nn.Module]:
+        """The networks outside the RSSM (a dict observation's encoder and decoder build
+        tensordicts: their MLP and CNN parts)."""
+        model = self.world_model
+        networks = []
+        for coder in (model.encoder, model.decoder):
+            if isinstance(coder, MultiEncoder | MultiDecoder):
+                parts = [getattr(coder, part) for part in ("mlp", "cnn") if hasattr(coder, part)]
+                networks += parts
+            else:
+                networks.append(coder)
+        return [*networks, model.reward, model.continuation, self.actor, self.critic]
+
+
+def _actor_head(
+    features: int, action_dim: int, discrete: bool, nvec: tuple[int, ...], size: Any
+) -> nn.Module:
+    """The actor head: one categorical per component, one categorical, or a bounded normal."""
+    if nvec:
+        return MultiCategoricalActorHead(features, nvec, size.units, size.actor_layers)
+    if discrete:
+        return CategoricalActorHead(features, action_dim, size.units, size.actor_layers)
+    return BoundedNormalActorHead(features, action_dim, size.units, size.actor_layers)
+
+
+def _renamed_latent(latent: TensorDictBase) -> TensorDictBase:
+    """``latent`` with the names before the rename (``state``, ``belief``) read as
+    ``stoch``, ``deter``: an acting state or replay column from an older checkpoint."""
+    old = [key for key in _OLD_LATENT if key in latent.keys()]
+    if not old:
+        return latent
+    latent = latent.copy()
+    for key in old:
+        latent.rename_key_(key, _OLD_LATENT[key])
+    return latent
+
+
+#: Where the agent's ``state_dict`` kept its entries before the recipe
+#: (``torchdreamer.dreamer``): its TorchRL-style losses held the critic's EMA and the
+#: return scale, and the actor and critic were tensordict modules.
+_OLD_PREFIXES = {
+    "actor.module.0.module.": "actor.",
+    "critic.module.": "critic.",
+    "value_loss.target_value_model_params.module.": "slow_critic.",
+    "actor_loss.retnorm.": "retnorm.",
+}
+#: The old losses' other entries: copies of the networks and constants.
+_OLD_COPIES = ("model_loss.", "actor_loss.", "value_loss.")
+
+
+def _from_old_names(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load a checkpoint saved before the recipe: rename its entries (see
+    :data:`_OLD_PREFIXES`) and drop the old losses' copies, in place."""
+    if not any(key.startswith(prefix + old) for key in state_dict for old in _OLD_COPIES):
+        return
+    for key in list(state_dict):
+        name = key[len(prefix) :]
+        if not key.startswith(prefix):
+            continue
+        for old, new in _OLD_PREFIXES.items():
+            if name.startswith(old):
+                value = state_dict.pop(key)
+                value = value.reshape(()) if new == "retnorm." else value
+                state_dict[prefix + new + name[len(old) :]] = value
+                break
+        else:
+            if name.startswith(_OLD_COPIES):
+                del state_dict[key]

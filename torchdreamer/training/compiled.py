@@ -3,16 +3,17 @@
 An update runs the RSSM's filtering step 64 times (the replay sequence) and its prior
 step 15 times (imagination), each a few small matmuls and many pointwise operators,
 then every head on the results. :func:`compile_agent` compiles those regions with
-inductor, in place: :meth:`RSSM.obs_steps` (8 filtering steps as one graph: their
-matmuls, norms, gates, unimix and Gumbel sampling, and in the backward one gradient per
-parameter instead of 8), :meth:`RSSM.img_step` and :meth:`RSSM.obs_step` (one step, for
-imagination and acting), the forward of every network outside the RSSM (encoder,
-decoder, reward, continuation, actor, critic; a two-hot head's logits and decoded
-value as two graphs, so that a value read detached costs no backward), the optimiser's
-arithmetic (:meth:`DreamerV3Optimizer._laprop`) and, for discrete actions, the actor loss's
-imagination: one graph per imagined step (actor, sample, prior step, reward) in place of
-the generic rollout's tensordict modules (:class:`_Imagination`, tested equal to it).
-What is compiled is the same code as the eager path: nothing else is rewritten here.
+inductor, through the agent's :meth:`~DreamerAgent.compile_update`: :meth:`RSSM.obs_steps`
+(8 filtering steps as one graph: their matmuls, norms, gates, unimix and Gumbel
+sampling, and in the backward one gradient per parameter instead of 8), passed to
+:func:`torchdreamer.dreamer.loss`; :meth:`RSSM.obs_step` (one step, for acting); the
+forward of every network outside the RSSM (encoder, decoder, reward, continuation,
+actor, critic; of a two-hot head its logits, so that a value read detached costs no
+backward); the optimiser's arithmetic (:meth:`DreamerV3Optimizer.laprop`, given to the
+optimiser as its ``laprop``) and, for discrete actions, the imagination's step
+(:func:`torchdreamer.dreamer.imagine_step`: actor, sample, prior step, reward as one
+graph), which the one rollout (:func:`torchdreamer.dreamer.imagine`) runs. What is
+compiled is the same code as the eager path: nothing is rewritten or rebound here.
 
 Random draws stay eager (inductor's ``fallback_random``), so a compiled update draws
 exactly what an eager one draws; the two then agree to float32 rounding
@@ -31,16 +32,10 @@ from __future__ import annotations
 
 import inspect
 import shutil
-from collections.abc import Callable
-from functools import partial
-from typing import Any
 
 import torch
 import torch._inductor.config
-from tensordict import TensorDict, TensorDictBase
-from torch import nn
 
-from torchdreamer.modules import MultiDecoder, MultiEncoder, TwoHotHead
 from torchdreamer.training.agent import DreamerAgent
 from torchdreamer.training.config import Config
 
@@ -117,91 +112,6 @@ def has_images(agent: DreamerAgent) -> bool:
     return model.is_image or (model.is_dict and bool(model.encoder.image_keys))
 
 
-def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``function`` compiled with a cache of graphs of its own (see ``_ISOLATED``)."""
-    return torch.compile(function, **_ISOLATED)
-
-
-def _networks(agent: DreamerAgent) -> list[nn.Module]:
-    """The networks outside the RSSM whose forward is compiled (a dict observation's
-    encoder and decoder build tensordicts: their MLP and CNN parts are compiled)."""
-    model = agent.world_model
-    networks = []
-    for coder in (model.encoder, model.decoder):
-        if isinstance(coder, MultiEncoder | MultiDecoder):
-            networks += [getattr(coder, part) for part in ("mlp", "cnn") if hasattr(coder, part)]
-        else:
-            networks.append(coder)
-    heads = [agent.actor.module[0].module, agent.critic.module]
-    return [*networks, model.reward, model.continuation, *heads]
-
-
-class _Imagination:
-    """The actor loss's imagination for a discrete agent, one compiled graph per step.
-
-    The generic rollout (``DreamerV3ActorLoss._imagine``) runs the actor's tensordict
-    modules, the imagination environment and ``step_mdp`` at every step: several
-    tensordicts per step around a few small matmuls. Here one step (the actor head,
-    its one-hot sample, the prior step and the reward head) is a function of tensors,
-    compiled as one graph, and the steps are stacked into the same ``[*batch, H]``
-    trajectory and ``[*batch, H + 1]`` states with the same draws. The states are
-    stacked once: the trajectory's next states are views of them, its roots a copy.
-    """
-
-    def __init__(self, agent: DreamerAgent) -> None:
-        logits_module, sampler = agent.actor.module
-        self.head = logits_module.module
-        (self.logits_key,) = logits_module.out_keys
-        self.distribution = partial(sampler.distribution_class, **sampler.distribution_kwargs)
-        self.rssm, self.reward = agent.world_model.rssm, agent.world_model.reward
-        self.loss = agent.actor_loss
-        self.step = _compiled(self._step)
-
-    def _step(self, stoch: torch.Tensor, deter: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.head(stoch, deter)
-        action = self.distribution(logits=logits, validate_args=False).sample()
-        next_stoch, next_deter, _ = self.rssm.img_step(stoch, deter, action)
-        _, reward = self.reward(next_stoch, next_deter)
-        return logits, action, next_stoch, next_deter, reward
-
-    def __call__(self, start: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
-        keys = self.loss.tensor_keys
-        horizon = self.loss.imagination_horizon
-        stoch, deter = start.get(keys.state), start.get(keys.belief)
-        stochs, deters, steps = [stoch], [deter], []
-        for _ in range(horizon):
-            logits, action, stoch, deter, reward = self.step(stoch, deter)
-            stochs.append(stoch)
-            deters.append(deter)
-            steps.append((logits, action, reward))
-        dim = start.ndim
-        # s_0 .. s_H stacked once; the states reached are views of them. The roots are
-        # a contiguous copy: the actor reads them again, and on a strided input inductor
-        # makes its first layer a batched product, slower than the copy.
-        stoch, deter = torch.stack(stochs, dim), torch.stack(deters, dim)
-        logits, action, reward = (torch.stack(tensors, dim) for tensors in zip(*steps, strict=True))
-        batch = (*start.batch_size, horizon)
-        states = TensorDict(
-            {keys.state: stoch, keys.belief: deter}, batch_size=(*start.batch_size, horizon + 1)
-        )
-        reached = {
-            keys.state: stoch.narrow(dim, 1, horizon),
-            keys.belief: deter.narrow(dim, 1, horizon),
-            keys.reward: reward,
-        }
-        imagined = TensorDict(
-            {
-                keys.state: stoch.narrow(dim, 0, horizon).contiguous(),
-                keys.belief: deter.narrow(dim, 0, horizon).contiguous(),
-                self.logits_key: logits,
-                keys.action: action,
-                "next": TensorDict(reached, batch_size=batch),
-            },
-            batch_size=batch,
-        )
-        return imagined, states
-
-
 def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     """Compile ``agent``'s hot regions in place (see the module); returns ``agent``.
 
@@ -220,29 +130,5 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     """
     # Inductor would otherwise draw its own random numbers in place of torch's.
     torch._inductor.config.fallback_random = True
-    rssm = agent.world_model.rssm
-    # Bound methods replaced on the instance: observe(), act() and the imagination
-    # environment call self.obs_steps / rssm.obs_step / rssm.img_step, and now reach
-    # the compiled ones. The compiled obs_steps calls the compiled obs_step, which
-    # dynamo traces through: a chunk of steps is still one graph.
-    rssm.obs_steps = _compiled(rssm.obs_steps)
-    rssm.obs_step = _compiled(rssm.obs_step)
-    rssm.img_step = _compiled(rssm.img_step)
-    for network in _networks(agent):
-        if isinstance(network, TwoHotHead):
-            # Logits and decoded value as two graphs: the losses read the reward's and
-            # the critic's values detached (or not at all), and autograd runs a
-            # backward for every output of a graph it reaches, filling a missing
-            # gradient with zeros. In one graph each update would differentiate the
-            # decoding (a softmax over every bin of every state) to get zeros.
-            network.mlp.compile(**_ISOLATED)
-            network.decode = _compiled(network.decode)
-        else:
-            network.compile(**_ISOLATED)
-    # The optimiser's multi-tensor arithmetic: one fused graph instead of a dozen
-    # operators per parameter tensor.
-    agent.optimizer.scalars_as_tensors = True
-    agent.optimizer._laprop = _compiled(agent.optimizer._laprop)
-    if agent.discrete:
-        agent.actor_loss._imagine = _Imagination(agent)
+    agent.compile_update(**_ISOLATED)
     return agent

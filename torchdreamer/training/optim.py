@@ -52,6 +52,10 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         eps: Added to the RMS (official 1e-20).
         warmup_steps: Updates of the linear learning-rate warm-up (official
             1000); 0 disables it.
+        laprop: (torchdreamer) The arithmetic of one step, :meth:`laprop` if ``None``;
+            a compiled update passes ``torch.compile(DreamerV3Optimizer.laprop)``, which
+            then receives the per-step scalars as 0-dim tensors (see
+            :attr:`scalars_as_tensors`).
 
     Examples:
         >>> import torch
@@ -78,6 +82,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         beta2: float = 0.999,
         eps: float = 1e-20,
         warmup_steps: int = 1000,
+        laprop: Callable[..., None] | None = None,
     ) -> None:
         if not (lr > 0 and eps >= 0 and agc >= 0 and parameter_norm_min > 0 and warmup_steps >= 0):
             raise ValueError(
@@ -98,6 +103,9 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             step=0,
         )
         super().__init__(parameters, defaults)
+        self._arithmetic = type(self).laprop if laprop is None else laprop
+        if laprop is not None:
+            self.scalars_as_tensors = True
         self._scalar_tensors: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -105,6 +113,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         # makes its own scalar tensors.
         super().__setstate__(state)
         self._scalar_tensors = {}
+        self.__dict__.setdefault("_arithmetic", type(self).laprop)
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -181,8 +190,8 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             for device in dict.fromkeys(p.device for p in group["params"]):
                 self._filled(index, device, scalars)
 
-    #: Pass the per-step scalars (learning rate, bias corrections) to :meth:`_laprop` as
-    #: 0-dim tensors: a compiled ``_laprop`` (``training/compiled.py``) then stays one
+    #: Pass the per-step scalars (learning rate, bias corrections) to :meth:`laprop` as
+    #: 0-dim tensors: a compiled ``laprop`` (the ``laprop`` argument) then stays one
     #: graph instead of recompiling for every new step count.
     scalars_as_tensors = False
 
@@ -207,7 +216,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
             scalars = self._filled(index, device, self._scalars(group, step))
         else:
             scalars = self._scalars(group, step)
-        self._laprop(
+        self._arithmetic(
             params,
             [p.grad for p in params],
             [s["rms"] for s in states],
@@ -221,7 +230,7 @@ class DreamerV3Optimizer(torch.optim.Optimizer):
         )
 
     @staticmethod
-    def _laprop(
+    def laprop(
         params: list[torch.Tensor],
         grads: list[torch.Tensor],
         rms: list[torch.Tensor],

@@ -168,8 +168,8 @@ or (N, 4) (N of them).
 
     # --------------------------------------------------------------------- state
     def initial_state(self, batch: int = 1) -> TensorDict:
-        """The state of ``batch`` environments at an episode's start: ``state`` and
-        ``belief`` (the latent), ``action`` (the previous one) and ``is_first``."""
+        """The state of ``batch`` environments at an episode's start: ``stoch`` and
+        ``deter`` (the latent), ``action`` (the previous one) and ``is_first``."""
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}.")
         state = self.agent.initial_state(batch)
@@ -198,7 +198,7 @@ or (N, 4) (N of them).
         return fresh
 
     def _check_state(self, state: Any, n: int | None = None) -> None:
-        keys = ("state", "belief", "action", "is_first")
+        keys = ("stoch", "deter", "action", "is_first")
         if not isinstance(state, TensorDictBase) or any(k not in state.keys() for k in keys):
             raise ValueError(
                 f"state must be what act() or initial_state() returned (a TensorDict of "
@@ -317,7 +317,7 @@ or (N, 4) (N of them).
         else:
             self._check_state(state, n)
         action, after = self.agent.act(prepared, state["is_first"], state, explore)
-        state = after.select("state", "belief", "action")  # not the actor's outputs
+        state = after.select("stoch", "deter", "action")
         state.set("is_first", torch.zeros(n, dtype=torch.bool, device=self.device))
         env_action = self.spec.to_env_action(action.cpu())
         return (env_action if batched else env_action[0]), state

@@ -23,6 +23,9 @@ READABLE_VERSIONS = (2, 3)
 #: Where :meth:`SequenceReplay.sample` writes each window's place: ``(INDEX, "env")``
 #: and ``(INDEX, "step")``, ``[batch, length]``, what :meth:`SequenceReplay.update` reads.
 INDEX = "index"
+#: Columns renamed since checkpoints were first written, old name to new: the policy's
+#: latent (``agent.LATENT``) was ``state``/``belief`` before it became ``stoch``/``deter``.
+RENAMED = {("latent", "state"): ("latent", "stoch"), ("latent", "belief"): ("latent", "deter")}
 #: Description of a memory-mapped replay, in its directory.
 METADATA = "replay.json"
 #: Per stream, the highest step ever written to the files (plus one).
@@ -478,6 +481,11 @@ class SequenceReplay:
             self._restore_rows(state["rows"], written)
         self.written, self.oldest = written, oldest
         self.queue = deque((int(e), int(t)) for e, t in state.get("queue", ()))
+        if self.storage is not None:
+            stored = self.storage.keys(include_nested=True)
+            for old, new in RENAMED.items():
+                if old in stored:
+                    self.storage.rename_key_(old, new)
 
     def _from_full_storage(self, state: dict[str, Any]) -> dict[str, Any]:
         """The state of a replay saved with its whole ``[num_envs, capacity // num_envs]``."""

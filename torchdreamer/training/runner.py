@@ -11,6 +11,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from torchdreamer import keys
 from torchdreamer.envs import EnvSpec
 from torchdreamer.training.agent import LATENT, DreamerAgent
 
@@ -186,7 +187,7 @@ class EnvRunner:
             observation.to(self.device), self.is_first.to(self.device), self.state, explore
         )
         if self.latents:
-            latent = self.state.select("state", "belief").apply(lambda x: x.float().cpu())
+            latent = self.state.select(keys.STOCH, keys.DETER).apply(lambda x: x.float().cpu())
             current.set(LATENT, latent.to("cpu"))
         self.td.set("action", self.spec.to_env_action(action.cpu()))
         out, self.td = self.env.step_and_maybe_reset(self.td)
