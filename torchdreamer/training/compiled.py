@@ -128,7 +128,7 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
         >>> action.shape
         torch.Size([3, 2])
     """
-    # Inductor would otherwise draw its own random numbers in place of torch's.
-    torch._inductor.config.fallback_random = True
-    agent.compile_update(**_ISOLATED)
+    # Inductor would otherwise draw its own random numbers in place of torch's; passed as
+    # each region's option, so nothing global changes.
+    agent.compile_update(**_ISOLATED, options={"fallback_random": True})
     return agent
