@@ -76,6 +76,7 @@ OFFICIAL_DEFAULTS = {
     "slow_critic_weight": 1.0,  # agent.imag_loss.slowreg
     "replay_value_scale": 0.3,  # agent.loss_scales.repval
     "lr": 4e-5,  # agent.opt
+    "critic_lr": 4e-5,  # agent.opt.lr: one optimiser, one rate for every network
     "warmup": 1000,
     "agc": 0.3,
     "eps": 1e-20,

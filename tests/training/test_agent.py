@@ -4,6 +4,8 @@ actions), and its acting."""
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -484,3 +486,49 @@ def test_agent_losses_equal_the_old_composition(shape, discrete, image, actor_gr
             # float32 sums of many terms, whose order differs between the two
             # compositions: a tolerance scaled to the gradient's largest entry.
             assert_close_to_reference(p.grad, q.grad.double(), scale=float(q.grad.abs().max()))
+
+
+def test_the_critic_learns_at_its_own_rate_and_the_rest_at_lr(monkeypatch):
+    monkeypatch.setitem(PRESETS, "test", SMALL)
+    agent = DreamerAgent((3,), 2, discrete=True, config=Config(preset="test"))
+    assert (agent.config.lr, agent.config.critic_lr) == (1e-4, 4e-4)
+    rates = {id(p): group["lr"] for group in agent.optimizer.param_groups for p in group["params"]}
+    critic = {id(p) for p in agent.critic.parameters()}
+    trained = [id(p) for p in agent.trainable_parameters()]
+    assert sorted(rates) == sorted(trained)  # each trained tensor in exactly one group
+    assert sum(len(g["params"]) for g in agent.optimizer.param_groups) == len(trained)
+    assert {rates[i] for i in critic} == {4e-4}
+    assert {rates[i] for i in trained if i not in critic} == {1e-4}
+    # Equal rates: one group, the optimiser (and its checkpoints) as before the field.
+    same = DreamerAgent((3,), 2, discrete=True, config=Config(preset="test", critic_lr=1e-4))
+    assert len(same.optimizer.param_groups) == 1
+
+
+def test_the_critic_rate_moves_only_the_critic(monkeypatch):
+    """One update from the same start, the critic's rate doubled: the critic's weights move
+    twice as far (LaProp's step is proportional to the rate), the others exactly alike."""
+    monkeypatch.setitem(PRESETS, "test", SMALL)
+    moved = {}
+    for rate in (4e-4, 8e-4):
+        torch.manual_seed(0)
+        config = Config(preset="test", imagination_horizon=3, warmup=0, critic_lr=rate)
+        agent = DreamerAgent((3,), 2, discrete=True, config=config)
+        before = [p.detach().clone() for p in agent.trainable_parameters()]
+        torch.manual_seed(1)
+        agent.update(batch_for((3,), 2))
+        after = agent.trainable_parameters()
+        moved[rate] = [p.detach() - b for p, b in zip(after, before, strict=True)]
+    critic = {id(p) for p in agent.critic.parameters()}
+    for p, slow, fast in zip(agent.trainable_parameters(), moved[4e-4], moved[8e-4], strict=True):
+        if id(p) in critic:
+            torch.testing.assert_close(fast, 2 * slow, rtol=1e-5, atol=1e-12)
+        else:
+            assert torch.equal(fast, slow)
+
+
+def test_a_run_saved_before_critic_lr_resumes_with_one_rate(tmp_path):
+    saved = json.loads(Config(lr=2e-4).to_json())
+    del saved["critic_lr"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert Config.load(tmp_path / "config.json").critic_lr == 2e-4
+    assert Config().critic_lr == 4e-4

@@ -125,11 +125,19 @@ class DreamerAgent(nn.Module):
         self.register_load_state_dict_pre_hook(_from_old_names)
 
     def _optimizer(self, laprop: Any = None) -> DreamerV3Optimizer:
-        """The optimiser of :meth:`trainable_parameters` under ``config``; ``laprop``:
-        its arithmetic, compiled or not."""
+        """The optimiser of :meth:`trainable_parameters` under ``config``: the critic's
+        at ``critic_lr``, the others at ``lr``; ``laprop``: its arithmetic, compiled or
+        not."""
         config = self.config
+        groups: list[dict] = [{"params": self.trainable_parameters()}]
+        if config.critic_lr != config.lr:  # one group where the rates agree, as before
+            critic = list(self.critic.parameters())
+            groups = [
+                {"params": groups[0]["params"][: -len(critic)]},
+                {"params": critic, "lr": config.critic_lr},
+            ]
         return DreamerV3Optimizer(
-            self.trainable_parameters(),
+            groups,
             lr=config.lr,
             agc=config.agc,
             beta1=config.beta1,
