@@ -5,7 +5,9 @@ whole machine), stops each after a wall-time budget (SIGTERM: the run writes its
 checkpoint, logs and curve), then reads the runs' ``episodes.csv`` and prints,
 per seed: env steps per second, when the mean score of the last 10 episodes
 first reached each threshold, its best value and its value at the end. Also
-writes ``learning_curves.png`` with every seed's mean-10 curve against wall time.
+writes ``learning_curves.png`` with every seed's mean-10 curve against wall time and
+against env steps; the table's last columns: the env step of the first 450, and the share
+of the episodes after it whose mean-10 stayed at least 400.
 
 Compare with ``shared/anchors/agent_cartpole_cpu.md`` (official DreamerV3 and
 sheeprl on CartPole-v1, 2-core CPU, 30 minutes).
@@ -106,6 +108,12 @@ def summarize(logdir: Path) -> dict[str, object]:
     means = running_mean([float(e["score"]) for e in episodes])
     # Full windows only: from the 10th episode on.
     points = [(wall(int(e["env_step"])), m) for e, m in zip(episodes, means, strict=True)][9:]
+    steps = [(int(e["env_step"]), m) for e, m in zip(episodes, means, strict=True)][9:]
+    # The issue's "stays solved": of the episodes after mean-10 first reached 450, the share
+    # whose mean-10 is at least 400.
+    reached = next((i for i, (_, m) in enumerate(steps) if m >= 450), None)
+    after = [m for _, m in steps[reached + 1 :]] if reached is not None else []
+    stays = sum(m >= 400 for m in after) / len(after) if after else None
     first = {}
     for threshold in THRESHOLDS:
         first[threshold] = next((t for t, m in points if m >= threshold), None)
@@ -120,12 +128,15 @@ def summarize(logdir: Path) -> dict[str, object]:
         "final": points[-1][1] if points else float("nan"),
         "wall": last_time,
         "points": points,
+        "steps": steps,
+        "first_450_step": steps[reached][0] if reached is not None else None,
+        "stays": stays,
     }
 
 
 def report(summaries: list[dict[str, object]], outdir: Path) -> None:
     header = ["run", "env steps/s", "updates/s"] + [f"mean-10 >= {t}" for t in THRESHOLDS]
-    header += ["best mean-10 (at)", "mean-10 at end", "wall"]
+    header += ["best mean-10 (at)", "mean-10 at end", "wall", "450 at env step", ">= 400 after"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for s in summaries:
@@ -142,6 +153,8 @@ def report(summaries: list[dict[str, object]], outdir: Path) -> None:
             f"{best:.0f} ({best_time:.0f} s)" if best_time is not None else "-",
             f"{s['final']:.0f}",
             f"{s['wall']:.0f} s",
+            f"{s['first_450_step']:,}" if s["first_450_step"] is not None else "-",
+            f"{s['stays']:.0%}" if s["stays"] is not None else "-",
         ]
         print("| " + " | ".join(cells) + " |")
     import matplotlib
@@ -149,14 +162,18 @@ def report(summaries: list[dict[str, object]], outdir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, (by_time, by_step) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for s in summaries:
         times, means = zip(*s["points"], strict=True) if s["points"] else ((), ())
-        axes.plot([t / 60 for t in times], means, label=Path(s["logdir"]).name)
-    axes.axhline(450, color="grey", linestyle=":")
-    axes.set_xlabel("wall time (minutes)")
-    axes.set_ylabel("mean score of the last 10 episodes")
-    axes.legend()
+        by_time.plot([t / 60 for t in times], means, label=Path(s["logdir"]).name)
+        steps, means = zip(*s["steps"], strict=True) if s["steps"] else ((), ())
+        by_step.plot(steps, means, label=Path(s["logdir"]).name)
+    for axes in (by_time, by_step):
+        axes.axhline(450, color="grey", linestyle=":")
+    by_time.set_xlabel("wall time (minutes)")
+    by_step.set_xlabel("env steps")
+    by_time.set_ylabel("mean score of the last 10 episodes")
+    by_step.legend()
     figure.tight_layout()
     figure.savefig(outdir / "learning_curves.png", dpi=100)
     print(f"curves: {outdir / 'learning_curves.png'}")
