@@ -27,8 +27,10 @@ def _small_preset(monkeypatch):
 
 
 def agent() -> DreamerAgent:
-    config = Config(preset="test", imagination_horizon=3, warmup=0)
-    return DreamerAgent((4,), 2, discrete=True, config=config)
+    # The fixture's run, configured as a resume reads its config.json of then (saved before
+    # ``critic_lr`` existed: one rate, ``lr``, for every network).
+    saved = dict(preset="test", imagination_horizon=3, warmup=0, lr=1e-4)
+    return DreamerAgent((4,), 2, discrete=True, config=Config.from_saved(saved))
 
 
 def test_a_checkpoint_saved_before_the_recipe_resumes():

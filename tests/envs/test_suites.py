@@ -580,7 +580,8 @@ def test_the_suite_flag_applies_the_preset_prints_it_and_saves_it(tmp_path, caps
     assert (
         "suite dmc_proprio (official settings): env dmc:cartpole_balance (given), preset "
         "size1m, obs proprio, steps 32 (given), image_size 64, num_envs 2 (given), train_ratio "
-        "4.0 (given), replay_capacity 1024 (given), lr 4e-05, warmup 1000, precision bfloat16"
+        "4.0 (given), replay_capacity 1024 (given), lr 4e-05, critic_lr 4e-05, warmup 1000, "
+        "precision bfloat16"
     ) in out
     saved = json.loads((logdir / "config.json").read_text())
     assert (saved["suite"], saved["preset"], saved["obs"]) == ("dmc_proprio", "size1m", "proprio")

@@ -49,8 +49,8 @@ def _check_agent(name: str, ranks: distributed.Ranks) -> None:
     data = _everywhere({"observation": batches[0]["observation"]})
     if rank == 0:
         assert not torch.equal(data[0]["observation"], data[1]["observation"]), name
-        slow = [k for k in state if "target_value_model_params" in k]
-        scale = ["actor_loss.retnorm.low", "actor_loss.retnorm.high"]
+        slow = [k for k in state if k.startswith("slow_critic.")]
+        scale = ["retnorm.low", "retnorm.high"]
         moved = [k for k in [*slow, *scale] if not torch.equal(state[k], initial[k])]
         assert any(k in moved for k in slow), f"{name}: the slow critic never moved"
         assert all(k in moved for k in scale), f"{name}: the return scale never moved"
