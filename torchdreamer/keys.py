@@ -62,3 +62,6 @@ SCALE = "scale"
 """Standard deviation of a continuous policy."""
 NEXT = "next"
 """TorchRL's sub-tensordict of the step's outcome."""
+RENAMED_LATENT = {STATE: STOCH, BELIEF: DETER}
+"""The latent's names before :data:`STOCH` and :data:`DETER`, old to new: what acting states
+and replay columns in checkpoints written before the rename hold."""

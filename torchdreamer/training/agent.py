@@ -34,9 +34,6 @@ __all__ = ["DreamerAgent"]
 #: The replay column of the posterior latent (``stoch``, ``deter``) stored with each
 #: step the policy acted on (the official ``replay_context`` entries).
 LATENT = "latent"
-#: The acting state's and the replay column's names of the latent before the rename to
-#: ``stoch``/``deter`` (read from checkpoints written before it).
-_OLD_LATENT = {"state": keys.STOCH, "belief": keys.DETER}
 #: Where a replay batch says where its rows are kept (``replay.INDEX``).
 _INDEX = "index"
 
@@ -131,10 +128,10 @@ class DreamerAgent(nn.Module):
         config = self.config
         groups: list[dict] = [{"params": self.trainable_parameters()}]
         if config.critic_lr != config.lr:  # one group where the rates agree, as before
-            critic = list(self.critic.parameters())
+            others = (self.world_model, self.actor)
             groups = [
-                {"params": groups[0]["params"][: -len(critic)]},
-                {"params": critic, "lr": config.critic_lr},
+                {"params": [p for module in others for p in module.parameters()]},
+                {"params": list(self.critic.parameters()), "lr": config.critic_lr},
             ]
         return DreamerV3Optimizer(
             groups,
@@ -231,7 +228,8 @@ class DreamerAgent(nn.Module):
     ) -> tuple[TensorDictBase, tuple[torch.Tensor, torch.Tensor]]:
         """The steps :meth:`losses` trains on and the latent before the first."""
         if LATENT in batch.keys():
-            latent = _renamed_latent(batch.get(LATENT))
+            # The replay renames an older checkpoint's latent columns when it loads them.
+            latent = batch.get(LATENT)
             start = latent.get(keys.STOCH)[:, 0], latent.get(keys.DETER)[:, 0]
             return batch[:, 1:].exclude(LATENT, _INDEX), start
         trained = batch.exclude(_INDEX)
@@ -408,13 +406,13 @@ def _actor_head(
 
 def _renamed_latent(latent: TensorDictBase) -> TensorDictBase:
     """``latent`` with the names before the rename (``state``, ``belief``) read as
-    ``stoch``, ``deter``: an acting state or replay column from an older checkpoint."""
-    old = [key for key in _OLD_LATENT if key in latent.keys()]
+    ``stoch``, ``deter``: an acting state from an older checkpoint."""
+    old = [key for key in keys.RENAMED_LATENT if key in latent.keys()]
     if not old:
         return latent
     latent = latent.copy()
     for key in old:
-        latent.rename_key_(key, _OLD_LATENT[key])
+        latent.rename_key_(key, keys.RENAMED_LATENT[key])
     return latent
 
 

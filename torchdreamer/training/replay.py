@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from tensordict import MemoryMappedTensor, TensorDict
 
+from torchdreamer import keys
+
 __all__ = ["SequenceReplay"]
 
 #: Version of the layout written by :meth:`SequenceReplay.state_dict` (2: without the
@@ -25,7 +27,7 @@ READABLE_VERSIONS = (2, 3)
 INDEX = "index"
 #: Columns renamed since checkpoints were first written, old name to new: the policy's
 #: latent (``agent.LATENT``) was ``state``/``belief`` before it became ``stoch``/``deter``.
-RENAMED = {("latent", "state"): ("latent", "stoch"), ("latent", "belief"): ("latent", "deter")}
+RENAMED = {("latent", old): ("latent", new) for old, new in keys.RENAMED_LATENT.items()}
 #: Description of a memory-mapped replay, in its directory.
 METADATA = "replay.json"
 #: Per stream, the highest step ever written to the files (plus one).
