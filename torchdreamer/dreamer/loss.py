@@ -48,6 +48,15 @@ class Networks:
         critic: The critic, a two-hot head of ``(stoch, deter)``.
         slow_critic: The critic's EMA parameters, by name (read with ``functional_call``).
         retnorm: The return scale of the actor's advantages.
+
+    Examples:
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> nets = DreamerAgent((4,), 2, discrete=True, config=Config()).networks()
+        >>> type(nets.critic).__name__, type(nets.retnorm).__name__
+        ('TwoHotHead', 'ReturnScale')
+        >>> # the slow critic: a copy of each of the critic's tensors, under the same name
+        >>> sorted(nets.slow_critic) == sorted(nets.critic.state_dict())
+        True
     """
 
     world_model: WorldModel
@@ -72,6 +81,15 @@ class Settings:
         free_bits: Lower clip of the KL terms (official 1).
         dynamic_scale: Scale of the dynamics KL (official 1).
         representation_scale: Scale of the representation KL (official 0.1).
+
+    Examples:
+        >>> import dataclasses
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> settings = DreamerAgent((4,), 2, discrete=True, config=Config(lmbda=0.9)).settings
+        >>> settings.lmbda, settings.imagination_horizon, settings.free_bits
+        (0.9, 15, 1.0)
+        >>> dataclasses.replace(settings, entropy_bonus=1e-3).entropy_bonus  # one term changed
+        0.001
     """
 
     imagination_horizon: int

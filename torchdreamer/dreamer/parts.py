@@ -113,7 +113,21 @@ def continuation_loss(
 # ------------------------------------------------------------------- imagination
 def policy(actor: nn.Module, stoch: torch.Tensor, deter: torch.Tensor) -> Any:
     """The actor head's distribution over actions at ``(stoch, deter)``: one-hot
-    categorical(s) for discrete heads, a normal for the bounded-normal head."""
+    categorical(s) for discrete heads, a normal for the bounded-normal head.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.dreamer import policy
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config())
+        >>> stoch, deter = agent.world_model.rssm.initial(torch.Size([3]))
+        >>> dist = policy(agent.actor, stoch, deter)
+        >>> type(dist).__name__, tuple(dist.sample().shape), dist.sample().sum(-1).tolist()
+        ('OneHotCategorical', (3, 2), [1.0, 1.0, 1.0])
+        >>> continuous = DreamerAgent((3,), 1, discrete=False, config=Config())
+        >>> type(policy(continuous.actor, stoch, deter)).__name__
+        'Normal'
+    """
     out = actor(stoch, deter)
     if isinstance(actor, MultiCategoricalActorHead):
         return MultiOneHotCategorical(logits=out, nvec=actor.nvec)
@@ -125,7 +139,17 @@ def policy(actor: nn.Module, stoch: torch.Tensor, deter: torch.Tensor) -> Any:
 
 def sample(dist: Any) -> torch.Tensor:
     """A draw of ``dist``, reparameterised where it can be (as TorchRL's random
-    interaction draws)."""
+    interaction draws).
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.dreamer.parts import sample
+        >>> loc = torch.zeros(2, requires_grad=True)
+        >>> sample(torch.distributions.Normal(loc, 1.0)).requires_grad  # rsample: a gradient
+        True
+        >>> sample(torch.distributions.Bernoulli(probs=torch.full((2,), 0.5))).requires_grad
+        False
+    """
     return dist.rsample() if dist.has_rsample else dist.sample()
 
 
@@ -133,7 +157,20 @@ def imagine_step(
     actor: nn.Module, rssm: RSSM, reward: nn.Module, stoch: torch.Tensor, deter: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One imagined step: the policy's action at ``(stoch, deter)``, the prior's next
-    state and the reward head's decoded reward ``[..., 1]`` there."""
+    state and the reward head's decoded reward ``[..., 1]`` there.
+
+    Examples:
+        >>> import torch
+        >>> from torchdreamer.dreamer import imagine_step
+        >>> from torchdreamer.training import Config, DreamerAgent
+        >>> agent = DreamerAgent((4,), 2, discrete=True, config=Config())
+        >>> model = agent.world_model
+        >>> stoch, deter = model.rssm.initial(torch.Size([3]))
+        >>> action, stoch2, deter2, reward = imagine_step(
+        ...     agent.actor, model.rssm, model.reward, stoch, deter)
+        >>> tuple(action.shape), stoch2.shape == stoch.shape, tuple(reward.shape)
+        ((3, 2), True, (3, 1))
+    """
     action = sample(policy(actor, stoch, deter))
     stoch, deter, _ = rssm.img_step(stoch, deter, action)
     _, value = reward(stoch, deter)

@@ -34,7 +34,15 @@ __all__ = ["EnvSpec", "RecordFrames", "ResizeImage", "env_workers_for", "make_en
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """What the agent needs to know of an environment."""
+    """What the agent needs to know of an environment.
+
+    Examples:
+        >>> from torchdreamer.envs import make_env
+        >>> env, spec = make_env("CartPole-v1", num_envs=2, seed=0)
+        >>> spec.observation_shape, spec.discrete, spec.action_dim
+        ((4,), True, 2)
+        >>> env.close()
+    """
 
     observation_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
     """``(D,)`` for vectors, ``(H, W, C)`` for ``uint8`` images, or a dict of them by key
@@ -488,7 +496,20 @@ def env_workers_for(env_id: EnvSource, setting: int | str, num_envs: int, obs: s
 
 
 def recorder(env: GymWrapper) -> RecordFrames:
-    """The :class:`RecordFrames` of the first copy of an env made with ``record=True``."""
+    """The :class:`RecordFrames` of the first copy of an env made with ``record=True``.
+
+    Examples:
+        >>> from torchdreamer.envs import make_env, recorder
+        >>> env, _ = make_env("CartPole-v1", num_envs=2, seed=0, record=True)
+        >>> frames = recorder(env).frames  # the first copy's first episode, once it has run
+        >>> env.close()
+        >>> plain, _ = make_env("CartPole-v1", num_envs=1, seed=0)
+        >>> recorder(plain)
+        Traceback (most recent call last):
+        ...
+        ValueError: this environment was not made with make_env(..., record=True).
+        >>> plain.close()
+    """
     first = env.envs[0]  # GymWrapper forwards to the gymnasium vector env's copies
     if not isinstance(first, RecordFrames):
         raise ValueError("this environment was not made with make_env(..., record=True).")

@@ -310,6 +310,22 @@ def evaluate(
     ``config.env``'s id; a run trained on one needs it, and its spaces must be the run's.
     ``threads`` defaults to the run's ``config.threads``. The episodes are played as
     :func:`evaluate_policy` plays them; ``video`` names a GIF to write of the first one.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torchdreamer.training import Config, evaluate, train
+        >>> logdir = Path(tempfile.mkdtemp()) / "run"
+        >>> config = Config(steps=32, num_envs=2, batch_size=2, batch_length=8,
+        ...                 train_ratio=4, imagination_horizon=3, threads=1)
+        >>> _ = train(config, logdir, progress=False)
+        >>> scores = evaluate(logdir, episodes=3)  # greedy actions; sample=True draws them
+        >>> len(scores), all(1 <= score <= 500 for score in scores)
+        (3, True)
+        >>> evaluate(logdir, episodes=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: episodes must be >= 1, got 0.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
