@@ -38,9 +38,9 @@ class EnvSpec:
 
     Examples:
         >>> from torchdreamer.envs import make_env
-        >>> env, spec = make_env("CartPole-v1", num_envs=2, seed=0)
-        >>> spec.observation_shape, spec.discrete, spec.action_dim
-        ((4,), True, 2)
+        >>> env, spec = make_env("Pendulum-v1", num_envs=1, seed=0)  # continuous actions
+        >>> spec.discrete, spec.action_dim, spec.action_low, spec.action_high
+        (False, 1, (-2.0,), (2.0,))
         >>> env.close()
     """
 
