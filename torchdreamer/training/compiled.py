@@ -130,5 +130,8 @@ def compile_agent(agent: DreamerAgent) -> DreamerAgent:
     """
     # Inductor would otherwise draw its own random numbers in place of torch's; passed as
     # each region's option, so nothing global changes.
-    agent.compile_update(**_ISOLATED, options={"fallback_random": True})
+    # Static shapes: a region called with a new shape gets a graph of its own instead of
+    # one graph with symbolic sizes; inductor 2.13 failed to compile a symbolic-width MLP
+    # backward (``dmc:cartpole_swingup`` at ``size1m``: "Exponent must be non-negative").
+    agent.compile_update(**_ISOLATED, dynamic=False, options={"fallback_random": True})
     return agent
