@@ -283,7 +283,7 @@ def main() -> None:
     show.add_argument("--task", choices=sorted(TASKS), required=True)
     show.add_argument("--ours", type=Path, nargs="+", required=True)
     show.add_argument("--official", type=Path, nargs="+", required=True)
-    show.add_argument("--plot", type=Path, help="default: docs/images/parity_<task>.png")
+    show.add_argument("--plot", type=Path, help="default: docs/parity_<task>.png")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     if args.command == "run":
@@ -292,7 +292,7 @@ def main() -> None:
         for seed in args.seeds:
             run(args.task, args.side, seed, args.outdir.resolve(), extra, args.limit)
     else:
-        plot = args.plot or HERE.parent / "docs" / "images" / f"parity_{args.task}.png"
+        plot = args.plot or HERE.parent / "docs" / f"parity_{args.task}.png"
         print(report(args.task, args.ours, args.official, plot))
 
 

@@ -111,3 +111,29 @@ def test_the_parity_report_reads_both_sides_logs(processes, tmp_path):
     # every grid point both runs reach (2,000 ... 4,000 by 2,000: two points).
     assert "within or above the official seeds' range at 100% of 2 grid points" in finished.stdout
     assert plot.stat().st_size > 0
+
+
+def test_the_parity_report_reads_the_official_loggers_scores_for_dmc(processes, tmp_path):
+    # DMC: the official logger's scores.jsonl (env steps only) timed by the polled clock.csv;
+    # 16 environments end their 1,000-step episodes together.
+    official, ours = tmp_path / "official-s0", tmp_path / "ours-s0"
+    for side, score in ((official, 50.0), (ours, 100.0)):
+        side.mkdir()
+        (side / "parity_run.json").write_text(json.dumps({"command": [], "start": 0.0}))
+        (side / "clock.csv").write_text("wall_s,env_step\n0,0\n600,16016\n1200,32032\n")
+    rows = [{"step": 16_000 * r + e, "episode/score": 50.0 * r} for r in (1, 2) for e in range(16)]
+    (official / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    lines = ["env_step,score,length,env"]
+    lines += [f"{16_000 * r + e},{100.0 * r},1000,{e}" for r in (1, 2) for e in range(16)]
+    (ours / "episodes.csv").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, str(BENCHMARKS / "official_parity.py"), "report"]
+    command += ["--task", "cartpole_swingup", "--ours", str(ours), "--official", str(official)]
+    finished = processes.run([*command, "--plot", str(tmp_path / "p.png")], tmp_path / "logs")
+    assert finished.returncode == 0, finished.stderr
+    rows = {line.split(" | ")[0]: line for line in finished.stdout.splitlines() if "-s0" in line}
+    # Official: mean-10 is 50 through the first 16 episodes, 100 from the 26th (step
+    # 32,009): best 100, at end 100 (32,015); 16,015 steps in 600 s by the clock.
+    assert "| 100 (32,009) | 100 (32,015) |" in rows["| official official-s0"]
+    # Ours, twice its scores: mean-10 200 first at the 26th episode, step 32,009, timed
+    # between the clock's 16,016 (600 s) and 32,032 (1,200 s): 1,199 s = 20.0 min.
+    assert "| 32,009 / 20.0 |" in rows["| ours ours-s0"]
