@@ -51,7 +51,7 @@ TASKS = {
         "ours": "dmc:cartpole_swingup",
         "official": "dmc_cartpole_swingup",
         "official_flags": ["--env.dmc.image", "False"],
-        "thresholds": (200, 400, 600, 800),
+        "thresholds": (50, 100, 150, 200),
         "steps": 100_000,
     },
 }
