@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,6 +316,41 @@ def test_after_the_first_signal_an_update_logs_no_warnings(caplog):
             log.warning("failed to compile: a killed compiler's traceback")
         log.warning("after the update")
     assert [r.getMessage() for r in caplog.records] == ["before the signal", "after the update"]
+
+
+class _SecondCtrlC(torch.autograd.Function):
+    """The identity whose backward gets a second Ctrl-C, as a compiling update's can."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        os.kill(os.getpid(), signal.SIGINT)
+        return grad
+
+
+def test_after_the_first_signal_a_region_warns_nothing_not_even_autograd_anomaly_mode():
+    # AOT autograd traces the backward under anomaly mode; a second Ctrl-C raised there
+    # made autograd warn its "Error detected in ... Traceback of forward call" (seen in
+    # the compiling-update test below).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Stop(tell=False) as stop:
+            with pytest.raises(UpdateInterrupted):
+                with stop.during("{signal}: {again} stops now", interruptible=True):
+                    warnings.warn("before the signal", stacklevel=1)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    warnings.warn("after the first signal", stacklevel=1)
+                    x = torch.ones(2, requires_grad=True)
+                    with torch.autograd.detect_anomaly(check_nan=False):
+                        _SecondCtrlC.apply(x).sum().backward()
+            warnings.warn("after the region", stacklevel=1)
+            with stop.during("{signal}: {again} stops now", interruptible=True):
+                warnings.warn("in the next region", stacklevel=1)
+    said = [str(w.message) for w in caught]
+    assert said == ["before the signal", "after the region", "in the next region"], said
 
 
 # ------------------------------------------------------------------ subprocess

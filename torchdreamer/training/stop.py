@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,9 +127,9 @@ class Stop:
     module); ``tell``: whether this process writes the lines (rank 0 only).
 
     Outside :meth:`during`, a signal only sets :attr:`signal`. Inside it, the first
-    signal also writes the region's line on stderr at once and silences logged
-    warnings until the region ends, and, in an interruptible region, a SIGINT after it
-    raises :class:`UpdateInterrupted`.
+    signal also writes the region's line on stderr at once and silences warnings (logged
+    and Python's) until the region ends, and, in an interruptible region, a SIGINT after
+    it raises :class:`UpdateInterrupted`.
 
     Examples:
         >>> import os
@@ -155,6 +156,7 @@ class Stop:
         self._previous: dict[signal.Signals, Any] = {}
         self._region: _Region | None = None
         self._logging: int | None = None  # the logging level disabled before a region
+        self._warnings: warnings.catch_warnings | None = None  # Python's, silenced
 
     @property
     def requested(self) -> bool:
@@ -181,13 +183,17 @@ class Stop:
         names it, ``{again}`` says how to stop now) and, if ``interruptible``, a later
         SIGINT raises :class:`UpdateInterrupted` inside the region."""
         self._region = _Region(line, interruptible)
-        self._logging: int | None = None
+        self._logging = None
+        self._warnings = None
         try:
             yield
         finally:
             self._region = None
             if self._logging is not None:
                 logging.disable(self._logging)
+            if self._warnings is not None:
+                self._warnings.__exit__(None, None, None)
+                self._warnings = None
 
     def _handle(self, signum: int, frame: object) -> None:
         first = self.signal is None
@@ -203,6 +209,14 @@ class Stop:
             # the C++ compiler, and torch logs each failed compile with its traceback.
             self._logging = logging.root.manager.disable
             logging.disable(logging.WARNING)
+            # Nor warns: a second Ctrl-C inside a backward under anomaly mode (which AOT
+            # autograd turns on while it traces the joint graph) makes autograd warn
+            # "Error detected in ...Backward0. Traceback of forward call ...".
+            # Entered here, only once a signal came: a catch_warnings around every
+            # region would reset the "once" registries after each update.
+            self._warnings = warnings.catch_warnings()
+            self._warnings.__enter__()
+            warnings.simplefilter("ignore")
         elif signum == signal.SIGINT and region.interruptible:
             self._region = None  # one interruption per region
             raise UpdateInterrupted(signum)
