@@ -13,12 +13,10 @@ Run (nothing else running): ``python benchmarks/compile_shapes.py --rounds 5``
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,31 +25,26 @@ import torch._dynamo
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agent_throughput import replay_batch  # noqa: E402
+from compiled_update import measure as time_updates  # noqa: E402
 
 from torchdreamer.training import Config, DreamerAgent  # noqa: E402
+from torchdreamer.training.compiled import _ISOLATED  # noqa: E402
 
 MODES = {"static": False, "automatic": None}
 
 
 def measure(mode: str, preset: str, updates: int) -> dict[str, float]:
     """One process's figures for ``mode``: graphs and the median update time (ms)."""
-    isolated = "isolate_recompiles" in inspect.signature(torch.compile).parameters
-    options = {"isolate_recompiles": True} if isolated else {}
     torch.manual_seed(0)
     agent = DreamerAgent((4,), 2, discrete=True, config=Config(preset=preset, precision="float32"))
     # The same options as compile_agent but for `dynamic`.
-    agent.compile_update(**options, dynamic=MODES[mode], options={"fallback_random": True})
+    agent.compile_update(**_ISOLATED, dynamic=MODES[mode], options={"fallback_random": True})
     batch = replay_batch()
-    for _ in range(3):
-        agent.update(batch)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    times = []
-    for _ in range(updates):
-        started = time.perf_counter()
-        agent.update(batch)
-        times.append(time.perf_counter() - started)
-    steady = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
-    return {"graphs": graphs, "steady_graphs": steady, "ms": 1000 * statistics.median(times)}
+    # 1 + 2 untimed updates, then `updates` timed; no operator count.
+    found = time_updates(lambda: agent.update(batch), 2, updates, count=lambda step: None)
+    steady = found["graphs_after_warmup"]
+    total = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    return {"graphs": total - steady, "steady_graphs": steady, "ms": 1000 * found["update_s"]}
 
 
 def main() -> None:
